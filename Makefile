@@ -1,0 +1,55 @@
+# thorfleet: the two commands a newcomer needs are `make demo` and `make test`.
+# Both install what they need: Python packages into .venv (pinned by constraints.txt);
+# the lab installs its own Debian packages (systemd-container, debootstrap, ...) on `up`.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+# Keep Ansible's temporary and collection paths inside the checkout's environment.
+export ANSIBLE_LOCAL_TEMP := $(CURDIR)/$(VENV)/ansible-tmp
+
+LAB_HOSTS ?= 2
+
+.PHONY: all venv demo test lint unit lab bench lab-up lab-down clean
+
+all: test
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+## demo: boot the lab fleet and run the main job against thor01
+demo: venv
+	$(BIN)/thorfleet lab up --hosts $(LAB_HOSTS)
+	$(BIN)/ansible-playbook site.yml -l thor01
+
+## test: lint, unit tests, then the lab tests (boots a 2-host lab, tears it down)
+test: lint unit lab
+
+lint: venv
+	$(BIN)/ruff check src library strategy_plugins tests bench
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint --profile production
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+lab: venv
+	$(BIN)/pytest -q tests/lab
+
+## bench: time a no-op re-run with thorfleet's settings against ansible-core's defaults
+bench: venv
+	$(BIN)/python bench/noop_rerun.py
+
+lab-up: venv
+	$(BIN)/thorfleet lab up --hosts $(LAB_HOSTS)
+
+lab-down: venv
+	$(BIN)/thorfleet lab down
+
+clean: lab-down
+	rm -rf $(VENV)

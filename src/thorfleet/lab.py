@@ -1,0 +1,520 @@
+"""The built-in lab fleet: Debian hosts booted as real systemd machines on this machine.
+
+Each host is a ``systemd-nspawn --boot`` container with its own network namespace,
+joined to one bridge whose address on this machine (the gateway, ``10.213.0.1``) also
+carries the lab's services: an image registry today, mirrors in later phases. Hosts run
+sshd, Python and a Docker engine, so Ansible reaches them exactly as it reaches a Thor.
+
+Nothing here needs a cache; a root file system built once is kept under the cache
+directory and copied per host, which makes a second ``up`` take seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from thorfleet import lab_thor
+
+NETWORK = ipaddress.ip_network("10.213.0.0/24")
+GATEWAY = "10.213.0.1"
+BRIDGE = "thorlab0"
+REGISTRY_PORT = 5000
+REGISTRY = f"{GATEWAY}:{REGISTRY_PORT}"
+FIRST_HOST_OCTET = 11
+MAX_HOSTS = 8
+
+SUITE = "bookworm"
+# Everything a host needs that a real Thor ships or that the roles install: baking it in
+# keeps CI off the network for most runs, while the roles' apt tasks stay real (NAT
+# gives hosts a route to the Debian registry for anything missing).
+ROOTFS_PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", "iproute2",
+    "python3", "python3-apt", "ca-certificates", "curl",
+    "docker.io",
+    "build-essential", "cmake", "git", "ccache",
+)
+# Raised when what goes into the root file system changes in a way the package list
+# does not show, so cached trees are rebuilt.
+ROOTFS_RECIPE = 1
+
+# Commands the lab needs on this machine, and the Debian package of each.
+MACHINE_PACKAGES = {
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "docker-registry": "docker-registry",
+    "iptables": "iptables",
+    "ip": "iproute2",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+}
+
+NSPAWN_ARGS = (
+    "--boot",
+    "--register=no",  # no system bus on this machine to register with
+    "--keep-unit",
+    "--capability=all",  # Docker inside the host needs them
+    "--system-call-filter=@keyring bpf",
+    "--console=passive",
+)
+NSPAWN_ENV = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}  # cgroup v2 for Docker inside
+
+
+class LabError(RuntimeError):
+    """A lab operation that cannot go on; the message says what to do."""
+
+
+@dataclass
+class HostStatus:
+    name: str
+    address: str
+    running: bool
+    ssh: bool
+    as_thor: bool
+
+
+def host_name(index: int) -> str:
+    return f"thor{index:02d}"
+
+
+def host_address(index: int) -> str:
+    return str(NETWORK.network_address + FIRST_HOST_OCTET - 1 + index)
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """Run a command, raising LabError with its output when it fails."""
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    proc = subprocess.run(argv, check=False, **kwargs)
+    if proc.returncode != 0:
+        output = ((proc.stdout or "") + (proc.stderr or "")).strip()
+        raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {output[-2000:]}")
+    return proc
+
+
+def debian_mirror() -> str:
+    """The Debian mirror this machine's apt uses, so the lab goes where apt goes."""
+    if os.environ.get("THORFLEET_LAB_DEBIAN_MIRROR"):
+        return os.environ["THORFLEET_LAB_DEBIAN_MIRROR"]
+    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources"))
+    for path in sources:
+        for line in path.read_text().splitlines():
+            if line.startswith("URIs:"):
+                for uri in line.split()[1:]:
+                    if uri.rstrip("/").endswith("/debian"):
+                        return uri
+    legacy = Path("/etc/apt/sources.list")
+    if legacy.exists():
+        for line in legacy.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "deb" and parts[1].rstrip("/").endswith("/debian"):
+                return parts[1]
+    raise LabError("no Debian mirror found in apt's sources; set THORFLEET_LAB_DEBIAN_MIRROR")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class Lab:
+    """The lab fleet of one project checkout."""
+
+    def __init__(self, project: Path, cache: Path | None = None):
+        self.project = project
+        self.state = project / ".lab"
+        self.cache = cache or Path(os.environ.get("THORFLEET_LAB_CACHE", "/var/cache/thorfleet"))
+        self.inventory = project / "inventory" / "lab"
+        self.key = self.state / "ssh" / "id_ed25519"
+        self.known_hosts = self.state / "ssh" / "known_hosts"
+
+    # ----------------------------------------------------------------- public
+
+    def up(self, hosts: int, as_thor: list[str] | None = None, log=print) -> list[HostStatus]:
+        if not 1 <= hosts <= MAX_HOSTS:
+            raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, got {hosts}")
+        names = [host_name(i) for i in range(1, hosts + 1)]
+        unknown = sorted(set(as_thor or []) - set(names))
+        if unknown:
+            raise LabError(f"--as-thor names hosts this lab does not have: {', '.join(unknown)}")
+        self._require_root()
+        with self._locked():
+            self._ensure_machine_packages(log)
+            base = self._ensure_rootfs(log)
+            self._ensure_key()
+            self._ensure_network()
+            self._ensure_registry(log)
+            for index in range(hosts + 1, MAX_HOSTS + 1):
+                self._stop_host(host_name(index))
+            for index in range(1, hosts + 1):
+                self._ensure_host(index, base, log)
+            for index, name in enumerate(names, start=1):
+                self._wait_for_host(name, host_address(index), log)
+            for name in as_thor or []:
+                self._set_as_thor(name, True)
+            self._write_inventory(names)
+        return self.status()
+
+    def down(self, log=print) -> None:
+        self._require_root()
+        with self._locked():
+            for pidfile in sorted((self.state / "run").glob("*.pid")):
+                name = pidfile.stem
+                if name == "registry":
+                    continue
+                self._stop_host(name)
+                log(f"stopped {name}")
+            self._stop_process("registry")
+            self._remove_network()
+            shutil.rmtree(self.state / "hosts", ignore_errors=True)
+            shutil.rmtree(self.state / "registry", ignore_errors=True)
+            shutil.rmtree(self.inventory, ignore_errors=True)
+        log("lab is down")
+
+    def status(self) -> list[HostStatus]:
+        result = []
+        for index in range(1, MAX_HOSTS + 1):
+            name = host_name(index)
+            if not (self.state / "hosts" / name).exists():
+                continue
+            address = host_address(index)
+            running = self._pid(name) is not None
+            result.append(HostStatus(
+                name=name,
+                address=address,
+                running=running,
+                ssh=running and self._ssh_ok(address),
+                as_thor=(self._root(name) / lab_thor.MARKER.lstrip("/")).exists(),
+            ))
+        return result
+
+    def registry_running(self) -> bool:
+        return self._pid("registry") is not None
+
+    def as_thor(self, name: str, on: bool) -> None:
+        self._require_root()
+        with self._locked():
+            if self._pid(name) is None:
+                raise LabError(f"{name} is not running; `thorfleet lab up` first")
+            self._set_as_thor(name, on)
+
+    def ssh(self, name: str, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run a shell command on a lab host over SSH, as Ansible would reach it."""
+        index = int(name.removeprefix("thor"))
+        argv = ["ssh", *self._ssh_options(), f"root@{host_address(index)}", command]
+        if check:
+            return run(argv)
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+    # ----------------------------------------------------------- the machine
+
+    @staticmethod
+    def _require_root() -> None:
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (systemd-nspawn, bridges, network namespaces)")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.state.mkdir(parents=True, exist_ok=True)
+        with open(self.state / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _ensure_machine_packages(self, log) -> None:
+        missing = sorted({pkg for cmd, pkg in MACHINE_PACKAGES.items() if not shutil.which(cmd)})
+        if not missing:
+            return
+        log(f"installing on this machine: {' '.join(missing)}")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+
+    def _ensure_rootfs(self, log) -> Path:
+        recipe = json.dumps([SUITE, ROOTFS_PACKAGES, ROOTFS_RECIPE]).encode()
+        base = self.cache / "rootfs" / f"{SUITE}-{hashlib.sha256(recipe).hexdigest()[:12]}"
+        if (base / ".thorfleet-complete").exists():
+            return base
+        mirror = debian_mirror()
+        log(f"building the lab root file system ({SUITE}, a few minutes, cached in {base})")
+        partial = base.with_name(base.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}",
+             SUITE, str(partial), mirror])
+        # Per-host identity is made per host: host keys and machine id.
+        for key in (partial / "etc" / "ssh").glob("ssh_host_*"):
+            key.unlink()
+        (partial / "etc" / "machine-id").write_text("")
+        wants = partial / "etc/systemd/system/multi-user.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            (wants / "systemd-networkd.service").symlink_to(
+                "/lib/systemd/system/systemd-networkd.service")
+        run(["chroot", str(partial), "apt-get", "clean"])
+        (partial / ".thorfleet-complete").write_text(recipe.decode())
+        partial.rename(base)
+        return base
+
+    def _ensure_key(self) -> None:
+        if self.key.exists():
+            return
+        self.key.parent.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "thorfleet-lab",
+             "-f", str(self.key)])
+
+    def _ensure_network(self) -> None:
+        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode:
+            run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+            run(["ip", "addr", "add", f"{GATEWAY}/{NETWORK.prefixlen}", "dev", BRIDGE])
+        run(["ip", "link", "set", BRIDGE, "up"])
+        # Hosts reach the package registries this machine reaches, through NAT.
+        forward = Path("/proc/sys/net/ipv4/ip_forward")
+        saved = self.state / "ip_forward.orig"
+        if not saved.exists():
+            saved.write_text(forward.read_text())
+        forward.write_text("1\n")
+        if subprocess.run(["iptables", "-t", "nat", "-C", *self._nat_rule()],
+                          capture_output=True).returncode:
+            run(["iptables", "-t", "nat", "-A", *self._nat_rule()])
+
+    def _remove_network(self) -> None:
+        while subprocess.run(["iptables", "-t", "nat", "-C", *self._nat_rule()],
+                             capture_output=True).returncode == 0:
+            run(["iptables", "-t", "nat", "-D", *self._nat_rule()])
+        saved = self.state / "ip_forward.orig"
+        if saved.exists():
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
+            saved.unlink()
+        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
+            run(["ip", "link", "del", BRIDGE])
+
+    @staticmethod
+    def _nat_rule() -> list[str]:
+        return ["POSTROUTING", "-s", str(NETWORK), "!", "-d", str(NETWORK),
+                "-j", "MASQUERADE", "-m", "comment", "--comment", "thorfleet-lab"]
+
+    # ---------------------------------------------------------- the registry
+
+    def _ensure_registry(self, log) -> None:
+        if self._pid("registry") is not None:
+            return
+        home = self.state / "registry"
+        (home / "data").mkdir(parents=True, exist_ok=True)
+        config = home / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: warn\n"
+            "storage:\n"
+            f"  filesystem:\n    rootdirectory: {home / 'data'}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: {REGISTRY}\n"
+        )
+        self._start_process("registry", ["docker-registry", "serve", str(config)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), \
+                    urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=2) as response:
+                if response.status == 200:
+                    log(f"registry answers on {REGISTRY}")
+                    return
+            time.sleep(0.3)
+        raise LabError(f"the lab registry did not answer on {REGISTRY}: see {home}.log")
+
+    # ------------------------------------------------------------- the hosts
+
+    def _root(self, name: str) -> Path:
+        return self.state / "hosts" / name / "root"
+
+    def _ensure_host(self, index: int, base: Path, log) -> None:
+        name, address = host_name(index), host_address(index)
+        if self._pid(name) is not None:
+            return
+        root = self._root(name)
+        if not root.exists():
+            log(f"creating {name} ({address})")
+            partial = root.with_name("root.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            run(["cp", "-a", "--reflink=auto", str(base), str(partial)])
+            self._personalise(partial, name, address)
+            partial.rename(root)
+        log(f"booting {name}")
+        self._start_process(name, ["systemd-nspawn", "-D", str(root), f"--machine={name}",
+                                   f"--network-bridge={BRIDGE}", *NSPAWN_ARGS],
+                            env=NSPAWN_ENV)
+
+    def _personalise(self, root: Path, name: str, address: str) -> None:
+        (root / "etc/hostname").write_text(f"{name}\n")
+        (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n{address} {name}\n")
+        (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+        # Sorted before systemd's own 80-container-host0.network, so this one applies.
+        network = root / "etc/systemd/network/10-thorfleet-lab.network"
+        network.parent.mkdir(parents=True, exist_ok=True)
+        network.write_text(
+            "[Match]\nName=host0\n\n"
+            f"[Network]\nAddress={address}/{NETWORK.prefixlen}\nGateway={GATEWAY}\n"
+        )
+        ssh_dir = root / "root/.ssh"
+        ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        authorized = ssh_dir / "authorized_keys"
+        authorized.write_text(self.key.with_suffix(".pub").read_text())
+        authorized.chmod(0o600)
+        run(["ssh-keygen", "-A", "-f", str(root)])
+        docker = root / "etc/docker"
+        docker.mkdir(parents=True, exist_ok=True)
+        (docker / "daemon.json").write_text(json.dumps(lab_thor.daemon_config(REGISTRY, False),
+                                                       indent=2) + "\n")
+
+    def _wait_for_host(self, name: str, address: str, log, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._pid(name) is None:
+                raise LabError(f"{name} stopped while booting: see {self.state / 'run' / name}.log")
+            with contextlib.suppress(OSError), socket.create_connection((address, 22), timeout=1):
+                break
+            time.sleep(0.5)
+        else:
+            raise LabError(f"{name} ({address}) did not open SSH within {timeout:.0f} s")
+        self._learn_host_key(name, address)
+        state = self.ssh(name, "systemctl is-system-running --wait", check=False).stdout.strip()
+        if state != "running":
+            failed = self.ssh(name, "systemctl --failed --no-legend --plain", check=False).stdout
+            raise LabError(f"{name} booted {state or 'badly'}; failed units:\n{failed}")
+        log(f"{name} is up at {address}")
+
+    def _learn_host_key(self, name: str, address: str) -> None:
+        key = (self._root(name) / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+        lines = [line for line in self._read(self.known_hosts).splitlines()
+                 if line.split(" ", 1)[0] != address]
+        lines.append(f"{address} {key[0]} {key[1]}")
+        self.known_hosts.write_text("\n".join(lines) + "\n")
+
+    def _ssh_options(self) -> list[str]:
+        return ["-i", str(self.key), "-o", f"UserKnownHostsFile={self.known_hosts}",
+                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                "-o", "ConnectTimeout=5", "-o", "LogLevel=ERROR"]
+
+    def _ssh_ok(self, address: str) -> bool:
+        argv = ["ssh", *self._ssh_options(), f"root@{address}", "true"]
+        return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
+    def _stop_host(self, name: str) -> None:
+        # nspawn turns SIGTERM into an orderly shutdown of the host's systemd.
+        self._stop_process(name, grace=60)
+
+    def _set_as_thor(self, name: str, on: bool) -> None:
+        lab_thor.apply(self._root(name), on)
+        daemon = self._root(name) / "etc/docker/daemon.json"
+        config = json.dumps(lab_thor.daemon_config(REGISTRY, on), indent=2) + "\n"
+        if self._read(daemon) != config:
+            daemon.write_text(config)
+            # Docker's unit allows 3 starts a minute; switching back and forth is no crash.
+            self.ssh(name, "systemctl reset-failed docker.service; systemctl restart docker")
+
+    def _write_inventory(self, names: list[str]) -> None:
+        hosts = {name: {"ansible_host": host_address(i)} for i, name in enumerate(names, 1)}
+        inventory = {
+            "thor": {
+                "hosts": hosts,
+                "vars": {
+                    "ansible_user": "root",
+                    "ansible_ssh_private_key_file": str(self.key),
+                    "ansible_ssh_common_args":
+                        f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes",
+                },
+            }
+        }
+        group_vars = self.inventory / "group_vars" / "thor"
+        group_vars.mkdir(parents=True, exist_ok=True)
+        header = "# Written by `thorfleet lab up`; rewritten on every up.\n"
+        (self.inventory / "hosts.yml").write_text(
+            header + "---\n" + yaml.safe_dump(inventory, sort_keys=False))
+        # The lab profile: the differences from a real Thor that DESIGN.md allows, and
+        # nothing else. Everything else comes from the same defaults a real fleet uses.
+        (group_vars / "lab.yml").write_text(
+            header + "---\n"
+            "thorfleet_lab: true\n"
+            "# No NVIDIA container runtime without a GPU; Docker's default stands in.\n"
+            "thorfleet_container_runtime: runc\n"
+        )
+
+    # ------------------------------------------------- background processes
+
+    def _pid(self, name: str) -> int | None:
+        pidfile = self.state / "run" / f"{name}.pid"
+        try:
+            pid = int(pidfile.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def _start_process(self, name: str, argv: list[str], env: dict | None = None) -> None:
+        run_dir = self.state / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(run_dir / f"{name}.log", "ab") as logfile:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**os.environ, **(env or {})})
+        (run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
+
+    def _stop_process(self, name: str, grace: float = 10) -> None:
+        pidfile = self.state / "run" / f"{name}.pid"
+        pid = self._pid(name)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while pid_alive(pid) and time.monotonic() < deadline:
+                self._reap(pid)
+                time.sleep(0.2)
+            if pid_alive(pid):
+                os.killpg(pid, signal.SIGKILL)
+                while pid_alive(pid):
+                    self._reap(pid)
+                    time.sleep(0.1)
+        pidfile.unlink(missing_ok=True)
+
+    @staticmethod
+    def _reap(pid: int) -> None:
+        # A process started by this same Python stays a zombie (and "alive") until reaped.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+    @staticmethod
+    def _read(path: Path) -> str:
+        return path.read_text() if path.exists() else ""
+
+
+def status_table(hosts: list[HostStatus], registry: bool) -> str:
+    rows = [("host", "address", "state", "ssh", "looks like")]
+    for host in hosts:
+        rows.append((host.name, host.address, "running" if host.running else "stopped",
+                     "ok" if host.ssh else "-", "Thor" if host.as_thor else "lab host"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in rows]
+    lines.append(f"registry {REGISTRY}: {'running' if registry else 'stopped'}")
+    return "\n".join(lines)
+
+
+def status_json(hosts: list[HostStatus], registry: bool) -> str:
+    return json.dumps({"hosts": [asdict(h) for h in hosts],
+                       "registry": {"address": REGISTRY, "running": registry}}, indent=2)

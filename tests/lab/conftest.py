@@ -1,0 +1,89 @@
+"""The lab fleet for end-to-end tests: booted once per test run, torn down after.
+
+When a lab is already up (a developer's), the tests use it and leave it running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import testinfra
+
+from thorfleet.lab import BRIDGE, Lab, host_address
+
+ROOT = Path(__file__).resolve().parents[2]
+HOSTS = ["thor01", "thor02"]
+RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
+                   r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.MULTILINE)
+
+
+def thorfleet(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["thorfleet", *args], cwd=ROOT, capture_output=True, text=True,
+                          check=False)
+
+
+class Playbook:
+    """One ansible-playbook run, as a user types it in the checkout."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        self.argv = ["ansible-playbook", *args]
+        proc = subprocess.run(self.argv, cwd=ROOT, capture_output=True, text=True, check=False,
+                              env={**os.environ, "ANSIBLE_NOCOLOR": "1", **(env or {})})
+        self.rc = proc.returncode
+        self.output = proc.stdout + proc.stderr
+        self.recap = {m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
+                      for m in RECAP.finditer(self.output)}
+
+    def __repr__(self) -> str:  # what pytest shows when an assertion on a run fails
+        return f"<{' '.join(self.argv)} rc={self.rc}>\n{self.output[-6000:]}"
+
+
+def lab_leftovers() -> list[str]:
+    """Anything the lab leaves on this machine after `down`."""
+    found = []
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    found += [f"process: {line}" for line in processes.splitlines()
+              if line.startswith(("systemd-nspawn", "docker-registry serve"))]
+    if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
+        found.append(f"link: {BRIDGE}")
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    found += [f"link: {line.split(':')[1].strip()}" for line in links.splitlines()
+              if ": vb-thor" in line]
+    addresses = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    found += [f"address: {line}" for line in addresses.splitlines() if " 10.213." in line]
+    nat = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+    found += [f"nat rule: {line}" for line in nat.splitlines() if "thorfleet-lab" in line]
+    mounts = Path("/proc/self/mounts").read_text()
+    found += [f"mount: {line}" for line in mounts.splitlines() if str(ROOT / ".lab") in line]
+    return found
+
+
+@pytest.fixture(scope="session")
+def lab():
+    existing = Lab(ROOT)
+    already_up = sum(h.running for h in existing.status()) >= len(HOSTS)
+    if not already_up:
+        up = thorfleet("lab", "up", "--hosts", str(len(HOSTS)))
+        assert up.returncode == 0, up.stdout + up.stderr
+    yield existing
+    if not already_up:
+        down = thorfleet("lab", "down")
+        assert down.returncode == 0, down.stdout + down.stderr
+        assert lab_leftovers() == []
+
+
+@pytest.fixture(scope="session")
+def hosts(lab):
+    """testinfra views of the lab hosts, over the same SSH Ansible uses."""
+    return {
+        name: testinfra.get_host(
+            f"ssh://root@{host_address(index)}",
+            ssh_identity_file=str(lab.key),
+            ssh_extra_args=f"-o UserKnownHostsFile={lab.known_hosts} -o StrictHostKeyChecking=yes",
+        )
+        for index, name in enumerate(HOSTS, start=1)
+    }

@@ -1,0 +1,84 @@
+"""site.yml end to end on the lab fleet: the main job, its idempotence, and preflight."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.lab.conftest import Playbook, thorfleet
+
+RECORD = "/etc/ansible/facts.d/thorfleet.fact"
+
+
+def test_site_on_one_host_then_a_rerun_changes_nothing(lab, hosts):
+    hosts["thor01"].run(f"rm -f {RECORD}")
+    first = Playbook("site.yml", "-l", "thor01")
+    assert first.rc == 0, first
+    assert first.recap["thor01"]["changed"] > 0, first
+    record = hosts["thor01"].file(RECORD)
+    assert (record.user, record.group, record.mode) == ("root", "root", 0o644)
+    profile = json.loads(record.content_string)
+    # A lab host records that it has no GPU.
+    assert profile["lab"] is True
+    assert profile["gpu"] is None and profile["cuda"] is None
+    assert profile["container_runtime"] == "runc"
+
+    second = Playbook("site.yml", "-l", "thor01")
+    assert second.rc == 0, second
+    assert second.recap["thor01"]["changed"] == 0, second
+
+
+def test_check_mode_changes_nothing_and_predicts_the_change(lab, hosts):
+    hosts["thor01"].run(f"rm -f {RECORD}")
+    check = Playbook("site.yml", "-l", "thor01", "--check", "--diff")
+    assert check.rc == 0, check
+    assert check.recap["thor01"]["changed"] > 0, check
+    assert not hosts["thor01"].file(RECORD).exists
+
+
+@pytest.fixture
+def thor02_unprovisioned(hosts):
+    assert thorfleet("lab", "as-thor", "thor02", "--off").returncode == 0
+    hosts["thor02"].run(f"rm -f {RECORD}")
+    yield hosts["thor02"]
+    assert thorfleet("lab", "as-thor", "thor02", "--off").returncode == 0
+
+
+def test_a_host_that_is_no_thor_fails_preflight_and_changes_nothing(thor02_unprovisioned):
+    run = Playbook("site.yml", "-l", "thor02", "-e", "thorfleet_lab=false")
+    assert run.rc != 0, run
+    assert run.recap["thor02"]["failed"] == 1 and run.recap["thor02"]["changed"] == 0, run
+    assert "thor02 is not fit for thorfleet" in run.output
+    for missing in ("/etc/nv_tegra_release is missing", "nvidia-smi",
+                    "CUDA not found", "no 'nvidia' runtime"):
+        assert missing in run.output, missing
+    assert not thor02_unprovisioned.file(RECORD).exists
+
+
+def test_the_same_host_made_to_look_like_a_thor_passes_preflight(thor02_unprovisioned):
+    made = thorfleet("lab", "as-thor", "thor02")
+    assert made.returncode == 0, made.stderr
+    run = Playbook("site.yml", "-l", "thor02", "-e", "thorfleet_lab=false")
+    assert run.rc == 0, run
+    profile = json.loads(thor02_unprovisioned.file(RECORD).content_string)
+    assert profile["lab"] is False
+    assert profile["gpu"] == {"name": "NVIDIA Thor", "compute_capability": "11.0",
+                              "driver": "580.00"}
+    assert (profile["l4t"], profile["jetpack"], profile["cuda"]) == ("38.2.0", "7.0", "13.0.48")
+    assert profile["container_runtime"] == "nvidia"
+
+
+def test_too_little_disk_fails_preflight_naming_the_model_root(lab, hosts):
+    run = Playbook("site.yml", "-l", "thor01", "-e", "thor_preflight_min_free_gb=1000000")
+    assert run.rc != 0, run
+    assert "GB free on" in run.output and "for /models, need 1000000 GB" in run.output
+
+
+def test_the_whole_fleet_converges_and_stays_converged(lab):
+    first = Playbook("site.yml")
+    assert first.rc == 0, first
+    assert set(first.recap) == {"thor01", "thor02"}
+    second = Playbook("site.yml")
+    assert second.rc == 0, second
+    assert all(counts["changed"] == 0 for counts in second.recap.values()), second
