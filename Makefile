@@ -27,8 +27,9 @@ demo: venv
 	$(BIN)/thorfleet lab up --hosts $(LAB_HOSTS)
 	$(BIN)/ansible-playbook site.yml -l thor01
 
-## test: lint, unit tests, then the lab tests (boots a 2-host lab, tears it down)
-test: lint unit lab
+## test: lint, then unit and lab tests in one pytest run (boots a 2-host lab, tears it down)
+test: lint
+	$(BIN)/pytest -q tests
 
 lint: venv
 	$(BIN)/ruff check src library strategy_plugins tests bench

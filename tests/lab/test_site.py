@@ -13,7 +13,7 @@ RECORD = "/etc/ansible/facts.d/thorfleet.fact"
 
 def test_site_on_one_host_then_a_rerun_changes_nothing(lab, hosts):
     hosts["thor01"].run(f"rm -f {RECORD}")
-    first = Playbook("site.yml", "-l", "thor01")
+    first = Playbook("site.yml", "-i", "inventory/lab", "-l", "thor01")
     assert first.rc == 0, first
     assert first.recap["thor01"]["changed"] > 0, first
     record = hosts["thor01"].file(RECORD)
@@ -24,7 +24,7 @@ def test_site_on_one_host_then_a_rerun_changes_nothing(lab, hosts):
     assert profile["gpu"] is None and profile["cuda"] is None
     assert profile["container_runtime"] == "runc"
 
-    second = Playbook("site.yml", "-l", "thor01")
+    second = Playbook("site.yml", "-i", "inventory/lab", "-l", "thor01")
     assert second.rc == 0, second
     assert second.recap["thor01"]["changed"] == 0, second
 
