@@ -11,7 +11,7 @@ export ANSIBLE_LOCAL_TEMP := $(CURDIR)/$(VENV)/ansible-tmp
 
 LAB_HOSTS ?= 2
 
-.PHONY: all venv demo test lint unit lab bench lab-up lab-down clean
+.PHONY: all venv demo test lint unit lab bench check-cuda lab-up lab-down clean
 
 all: test
 
@@ -32,7 +32,7 @@ test: lint
 	$(BIN)/pytest -q tests
 
 lint: venv
-	$(BIN)/ruff check src library strategy_plugins tests bench
+	$(BIN)/ruff check src library filter_plugins strategy_plugins tests bench scripts
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production
 
@@ -42,9 +42,14 @@ unit: venv
 lab: venv
 	$(BIN)/pytest -q tests/lab
 
-## bench: time a no-op re-run with thorfleet's settings against ansible-core's defaults
+## bench: a no-op re-run against ansible-core's defaults; an engine's clean build, re-run and ref bump
 bench: venv
 	$(BIN)/python bench/noop_rerun.py
+	$(BIN)/python bench/engine_rebuild.py
+
+## check-cuda: compile whisper-server with ggml-cuda for arch 110 with this machine's nvcc (opt-in)
+check-cuda: venv
+	$(BIN)/python scripts/check_cuda.py
 
 lab-up: venv
 	$(BIN)/thorfleet lab up --hosts $(LAB_HOSTS)

@@ -49,13 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         lab = Lab(project_root())
         if args.lab_command == "up":
             hosts = lab.up(args.hosts, args.as_thor)
-            print(status_table(hosts, lab.registry_running()))
+            print(status_table(hosts, lab.services_running()))
         elif args.lab_command == "down":
             lab.down()
         elif args.lab_command == "status":
             hosts = lab.status()
             render = status_json if args.json else status_table
-            print(render(hosts, lab.registry_running()))
+            print(render(hosts, lab.services_running()))
         elif args.lab_command == "as-thor":
             lab.as_thor(args.host, not args.off)
     except LabError as error:

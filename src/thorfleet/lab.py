@@ -21,6 +21,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -37,6 +39,8 @@ GATEWAY = "10.213.0.1"
 BRIDGE = "thorlab0"
 REGISTRY_PORT = 5000
 REGISTRY = f"{GATEWAY}:{REGISTRY_PORT}"
+SOURCE_MIRROR = f"git://{GATEWAY}"
+CCACHE_IN_HOST = "/var/cache/thorfleet/ccache"  # ggml_build_ccache_dir's default
 FIRST_HOST_OCTET = 11
 MAX_HOSTS = 8
 
@@ -74,6 +78,36 @@ NSPAWN_ARGS = (
     "--console=passive",
 )
 NSPAWN_ENV = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}  # cgroup v2 for Docker inside
+
+# Background processes of the lab itself; every other pid file is a host.
+SERVICES = ("registry", "git-daemon")
+
+
+@dataclass(frozen=True)
+class Source:
+    """An engine's source tree, taken from the PyPI sdist that vendors it (no GitHub here).
+
+    The lab's git server carries it under the upstream release tag it corresponds to, as
+    a mirror would, so the roles' default pins resolve in the lab as on a real fleet.
+    """
+
+    requirement: str
+    subdir: str
+    tag: str
+
+
+SOURCES = {
+    # llama-cpp-python 0.3.36 vendors llama.cpp 0c1e57098, release b11312.
+    "llama.cpp": Source("llama-cpp-python==0.3.36", "vendor/llama.cpp", "b11312"),
+    # pywhispercpp 1.5.1 vendors whisper.cpp 1.8.5.
+    "whisper.cpp": Source("pywhispercpp==1.5.1", "whisper.cpp", "v1.8.5"),
+}
+# Fixed identity and dates, so a source repository has the same commit on every machine.
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "thorfleet lab", "GIT_AUTHOR_EMAIL": "lab@thorfleet.invalid",
+    "GIT_COMMITTER_NAME": "thorfleet lab", "GIT_COMMITTER_EMAIL": "lab@thorfleet.invalid",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+}
 
 
 class LabError(RuntimeError):
@@ -163,6 +197,7 @@ class Lab:
             self._ensure_key()
             self._ensure_network()
             self._ensure_registry(log)
+            self._ensure_sources(log)
             for index in range(hosts + 1, MAX_HOSTS + 1):
                 self._stop_host(host_name(index))
             for index in range(1, hosts + 1):
@@ -178,15 +213,14 @@ class Lab:
         self._require_root()
         with self._locked():
             for pidfile in sorted((self.state / "run").glob("*.pid")):
-                name = pidfile.stem
-                if name == "registry":
-                    continue
-                self._stop_host(name)
-                log(f"stopped {name}")
-            self._stop_process("registry")
+                if pidfile.stem not in SERVICES:
+                    self._stop_host(pidfile.stem)
+                    log(f"stopped {pidfile.stem}")
+            for service in SERVICES:
+                self._stop_process(service)
             self._remove_network()
-            shutil.rmtree(self.state / "hosts", ignore_errors=True)
-            shutil.rmtree(self.state / "registry", ignore_errors=True)
+            for directory in ("hosts", "registry", "git"):
+                shutil.rmtree(self.state / directory, ignore_errors=True)
             shutil.rmtree(self.inventory, ignore_errors=True)
         log("lab is down")
 
@@ -207,8 +241,12 @@ class Lab:
             ))
         return result
 
-    def registry_running(self) -> bool:
-        return self._pid("registry") is not None
+    def services_running(self) -> dict[str, bool]:
+        return {service: self._pid(service) is not None for service in SERVICES}
+
+    def source_repo(self, engine: str) -> Path:
+        """The lab's git repository of an engine (tests commit to it, as upstream would)."""
+        return self.state / "git" / f"{engine}.git"
 
     def as_thor(self, name: str, on: bool) -> None:
         self._require_root()
@@ -339,6 +377,54 @@ class Lab:
             time.sleep(0.3)
         raise LabError(f"the lab registry did not answer on {REGISTRY}: see {home}.log")
 
+    # ----------------------------------------------------------- the sources
+
+    def _ensure_sources(self, log) -> None:
+        for engine in SOURCES:
+            repo = self.source_repo(engine)
+            if not repo.exists():
+                cached = self.cached_source(engine, log)
+                repo.parent.mkdir(parents=True, exist_ok=True)
+                run(["git", "clone", "-q", "--bare", str(cached), str(repo)])
+        if self._pid("git-daemon") is None:
+            git = self.state / "git"
+            self._start_process("git-daemon", [
+                "git", "daemon", "--reuseaddr", "--export-all", f"--base-path={git}",
+                f"--listen={GATEWAY}", str(git)])
+            log(f"sources served at {SOURCE_MIRROR}/<engine>.git")
+
+    def cached_source(self, engine: str, log=print) -> Path:
+        """A bare repository of the sdist's tree, tagged, built once per machine."""
+        source = SOURCES[engine]
+        name = f"{engine}-{source.requirement.replace('==', '-')}.git"
+        cached = self.cache / "sources" / name
+        if (cached / "thorfleet-complete").exists():
+            return cached
+        downloads = self.cache / "sources" / "sdists"
+        downloads.mkdir(parents=True, exist_ok=True)
+        package = source.requirement.split("==")[0]
+        log(f"fetching {source.requirement} (sdist) for the {engine} sources")
+        run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+             "--no-binary", package, source.requirement, "-d", str(downloads)])
+        version = source.requirement.split("==")[1]
+        prefix = package.replace("-", "_").lower()
+        sdist = next(p for p in downloads.glob("*.tar.gz")
+                     if p.name.lower().replace("-", "_").startswith(f"{prefix}_{version}"))
+        with tempfile.TemporaryDirectory() as tmp:
+            run(["tar", "--no-same-owner", "-xzf", str(sdist), "-C", tmp])
+            tree = next(Path(tmp).iterdir()) / source.subdir
+            # A vendored submodule carries a .git file pointing at its parent's repository.
+            (tree / ".git").unlink(missing_ok=True)
+            env = {**os.environ, **GIT_IDENTITY}
+            for argv in (["git", "init", "-q", "-b", "master"], ["git", "add", "-A", "-f"],
+                         ["git", "commit", "-q", "-m", f"{engine} from {source.requirement}"],
+                         ["git", "tag", source.tag]):
+                run(argv, cwd=tree, env=env)
+            shutil.rmtree(cached, ignore_errors=True)
+            run(["git", "clone", "-q", "--bare", str(tree), str(cached)])
+        (cached / "thorfleet-complete").write_text(source.requirement + "\n")
+        return cached
+
     # ------------------------------------------------------------- the hosts
 
     def _root(self, name: str) -> Path:
@@ -357,9 +443,13 @@ class Lab:
             run(["cp", "-a", "--reflink=auto", str(base), str(partial)])
             self._personalise(partial, name, address)
             partial.rename(root)
+        # One compiler cache for all hosts: a second host's build is mostly cache hits.
+        ccache = self.cache / "ccache"
+        ccache.mkdir(parents=True, exist_ok=True)
         log(f"booting {name}")
         self._start_process(name, ["systemd-nspawn", "-D", str(root), f"--machine={name}",
-                                   f"--network-bridge={BRIDGE}", *NSPAWN_ARGS],
+                                   f"--network-bridge={BRIDGE}",
+                                   f"--bind={ccache}:{CCACHE_IN_HOST}", *NSPAWN_ARGS],
                             env=NSPAWN_ENV)
 
     def _personalise(self, root: Path, name: str, address: str) -> None:
@@ -455,6 +545,8 @@ class Lab:
             "thorfleet_lab: true\n"
             "# No NVIDIA container runtime without a GPU; Docker's default stands in.\n"
             "thorfleet_container_runtime: runc\n"
+            "# The lab's git server mirrors the engines' sources.\n"
+            f"thorfleet_source_mirror: {SOURCE_MIRROR}\n"
         )
 
     # ------------------------------------------------- background processes
@@ -503,7 +595,7 @@ class Lab:
         return path.read_text() if path.exists() else ""
 
 
-def status_table(hosts: list[HostStatus], registry: bool) -> str:
+def status_table(hosts: list[HostStatus], services: dict[str, bool]) -> str:
     rows = [("host", "address", "state", "ssh", "looks like")]
     for host in hosts:
         rows.append((host.name, host.address, "running" if host.running else "stopped",
@@ -511,10 +603,14 @@ def status_table(hosts: list[HostStatus], registry: bool) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
              for row in rows]
-    lines.append(f"registry {REGISTRY}: {'running' if registry else 'stopped'}")
+    for service, address in (("registry", REGISTRY), ("git-daemon", SOURCE_MIRROR)):
+        lines.append(f"{service} {address}: {'running' if services[service] else 'stopped'}")
     return "\n".join(lines)
 
 
-def status_json(hosts: list[HostStatus], registry: bool) -> str:
-    return json.dumps({"hosts": [asdict(h) for h in hosts],
-                       "registry": {"address": REGISTRY, "running": registry}}, indent=2)
+def status_json(hosts: list[HostStatus], services: dict[str, bool]) -> str:
+    return json.dumps({
+        "hosts": [asdict(h) for h in hosts],
+        "registry": {"address": REGISTRY, "running": services["registry"]},
+        "sources": {"address": SOURCE_MIRROR, "running": services["git-daemon"]},
+    }, indent=2)

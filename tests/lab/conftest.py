@@ -47,7 +47,8 @@ def lab_leftovers() -> list[str]:
     found = []
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     found += [f"process: {line}" for line in processes.splitlines()
-              if line.startswith(("systemd-nspawn", "docker-registry serve"))]
+              if line.startswith(("systemd-nspawn", "docker-registry serve", "git daemon",
+                                       "git-daemon"))]
     if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
         found.append(f"link: {BRIDGE}")
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

@@ -1,0 +1,40 @@
+"""Filters for building ggml engines (llama.cpp, whisper.cpp)."""
+
+from __future__ import annotations
+
+# Every build: an optimised, self-contained binary (no shared libraries to go stale
+# when `current` moves to another build).
+COMMON_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF")
+
+
+def cuda_architecture(compute_capability: str) -> str:
+    """CMake's CUDA architecture for a compute capability: "11.0" (Thor) -> "110"."""
+    major, _, minor = str(compute_capability).partition(".")
+    if not (major.isdigit() and (minor or "0").isdigit()):
+        raise ValueError(f"not a compute capability: {compute_capability!r}")
+    return f"{major}{minor or '0'}"
+
+
+def ggml_cmake_flags(gpu, engine_flags=(), extra_flags=(), cuda_home="/usr/local/cuda"):
+    """The CMake -D flags of one engine build.
+
+    ``gpu`` is the GPU preflight found (``ansible_facts.thor.gpu``): with one, CUDA on for
+    its architecture (a Thor: ``-DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=110``); without
+    (the lab), a CPU build. Then the engine's own flags, then the user's, which win where
+    they set the same variable (CMake keeps the last -D).
+    """
+    flags = list(COMMON_FLAGS)
+    if gpu:
+        flags += [
+            "-DGGML_CUDA=ON",
+            f"-DCMAKE_CUDA_ARCHITECTURES={cuda_architecture(gpu['compute_capability'])}",
+            f"-DCMAKE_CUDA_COMPILER={cuda_home.rstrip('/')}/bin/nvcc",
+        ]
+    else:
+        flags.append("-DGGML_CUDA=OFF")
+    return flags + list(engine_flags or []) + list(extra_flags or [])
+
+
+class FilterModule:
+    def filters(self):
+        return {"ggml_cmake_flags": ggml_cmake_flags, "cuda_architecture": cuda_architecture}

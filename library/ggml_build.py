@@ -1,0 +1,298 @@
+#!/usr/bin/python
+"""Ansible module: build a ggml engine into a stamped directory, only when its inputs changed."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: ggml_build
+short_description: Build llama.cpp or whisper.cpp once per set of inputs, switching C(current)
+description:
+  - Computes a build stamp from the source commit, the CMake flags, the targets, the CUDA
+    version and the compiler version.
+  - When the build that C(current) points to has that stamp, nothing runs and nothing changes.
+  - Otherwise configures and builds into C(build-<stamp>) next to C(current), and only after
+    a successful build switches the C(current) link to it. A failed build leaves C(current),
+    and what runs from it, untouched; its directory stays, so a retry is incremental.
+  - A build with the wanted stamp that already exists (a rollback) is switched to without
+    compiling. The newest O(keep) complete builds are kept, C(current) among them.
+  - In check mode, reports whether a rebuild would happen and why (old and new stamp as diff).
+options:
+  name:
+    description: Engine name, for messages (C(llama.cpp), C(whisper.cpp)).
+    type: str
+    required: true
+  source:
+    description: The git checkout to build.
+    type: path
+    required: true
+  commit:
+    description: The commit checked out in O(source) (the git module's C(after)).
+    type: str
+    required: true
+  build_root:
+    description: Where C(build-<stamp>) directories and the C(current) link live.
+    type: path
+    required: true
+  cmake_flags:
+    description: CMake -D flags, in order.
+    type: list
+    elements: str
+    default: []
+  targets:
+    description: CMake targets to build; their binaries are expected in C(bin/).
+    type: list
+    elements: str
+    required: true
+  cuda_version:
+    description: CUDA version of the host (part of the stamp); empty for CPU builds.
+    type: str
+    default: ""
+  ccache_dir:
+    description: Compiler cache directory (C(CCACHE_DIR)); empty to build without one.
+    type: path
+  jobs:
+    description: Parallel compile jobs; 0 means one per CPU.
+    type: int
+    default: 0
+  keep:
+    description: Complete builds to keep, C(current) included (2 keeps one for rollback).
+    type: int
+    default: 2
+author:
+  - thorfleet
+"""
+
+EXAMPLES = r"""
+- name: Build llama-server for a Thor
+  ggml_build:
+    name: llama.cpp
+    source: /opt/thorfleet/llama.cpp/src
+    commit: "{{ checkout.after }}"
+    build_root: /opt/thorfleet/llama.cpp
+    cmake_flags: [-DGGML_CUDA=ON, -DCMAKE_CUDA_ARCHITECTURES=110]
+    targets: [llama-server]
+    cuda_version: "13.0.48"
+    ccache_dir: /var/cache/thorfleet/ccache
+"""
+
+RETURN = r"""
+stamp:
+  description: The stamp of the build C(current) points to after the task.
+  returned: always
+  type: str
+  sample: 3f9a1c0d2b7e4a61
+previous:
+  description: The stamp C(current) pointed to before, if any.
+  returned: always
+  type: str
+build_dir:
+  description: The directory of the wanted build.
+  returned: always
+  type: str
+binaries:
+  description: Target name to binary path, through C(current).
+  returned: always
+  type: dict
+  sample: {llama-server: /opt/thorfleet/llama.cpp/current/bin/llama-server}
+compiled:
+  description: Whether a compiler ran.
+  returned: always
+  type: bool
+reason:
+  description: Why a build or switch happened (or would), naming the inputs that changed.
+  returned: always
+  type: str
+"""
+
+import hashlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+MARKER = "thorfleet-build.json"
+STAMP_FIELDS = ("engine", "commit", "cmake_flags", "targets", "cuda", "compiler")
+
+
+def build_record(engine, commit, cmake_flags, targets, cuda, compiler):
+    """What a build is made of; its stamp is a hash of exactly this."""
+    return {"engine": engine, "commit": commit, "cmake_flags": list(cmake_flags),
+            "targets": sorted(targets), "cuda": cuda or "", "compiler": compiler}
+
+
+def stamp_of(record):
+    canonical = json.dumps({k: record[k] for k in STAMP_FIELDS}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def explain(old, new):
+    """Which inputs differ between two build records, for people."""
+    if not old:
+        return "no build yet"
+    changes = []
+    for field in STAMP_FIELDS:
+        if old.get(field) != new[field]:
+            before, after = old.get(field), new[field]
+            if field == "commit":
+                before, after = (before or "")[:12], after[:12]
+            changes.append(f"{field} {before} -> {after}")
+    return "; ".join(changes) or "same inputs, build incomplete"
+
+
+def error_excerpt(output, lines=40):
+    """The compiler's errors, else the end of the output."""
+    text = output.splitlines()
+    errors = [line for line in text if "error" in line.lower()]
+    return "\n".join((errors or text)[-lines:])
+
+
+class Builder:
+    def __init__(self, module):
+        self.module = module
+        self.params = module.params
+        self.root = self.params["build_root"]
+        self.current = os.path.join(self.root, "current")
+
+    def compiler_version(self):
+        versions = []
+        for name in ("cc", "c++"):
+            path = self.module.get_bin_path(name)
+            # Missing only in check mode before the build tools are installed.
+            if not path:
+                versions.append(f"{name} not installed")
+                continue
+            _rc, out, _err = self.module.run_command([path, "--version"], check_rc=True)
+            versions.append(out.splitlines()[0].strip())
+        return " / ".join(versions)
+
+    def read_record(self, build_dir):
+        try:
+            with open(os.path.join(build_dir, MARKER)) as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return None
+
+    def current_dir(self):
+        if not os.path.islink(self.current):
+            return None
+        return os.path.join(self.root, os.readlink(self.current))
+
+    def env(self):
+        env = {}
+        if self.params["ccache_dir"]:
+            # Paths relative to the build root hash alike in every build-<stamp>, so a
+            # ref bump or another host's build hits the cache.
+            env.update(CCACHE_DIR=self.params["ccache_dir"],
+                       CCACHE_BASEDIR=os.path.dirname(self.root.rstrip("/")),
+                       CCACHE_NOHASHDIR="1")
+        return env
+
+    def run_step(self, argv, what):
+        rc, out, err = self.module.run_command(argv, environ_update=self.env())
+        if rc != 0:
+            output = out + err
+            self.module.fail_json(
+                msg=(f"{self.params['name']} {what} failed at commit "
+                     f"{self.params['commit'][:12]} (the previous build stays current):\n"
+                     f"{error_excerpt(output)}"),
+                rc=rc, stdout_tail=output[-8000:])
+
+    def compile(self, build_dir, record):
+        cmake = self.module.get_bin_path("cmake", required=True)
+        self.run_step([cmake, "-S", self.params["source"], "-B", build_dir,
+                       *self.params["cmake_flags"]], "configure")
+        jobs = self.params["jobs"] or os.cpu_count() or 1
+        self.run_step([cmake, "--build", build_dir, "--config", "Release", "-j", str(jobs),
+                       "--target", *self.params["targets"]], "build")
+        missing = [t for t in self.params["targets"]
+                   if not os.access(os.path.join(build_dir, "bin", t), os.X_OK)]
+        if missing:
+            self.module.fail_json(msg=f"{self.params['name']} built, but without "
+                                      f"{', '.join(missing)} in {build_dir}/bin")
+        tmp = os.path.join(build_dir, MARKER + ".tmp")
+        with open(tmp, "w") as handle:
+            json.dump(record, handle, indent=2, sort_keys=True)
+        os.replace(tmp, os.path.join(build_dir, MARKER))
+
+    def switch(self, build_dir):
+        tmp = self.current + ".tmp"
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        os.symlink(os.path.basename(build_dir), tmp)
+        os.replace(tmp, self.current)
+        os.utime(os.path.join(build_dir, MARKER))
+
+    def prune(self, keep_dir):
+        """Keep the newest complete builds (current among them); drop failed ones."""
+        builds = [os.path.join(self.root, d) for d in os.listdir(self.root)
+                  if d.startswith("build-") and os.path.isdir(os.path.join(self.root, d))]
+        others = [b for b in builds
+                  if b != keep_dir and os.path.exists(os.path.join(b, MARKER))]
+        # A marker's time is when its build last became current (see switch).
+        others.sort(key=lambda b: os.path.getmtime(os.path.join(b, MARKER)), reverse=True)
+        kept = {keep_dir, *others[: max(self.params["keep"], 1) - 1]}
+        for build in builds:
+            if build not in kept:
+                shutil.rmtree(build, ignore_errors=True)
+
+    def run(self):
+        p = self.params
+        record = build_record(p["name"], p["commit"], p["cmake_flags"], p["targets"],
+                              p["cuda_version"], self.compiler_version())
+        stamp = stamp_of(record)
+        build_dir = os.path.join(self.root, f"build-{stamp}")
+        current = self.current_dir()
+        current_record = self.read_record(current) if current else None
+        previous = stamp_of(current_record) if current_record else ""
+        result = {"stamp": stamp, "previous": previous, "build_dir": build_dir,
+                  "binaries": {t: os.path.join(self.current, "bin", t) for t in p["targets"]},
+                  "compiled": False}
+        if current == build_dir and current_record:
+            self.module.exit_json(changed=False, reason="build is current", **result)
+
+        ready = self.read_record(build_dir) is not None
+        reason = explain(current_record, record)
+        reason += "; switching to the kept build" if ready else "; building"
+        result.update(
+            reason=reason,
+            diff={"before": json.dumps({"stamp": previous, **(current_record or {})},
+                                       indent=2, sort_keys=True) + "\n",
+                  "after": json.dumps({"stamp": stamp, **record},
+                                      indent=2, sort_keys=True) + "\n",
+                  "before_header": f"{p['name']} current",
+                  "after_header": f"{p['name']} wanted ({reason})"})
+        if self.module.check_mode:
+            self.module.exit_json(changed=True, **result)
+
+        os.makedirs(self.root, exist_ok=True)
+        if not ready:
+            self.compile(build_dir, record)
+            result["compiled"] = True
+        self.switch(build_dir)
+        self.prune(build_dir)
+        self.module.exit_json(changed=True, **result)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "name": {"type": "str", "required": True},
+            "source": {"type": "path", "required": True},
+            "commit": {"type": "str", "required": True},
+            "build_root": {"type": "path", "required": True},
+            "cmake_flags": {"type": "list", "elements": "str", "default": []},
+            "targets": {"type": "list", "elements": "str", "required": True},
+            "cuda_version": {"type": "str", "default": ""},
+            "ccache_dir": {"type": "path"},
+            "jobs": {"type": "int", "default": 0},
+            "keep": {"type": "int", "default": 2},
+        },
+        supports_check_mode=True,
+    )
+    Builder(module).run()
+
+
+if __name__ == "__main__":
+    main()

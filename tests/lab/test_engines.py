@@ -1,0 +1,194 @@
+"""Engines on the lab fleet: real CPU builds of llama-server and whisper-server from the
+lab's git server, rebuilt only when their stamp changes, with a shared compiler cache."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+
+import pytest
+
+from tests.lab.conftest import Playbook
+
+ROOT = "/opt/thorfleet"
+CCACHE = "CCACHE_DIR=/var/cache/thorfleet/ccache ccache --print-stats"
+WHISPER_UNIT = "lab-whisper.service"
+# A service that runs whisper-server from `current`, as the services phase will.
+WHISPER_UNIT_FILE = f"""[Unit]
+Description=thorfleet lab test: whisper-server from the current build
+[Service]
+ExecStart={ROOT}/whisper.cpp/current/bin/whisper-server \
+  --model {ROOT}/whisper.cpp/src/models/for-tests-ggml-tiny.bin --host 127.0.0.1 --port 8080
+"""
+DEPENDENTS = json.dumps({"ggml_build_dependent_units": [
+    {"unit": WHISPER_UNIT, "engine": "whisper.cpp"}]})
+
+
+def engines(*args: str) -> Playbook:
+    return Playbook("site.yml", "--tags", "engines", *args)
+
+
+def ccache_stats(host) -> dict[str, int]:
+    lines = host.check_output(CCACHE).splitlines()
+    return {key: int(value) for key, value in (line.split("\t") for line in lines)}
+
+
+def compiles(before: dict, after: dict) -> tuple[int, int]:
+    """(cache hits, cache misses) between two readings of the shared compiler cache."""
+    hits = sum(after[k] - before[k] for k in ("direct_cache_hit", "preprocessed_cache_hit"))
+    return hits, after["cache_miss"] - before["cache_miss"]
+
+
+def current(host, engine: str) -> str:
+    return host.file(f"{ROOT}/{engine}/current").linked_to.rsplit("/", 1)[-1]
+
+
+def builds(host, engine: str) -> list[str]:
+    return sorted(host.check_output(f"ls -d {ROOT}/{engine}/build-* | xargs -n1 basename")
+                  .split())
+
+
+def record(host, engine: str) -> dict:
+    return json.loads(host.file(f"{ROOT}/{engine}/current/thorfleet-build.json").content_string)
+
+
+def main_pid(host) -> str:
+    return host.check_output(f"systemctl show -p MainPID --value {WHISPER_UNIT}")
+
+
+def transcribe(host) -> dict:
+    out = host.check_output(
+        "curl -sf --retry 20 --retry-connrefused --retry-delay 1 http://127.0.0.1:8080/inference "
+        f"-F file=@{ROOT}/whisper.cpp/src/samples/jfk.wav -F response_format=json")
+    return json.loads(out)
+
+
+def commit_to_lab_source(lab, engine: str, path: str, line: str, tag: str) -> str:
+    """Commit a change to the lab's git server, as upstream would, and tag it."""
+    with tempfile.TemporaryDirectory() as work:
+        def git(*args):
+            return subprocess.run(["git", "-C", work, *args], check=True, capture_output=True,
+                                  text=True).stdout.strip()
+        subprocess.run(["git", "clone", "-q", str(lab.source_repo(engine)), work], check=True)
+        with open(f"{work}/{path}", "a") as source:
+            source.write(f"\n{line}\n")
+        git("-c", "user.name=lab", "-c", "user.email=lab@thorfleet.invalid",
+            "commit", "-qam", f"lab: {tag}")
+        git("tag", "-f", tag)
+        git("push", "-q", "-f", "origin", "HEAD:refs/heads/master", f"refs/tags/{tag}")
+        return git("rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="module")
+def thor01(lab, hosts):
+    """thor01 with no engines yet, and a unit that will run whisper-server."""
+    host = hosts["thor01"]
+    host.run(f"systemctl stop {WHISPER_UNIT}; rm -rf {ROOT}")
+    host.check_output(f"cat > /etc/systemd/system/{WHISPER_UNIT} <<'EOF'\n{WHISPER_UNIT_FILE}EOF\n"
+                      "systemctl daemon-reload")
+    yield host
+    host.run(f"systemctl stop {WHISPER_UNIT}; rm -f /etc/systemd/system/{WHISPER_UNIT}; "
+             "systemctl daemon-reload")
+
+
+@pytest.fixture(scope="module")
+def first_build(thor01):
+    run = engines("-l", "thor01")
+    assert run.rc == 0, run
+    run.builds = {e: current(thor01, e) for e in ("llama.cpp", "whisper.cpp")}
+    return run
+
+
+def test_first_run_builds_both_engines_for_the_cpu(first_build, thor01, lab):
+    for engine, tag in (("llama.cpp", "b11312"), ("whisper.cpp", "v1.8.5")):
+        built = record(thor01, engine)
+        tagged = subprocess.run(["git", "-C", str(lab.source_repo(engine)), "rev-parse",
+                                 f"{tag}^{{commit}}"], capture_output=True, text=True).stdout
+        assert built["commit"] == tagged.strip()
+        assert "-DGGML_CUDA=OFF" in built["cmake_flags"] and built["cuda"] == ""
+        assert current(thor01, engine) == builds(thor01, engine)[0]
+    assert "version:" in thor01.run(f"{ROOT}/llama.cpp/current/bin/llama-server --version").stderr
+    assert thor01.run(f"{ROOT}/whisper.cpp/current/bin/whisper-server --help").rc == 0
+
+
+def test_the_built_whisper_server_serves_on_the_host(first_build, thor01):
+    thor01.check_output(f"systemctl start {WHISPER_UNIT}")
+    answer = transcribe(thor01)
+    assert "text" in answer  # random for-tests weights: the server answers, the text is noise
+
+
+def test_a_second_run_starts_no_compiler(first_build, thor01):
+    stamps = {e: current(thor01, e) for e in ("llama.cpp", "whisper.cpp")}
+    before = ccache_stats(thor01)
+    again = engines("-l", "thor01")
+    assert again.rc == 0, again
+    assert again.recap["thor01"]["changed"] == 0, again
+    assert ccache_stats(thor01) == before
+    assert stamps == {e: current(thor01, e) for e in stamps}
+
+
+def test_check_mode_says_a_ref_bump_would_rebuild_and_why(first_build, thor01, lab):
+    commit = commit_to_lab_source(lab, "whisper.cpp", "ggml/src/ggml-alloc.c",
+                                  "// thorfleet lab: a new upstream commit", "lab-bump-1")
+    old = record(thor01, "whisper.cpp")["commit"]
+    preview = engines("-l", "thor01", "--check", "--diff",
+                      "-e", "ggml_build_whisper_cpp_version=lab-bump-1")
+    assert preview.rc == 0, preview
+    assert f"commit {old[:12]} -> {commit[:12]}; building" in preview.output
+    assert record(thor01, "whisper.cpp")["commit"] == old
+
+
+def test_a_ref_bump_rebuilds_from_cache_switches_and_restarts_the_service(first_build, thor01):
+    old_build, llama_build = current(thor01, "whisper.cpp"), current(thor01, "llama.cpp")
+    pid = main_pid(thor01)
+    before = ccache_stats(thor01)
+    bump = engines("-l", "thor01", "-e", "ggml_build_whisper_cpp_version=lab-bump-1",
+                   "-e", DEPENDENTS)
+    assert bump.rc == 0, bump
+    hits, misses = compiles(before, ccache_stats(thor01))
+    assert misses <= 3 and hits > 10 * misses, (hits, misses)  # one file changed
+    new_build = current(thor01, "whisper.cpp")
+    assert new_build != old_build and builds(thor01, "whisper.cpp") == sorted(
+        [old_build, new_build])
+    assert current(thor01, "llama.cpp") == llama_build
+    assert main_pid(thor01) != pid
+    assert new_build in thor01.check_output(f"readlink /proc/{main_pid(thor01)}/exe")
+    assert "text" in transcribe(thor01)
+
+
+def test_a_ref_that_does_not_compile_fails_and_the_service_keeps_running(
+        first_build, thor01, lab):
+    commit_to_lab_source(lab, "whisper.cpp", "examples/server/server.cpp",
+                         "#error thorfleet lab: this commit does not compile", "lab-broken")
+    good_build, pid = current(thor01, "whisper.cpp"), main_pid(thor01)
+    broken = engines("-l", "thor01", "-e", "ggml_build_whisper_cpp_version=lab-broken",
+                     "-e", DEPENDENTS)
+    assert broken.rc != 0, broken
+    assert "whisper.cpp build failed at commit" in broken.output
+    assert "this commit does not compile" in broken.output
+    assert current(thor01, "whisper.cpp") == good_build
+    assert main_pid(thor01) == pid and thor01.service(WHISPER_UNIT).is_running
+    assert "text" in transcribe(thor01)
+
+
+def test_going_back_to_the_pinned_ref_switches_to_the_kept_build(first_build, thor01):
+    before, pid = ccache_stats(thor01), main_pid(thor01)
+    back = engines("-l", "thor01", "-e", DEPENDENTS)
+    assert back.rc == 0, back
+    assert ccache_stats(thor01) == before  # no compiler: the first build was kept
+    assert current(thor01, "whisper.cpp") == first_build.builds["whisper.cpp"]
+    assert main_pid(thor01) != pid
+    # The bump's build stays for rollback; the failed attempt is gone.
+    assert len(builds(thor01, "whisper.cpp")) == 2
+
+
+def test_a_second_host_builds_mostly_from_the_shared_cache(first_build, hosts):
+    thor02 = hosts["thor02"]
+    thor02.run(f"rm -rf {ROOT}")
+    before = ccache_stats(thor02)
+    run = engines("-l", "thor02")
+    assert run.rc == 0, run
+    hits, misses = compiles(before, ccache_stats(thor02))
+    assert hits > 9 * misses, (hits, misses)
+    assert thor02.run(f"{ROOT}/whisper.cpp/current/bin/whisper-server --help").rc == 0

@@ -1,0 +1,178 @@
+"""ggml_build: the stamp, and builds of a real (tiny) CMake project through the module."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+from tests.conftest import load
+
+ggml_build = load("library/ggml_build.py")
+
+RECORD = ggml_build.build_record("llama.cpp", "a" * 40, ["-DGGML_CUDA=ON"], ["llama-server"],
+                                 "13.0.48", "cc (Ubuntu 13.3.0) 13.3.0")
+
+
+def test_the_stamp_is_stable_and_ignores_target_order():
+    same = ggml_build.build_record("llama.cpp", "a" * 40, ["-DGGML_CUDA=ON"],
+                                   ["llama-server"], "13.0.48", "cc (Ubuntu 13.3.0) 13.3.0")
+    assert ggml_build.stamp_of(RECORD) == ggml_build.stamp_of(same)
+    two = ggml_build.build_record("x", "c", [], ["b", "a"], "", "cc")
+    assert two["targets"] == ["a", "b"]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("commit", "b" * 40),
+    ("cmake_flags", ["-DGGML_CUDA=ON", "-DGGML_NATIVE=OFF"]),
+    ("targets", ["llama-server", "llama-cli"]),
+    ("cuda", "13.1.0"),
+    ("compiler", "cc (Ubuntu 14.2.0) 14.2.0"),
+])
+def test_every_input_changes_the_stamp_and_is_named(field, value):
+    changed = {**RECORD, field: value}
+    assert ggml_build.stamp_of(changed) != ggml_build.stamp_of(RECORD)
+    assert ggml_build.explain(RECORD, changed).startswith(f"{field} ")
+
+
+def test_flag_order_matters_because_cmake_keeps_the_last():
+    swapped = {**RECORD, "cmake_flags": ["-DX=1", "-DX=2"]}
+    other = {**RECORD, "cmake_flags": ["-DX=2", "-DX=1"]}
+    assert ggml_build.stamp_of(swapped) != ggml_build.stamp_of(other)
+
+
+def test_explain_shortens_commits_and_names_a_first_build():
+    changed = {**RECORD, "commit": "b" * 40}
+    assert ggml_build.explain(RECORD, changed) == "commit aaaaaaaaaaaa -> bbbbbbbbbbbb"
+    assert ggml_build.explain(None, RECORD) == "no build yet"
+
+
+def test_error_excerpt_keeps_the_compilers_errors():
+    output = ("[ 10%] Building C object x.o\n"
+              "src/x.c:3:1: error: expected ';'\nmake: *** [x] Error 1\n")
+    assert ggml_build.error_excerpt(output) == (
+        "src/x.c:3:1: error: expected ';'\nmake: *** [x] Error 1")
+
+
+# --- the module, building a real CMake project ------------------------------------------
+
+CMAKELISTS = textwrap.dedent("""\
+    cmake_minimum_required(VERSION 3.14)
+    project(tiny C)
+    set(CMAKE_RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+    add_executable(tiny-server main.c)
+    """)
+
+
+class Done(Exception):
+    def __init__(self, failed, result):
+        super().__init__(result.get("msg", ""))
+        self.failed = failed
+        self.result = result
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "CMakeLists.txt").write_text(CMAKELISTS)
+    (source / "main.c").write_text('#include <stdio.h>\nint main(void){puts("v1");return 0;}\n')
+
+    def exit_json(self, **kwargs):
+        raise Done(False, kwargs)
+
+    def fail_json(self, **kwargs):
+        raise Done(True, kwargs)
+
+    monkeypatch.setattr(ggml_build.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(ggml_build.AnsibleModule, "fail_json", fail_json)
+    return tmp_path
+
+
+def build(project, commit="c1", flags=(), check=False, keep=2):
+    args = {"name": "tiny", "source": str(project / "src"), "commit": commit,
+            "build_root": str(project / "engine"), "cmake_flags": list(flags),
+            "targets": ["tiny-server"], "jobs": 1, "keep": keep,
+            "_ansible_check_mode": check}
+    with patch_module_args(args), pytest.raises(Done) as done:
+        ggml_build.main()
+    return done.value
+
+
+def current(project):
+    link = project / "engine" / "current"
+    return os.readlink(link) if link.is_symlink() else None
+
+
+def builds(project):
+    return sorted(p.name for p in (project / "engine").glob("build-*"))
+
+
+def test_first_run_builds_and_switches_current(project):
+    result = build(project)
+    assert not result.failed and result.result["changed"] and result.result["compiled"]
+    stamp = result.result["stamp"]
+    assert current(project) == f"build-{stamp}"
+    assert os.access(result.result["binaries"]["tiny-server"], os.X_OK)
+    record = json.loads((project / "engine" / f"build-{stamp}" / ggml_build.MARKER).read_text())
+    assert record["commit"] == "c1" and record["targets"] == ["tiny-server"]
+
+
+def test_same_inputs_run_no_compiler_and_change_nothing(project):
+    first = build(project).result
+    marker = project / "engine" / f"build-{first['stamp']}" / ggml_build.MARKER
+    before = marker.stat().st_mtime_ns
+    second = build(project)
+    assert second.result["changed"] is False and second.result["compiled"] is False
+    assert second.result["stamp"] == first["stamp"]
+    assert marker.stat().st_mtime_ns == before
+
+
+def test_check_mode_says_why_and_touches_nothing(project):
+    first = build(project).result
+    preview = build(project, commit="c2", check=True)
+    assert preview.result["changed"] is True and preview.result["compiled"] is False
+    assert preview.result["reason"] == "commit c1 -> c2; building"
+    assert '"commit": "c1"' in preview.result["diff"]["before"]
+    assert '"commit": "c2"' in preview.result["diff"]["after"]
+    assert current(project) == f"build-{first['stamp']}"
+    assert builds(project) == [f"build-{first['stamp']}"]
+
+
+def test_a_new_ref_builds_beside_the_old_one_and_keeps_it(project):
+    old = build(project).result["stamp"]
+    (project / "src" / "main.c").write_text('#include <stdio.h>\nint main(void){puts("v2");}\n')
+    new = build(project, commit="c2").result
+    assert new["compiled"] and new["previous"] == old
+    assert current(project) == f"build-{new['stamp']}"
+    assert builds(project) == sorted([f"build-{old}", f"build-{new['stamp']}"])
+
+
+def test_a_failed_build_leaves_current_untouched_and_names_the_error(project):
+    good = build(project).result["stamp"]
+    (project / "src" / "main.c").write_text("int main(void){ return 0 }\n")
+    failed = build(project, commit="c-broken")
+    assert failed.failed
+    assert "tiny build failed at commit c-broken" in failed.result["msg"]
+    assert "error" in failed.result["msg"] and "main.c" in failed.result["msg"]
+    assert current(project) == f"build-{good}"
+    assert os.access(project / "engine" / "current" / "bin" / "tiny-server", os.X_OK)
+
+
+def test_going_back_to_a_kept_build_switches_without_compiling(project):
+    old = build(project).result["stamp"]
+    build(project, flags=["-DCMAKE_C_FLAGS=-O1"])
+    back = build(project).result
+    assert back["changed"] and not back["compiled"]
+    assert back["reason"].endswith("switching to the kept build")
+    assert current(project) == f"build-{old}"
+
+
+def test_only_the_newest_builds_are_kept(project):
+    stamps = [build(project, flags=[f"-DCMAKE_C_FLAGS=-O{level}"]).result["stamp"]
+              for level in (0, 1, 2)]
+    assert builds(project) == sorted(f"build-{s}" for s in stamps[1:])
+    assert current(project) == f"build-{stamps[2]}"

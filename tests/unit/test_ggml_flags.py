@@ -1,0 +1,49 @@
+"""How the CMake flags of an engine build are composed: CUDA for a Thor, CPU in the lab."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import load
+
+ggml = load("filter_plugins/ggml.py")
+
+THOR_GPU = {"name": "NVIDIA Thor", "compute_capability": "11.0", "driver": "580.00"}
+
+
+def test_a_thor_builds_cuda_for_arch_110_with_the_guides_flags():
+    flags = ggml.ggml_cmake_flags(THOR_GPU)
+    # The guide: cmake -B build -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="110"
+    assert "-DGGML_CUDA=ON" in flags
+    assert "-DCMAKE_CUDA_ARCHITECTURES=110" in flags
+    assert "-DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc" in flags
+    assert "-DCMAKE_BUILD_TYPE=Release" in flags
+    assert "-DGGML_CUDA=OFF" not in flags
+
+
+def test_a_host_without_gpu_builds_for_the_cpu_only():
+    flags = ggml.ggml_cmake_flags(None)
+    assert "-DGGML_CUDA=OFF" in flags
+    assert not [f for f in flags if "CUDA_ARCHITECTURES" in f or "CUDA_COMPILER" in f]
+
+
+def test_engine_flags_then_user_flags_come_last_so_theirs_win():
+    flags = ggml.ggml_cmake_flags(THOR_GPU, ["-DLLAMA_BUILD_TESTS=OFF"],
+                                  ["-DCMAKE_CUDA_ARCHITECTURES=110;121"], "/opt/cuda-13/")
+    assert flags[-2:] == ["-DLLAMA_BUILD_TESTS=OFF", "-DCMAKE_CUDA_ARCHITECTURES=110;121"]
+    assert "-DCMAKE_CUDA_COMPILER=/opt/cuda-13/bin/nvcc" in flags
+
+
+@pytest.mark.parametrize(("capability", "arch"), [("11.0", "110"), ("12.1", "121"),
+                                                  ("8.7", "87"), ("9", "90")])
+def test_cuda_architecture_follows_the_compute_capability(capability, arch):
+    assert ggml.cuda_architecture(capability) == arch
+
+
+def test_a_compute_capability_that_is_none_is_refused():
+    with pytest.raises(ValueError, match="not a compute capability"):
+        ggml.cuda_architecture("[N/A]")
+
+
+def test_the_filter_is_registered_for_ansible():
+    assert ggml.FilterModule().filters()["ggml_cmake_flags"] is ggml.ggml_cmake_flags
