@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
-"""Compile whisper-server with ggml-cuda for a Thor (arch 110) with this machine's nvcc.
+"""Compile an engine with ggml-cuda the way the ggml_build role does on a Thor.
 
-The flags are the ones the ggml_build role passes on a Thor (the same filter, the role's
-own defaults), plus only what this machine needs because it has no GPU driver and no
-cuBLAS: -DGGML_CUDA_NO_VMM=ON (no libcuda to link) and cuBLAS from the nvidia-cublas
-13.0 wheel. Proves the Thor build compiles and links; the binary cannot run here.
+The flags are the role's (the same filter, the role's own defaults) for a GPU of the
+given compute capability (11.0, a Thor, by default), plus only what the machine needs:
+on a machine without a GPU driver or cuBLAS (this one), -DGGML_CUDA_NO_VMM=ON (no libcuda
+to link) and cuBLAS from the nvidia-cublas 13.0 wheel. There it proves the Thor build
+compiles and links for arch 110; the binary cannot run.
 
-    python scripts/check_cuda.py [--jobs N]        (make check-cuda)
+On a machine with a GPU (--gpu), nothing is added, and --test also builds llama.cpp's
+test-backend-ops and runs its matrix products on the GPU against the CPU.
+
+    python scripts/check_cuda.py [--jobs N]              (make check-cuda: whisper.cpp, 11.0)
+    python scripts/check_cuda.py --gpu --engine llama.cpp --compute-capability 9.0 \
+        --source DIR --test                              (on a machine with an H100)
 """
 
 from __future__ import annotations
@@ -22,14 +28,14 @@ from pathlib import Path
 
 import yaml
 
-from thorfleet.lab import SOURCES, Lab
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "filter_plugins"))
+sys.path[:0] = [str(ROOT / "filter_plugins"), str(ROOT / "src")]
+from ggml import cuda_architecture as gpu_arch  # noqa: E402
 from ggml import ggml_cmake_flags  # noqa: E402
 
+from thorfleet.lab import SOURCES, Lab  # noqa: E402
+
 CUDA_HOME = Path("/usr/local/cuda")
-THOR_GPU = {"name": "NVIDIA Thor", "compute_capability": "11.0"}
 CUBLAS = "nvidia-cublas==13.0.*"
 
 
@@ -55,8 +61,28 @@ def cublas(cache: Path) -> Path:
     return home
 
 
+def machine_flags(gpu: bool, cache: Path) -> tuple[list[str], dict]:
+    """What this machine adds to the role's flags, and the build environment."""
+    env = {**os.environ, "PATH": f"{CUDA_HOME}/bin:{os.environ['PATH']}"}
+    if gpu:
+        return [], env
+    home = cublas(cache)
+    lib = home / "lib"
+    env.update(CPATH=f"{home}/include", LIBRARY_PATH=str(lib), LD_LIBRARY_PATH=str(lib))
+    return ["-DGGML_CUDA_NO_VMM=ON",
+            f"-DCUDA_cublas_LIBRARY={lib}/libcublas.so",
+            f"-DCUDA_cublasLt_LIBRARY={lib}/libcublasLt.so",
+            f"-DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,{lib}"], env
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", default="whisper.cpp", choices=sorted(SOURCES))
+    parser.add_argument("--compute-capability", default="11.0")
+    parser.add_argument("--source", type=Path, help="a source tree (default: the lab's)")
+    parser.add_argument("--gpu", action="store_true", help="this machine has a GPU and cuBLAS")
+    parser.add_argument("--test", action="store_true",
+                        help="llama.cpp: build test-backend-ops and run MUL_MAT on the GPU")
     parser.add_argument("--jobs", type=int, default=os.cpu_count())
     args = parser.parse_args()
 
@@ -68,28 +94,26 @@ def main() -> int:
     if int(release.split(".")[0]) < 13:
         sys.exit(f"nvcc {release} is older than 13, which Thor's arch 110 needs")
 
-    lab = Lab(ROOT)
-    home = cublas(lab.cache)
-    lib = home / "lib"
-    defaults = yaml.safe_load((ROOT / "roles/ggml_build/defaults/main.yml").read_text())
-    flags = ggml_cmake_flags(THOR_GPU, defaults["ggml_build_whisper_cpp_cmake_flags"],
-                             ["-DGGML_CUDA_NO_VMM=ON",
-                              f"-DCUDA_cublas_LIBRARY={lib}/libcublas.so",
-                              f"-DCUDA_cublasLt_LIBRARY={lib}/libcublasLt.so",
-                              f"-DCMAKE_EXE_LINKER_FLAGS=-Wl,-rpath-link,{lib}"],
-                             str(CUDA_HOME))
-    env = {**os.environ,
-           "PATH": f"{CUDA_HOME}/bin:{os.environ['PATH']}",
-           "CPATH": f"{home}/include",
-           "LIBRARY_PATH": str(lib),
-           "LD_LIBRARY_PATH": str(lib)}
+    role = yaml.safe_load((ROOT / "roles/ggml_build/defaults/main.yml").read_text())
+    prefix = f"ggml_build_{args.engine.replace('.', '_')}"
+    targets = list(role[f"{prefix}_targets"])
+    extra, env = machine_flags(args.gpu, Lab(ROOT).cache)
+    if args.test:
+        extra.append("-DLLAMA_BUILD_TESTS=ON")
+        targets.append("test-backend-ops")
+    gpu = {"name": "check", "compute_capability": args.compute_capability}
+    flags = ggml_cmake_flags(gpu, role[f"{prefix}_cmake_flags"], extra, str(CUDA_HOME))
+    arch = "sm_" + gpu_arch(args.compute_capability)
 
     with tempfile.TemporaryDirectory(prefix="thorfleet-cuda-") as work:
-        source, build, log = Path(work) / "src", Path(work) / "build", Path(work) / "build.log"
-        repo = lab.cached_source("whisper.cpp")
-        subprocess.run(["git", "clone", "-q", "--branch", SOURCES["whisper.cpp"].tag,
-                        str(repo), str(source)], check=True)
-        print("cmake flags (the role's on a Thor, then this machine's):")
+        build, log = Path(work) / "build", Path(work) / "build.log"
+        source = args.source
+        if source is None:
+            source = Path(work) / "src"
+            subprocess.run(["git", "clone", "-q", "--branch", SOURCES[args.engine].tag,
+                            str(Lab(ROOT).cached_source(args.engine)), str(source)], check=True)
+        print(f"nvcc {release}; cmake flags (the role's for compute capability "
+              f"{args.compute_capability}, then this machine's):")
         for flag in flags:
             print(f"  {flag}")
         start = time.monotonic()
@@ -97,19 +121,28 @@ def main() -> int:
         configured = time.monotonic()
         # Verbose, so the log shows every nvcc command and the code it generated.
         step(["cmake", "--build", str(build), "--config", "Release", "-j", str(args.jobs),
-              "--verbose", "--target", "whisper-server"], env, log)
+              "--verbose", "--target", *targets], env, log)
         built = time.monotonic()
-        if not os.access(build / "bin" / "whisper-server", os.X_OK):
-            sys.exit("the build finished without bin/whisper-server")
+        for target in targets:
+            if not os.access(build / "bin" / target, os.X_OK):
+                sys.exit(f"the build finished without bin/{target}")
         nvcc_lines = [line for line in log.read_text().splitlines()
                       if "nvcc" in line and " -c " in line]
         archs = sorted({a for line in nvcc_lines for a in re.findall(r"sm_\d+a?", line)})
-        print(f"whisper-server with ggml-cuda: configure {configured - start:.0f} s, "
+        print(f"{', '.join(targets)} with ggml-cuda: configure {configured - start:.0f} s, "
               f"build {built - configured:.0f} s ({len(nvcc_lines)} CUDA objects, "
               f"{args.jobs} jobs)")
         print(f"GPU code generated: {', '.join(archs) or 'none'}")
-        if archs != ["sm_110"]:
-            sys.exit("expected GPU code for sm_110 only")
+        if archs != [arch]:
+            sys.exit(f"expected GPU code for {arch} only")
+        if args.test:
+            test = subprocess.run([str(build / "bin" / "test-backend-ops"), "-o", "MUL_MAT",
+                                   "-b", "CUDA0"], capture_output=True, text=True, env=env)
+            summary = [line for line in test.stdout.splitlines()
+                       if "tests passed" in line or "Backend" in line or "FAIL" in line]
+            print("test-backend-ops -o MUL_MAT -b CUDA0:\n  " + "\n  ".join(summary[-6:]))
+            if test.returncode:
+                sys.exit(f"test-backend-ops failed ({test.returncode})")
     return 0
 
 
