@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,14 +41,7 @@ def play(host: str, extra: dict) -> float:
 def bump(lab: Lab, engine: str) -> str:
     """A new commit on the lab's git server touching one source file, tagged."""
     tag = f"bench-{int(time.time())}"
-    with tempfile.TemporaryDirectory() as work:
-        subprocess.run(["git", "clone", "-q", str(lab.source_repo(engine)), work], check=True)
-        with open(f"{work}/ggml/src/ggml-alloc.c", "a") as source:
-            source.write(f"\n// {tag}\n")
-        for args in (["-c", "user.name=bench", "-c", "user.email=bench@thorfleet.invalid",
-                      "commit", "-qam", tag], ["tag", tag],
-                     ["push", "-q", "origin", f"refs/tags/{tag}"]):
-            subprocess.run(["git", "-C", work, *args], check=True)
+    lab.commit_to_source(engine, "ggml/src/ggml-alloc.c", f"// {tag}", tag)
     return tag
 
 
@@ -60,24 +52,18 @@ def main() -> int:
     args = parser.parse_args()
     version_var = f"ggml_build_{args.engine.replace('.', '_')}_version"
 
-    lab = Lab(ROOT)
-    booted = not any(h.running for h in lab.status())
-    if booted:
-        lab.up(1)
-    try:
-        engine_only = {"ggml_build_engines": [args.engine]}
+    with Lab(ROOT).borrowed() as lab:
+        engine_only = {"ggml_build_engines": [args.engine], "ggml_build_ccache_dir": COLD_CACHE}
         lab.ssh(args.host, f"rm -rf /opt/thorfleet/{args.engine} {COLD_CACHE}")
-        times = {"clean": play(args.host, {**engine_only, "ggml_build_ccache_dir": COLD_CACHE})}
-        times["no change"] = play(args.host, {**engine_only, "ggml_build_ccache_dir": COLD_CACHE})
-        tag = bump(lab, args.engine)
-        times["ref bump"] = play(args.host, {**engine_only, version_var: tag,
-                                             "ggml_build_ccache_dir": COLD_CACHE})
-        # Leave the host on its pinned ref (the kept build: a switch, no compile).
-        play(args.host, engine_only)
-    finally:
-        lab.ssh(args.host, f"rm -rf {COLD_CACHE}")
-        if booted:
-            lab.down(log=lambda _msg: None)
+        try:
+            times = {"clean": play(args.host, engine_only)}
+            times["no change"] = play(args.host, engine_only)
+            tag = bump(lab, args.engine)
+            times["ref bump"] = play(args.host, {**engine_only, version_var: tag})
+            # Leave the host on its pinned ref (the kept build: a switch, no compile).
+            play(args.host, engine_only)
+        finally:
+            lab.ssh(args.host, f"rm -rf {COLD_CACHE}")
 
     print(f"engines phase for {args.engine} on {args.host}, wall time:")
     for name in ("no change", "ref bump", "clean"):

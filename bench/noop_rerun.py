@@ -50,11 +50,7 @@ def main() -> int:
     parser.add_argument("--host", default="thor01")
     args = parser.parse_args()
 
-    lab = Lab(ROOT)
-    booted = not any(h.running for h in lab.status())
-    if booted:
-        lab.up(1)
-    try:
+    with Lab(ROOT).borrowed():
         base = {**os.environ, "ANSIBLE_NOCOLOR": "1"}
         project = {**base, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
         with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as cfg:
@@ -68,9 +64,6 @@ def main() -> int:
             times["thorfleet"].append(timed_run(args.host, project))
             times["stock"].append(timed_run(args.host, stock))
         os.unlink(cfg.name)
-    finally:
-        if booted:
-            lab.down(log=lambda _msg: None)
 
     medians = {arm: statistics.median(values) for arm, values in times.items()}
     print(f"no-op re-run of site.yml on {args.host}, {args.runs} runs per arm (median):")

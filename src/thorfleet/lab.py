@@ -248,6 +248,30 @@ class Lab:
         """The lab's git repository of an engine (tests commit to it, as upstream would)."""
         return self.state / "git" / f"{engine}.git"
 
+    def commit_to_source(self, engine: str, path: str, line: str, tag: str) -> str:
+        """Add a line to a file of an engine's lab repository, commit, tag; the new commit."""
+        with tempfile.TemporaryDirectory() as work:
+            run(["git", "clone", "-q", str(self.source_repo(engine)), work])
+            with open(Path(work) / path, "a") as source:
+                source.write(f"\n{line}\n")
+            env = {**os.environ, **GIT_IDENTITY}
+            for argv in (["commit", "-qam", f"lab: {tag}"], ["tag", "-f", tag],
+                         ["push", "-q", "-f", "origin", f"refs/tags/{tag}"]):
+                run(["git", "-C", work, *argv], env=env)
+            return run(["git", "-C", work, "rev-parse", "HEAD"]).stdout.strip()
+
+    @contextlib.contextmanager
+    def borrowed(self, hosts: int = 1) -> Iterator[Lab]:
+        """The running lab, or one booted for the occasion and taken down after."""
+        booted = not any(h.running for h in self.status())
+        if booted:
+            self.up(hosts, log=lambda _msg: None)
+        try:
+            yield self
+        finally:
+            if booted:
+                self.down(log=lambda _msg: None)
+
     def as_thor(self, name: str, on: bool) -> None:
         self._require_root()
         with self._locked():

@@ -69,7 +69,9 @@ def lab():
     already_up = sum(h.running for h in existing.status()) >= len(HOSTS)
     if not already_up:
         up = thorfleet("lab", "up", "--hosts", str(len(HOSTS)))
-        assert up.returncode == 0, up.stdout + up.stderr
+        if up.returncode != 0:
+            thorfleet("lab", "down")  # a half-booted lab leaves nothing behind either
+            pytest.fail(f"thorfleet lab up failed:\n{up.stdout}{up.stderr}")
     yield existing
     if not already_up:
         down = thorfleet("lab", "down")

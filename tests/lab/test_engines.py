@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tempfile
 
 import pytest
 
@@ -64,22 +63,6 @@ def transcribe(host) -> dict:
     return json.loads(out)
 
 
-def commit_to_lab_source(lab, engine: str, path: str, line: str, tag: str) -> str:
-    """Commit a change to the lab's git server, as upstream would, and tag it."""
-    with tempfile.TemporaryDirectory() as work:
-        def git(*args):
-            return subprocess.run(["git", "-C", work, *args], check=True, capture_output=True,
-                                  text=True).stdout.strip()
-        subprocess.run(["git", "clone", "-q", str(lab.source_repo(engine)), work], check=True)
-        with open(f"{work}/{path}", "a") as source:
-            source.write(f"\n{line}\n")
-        git("-c", "user.name=lab", "-c", "user.email=lab@thorfleet.invalid",
-            "commit", "-qam", f"lab: {tag}")
-        git("tag", "-f", tag)
-        git("push", "-q", "-f", "origin", "HEAD:refs/heads/master", f"refs/tags/{tag}")
-        return git("rev-parse", "HEAD")
-
-
 @pytest.fixture(scope="module")
 def thor01(lab, hosts):
     """thor01 with no engines yet, and a unit that will run whisper-server."""
@@ -129,7 +112,7 @@ def test_a_second_run_starts_no_compiler(first_build, thor01):
 
 
 def test_check_mode_says_a_ref_bump_would_rebuild_and_why(first_build, thor01, lab):
-    commit = commit_to_lab_source(lab, "whisper.cpp", "ggml/src/ggml-alloc.c",
+    commit = lab.commit_to_source("whisper.cpp", "ggml/src/ggml-alloc.c",
                                   "// thorfleet lab: a new upstream commit", "lab-bump-1")
     old = record(thor01, "whisper.cpp")["commit"]
     preview = engines("-l", "thor01", "--check", "--diff",
@@ -159,7 +142,7 @@ def test_a_ref_bump_rebuilds_from_cache_switches_and_restarts_the_service(first_
 
 def test_a_ref_that_does_not_compile_fails_and_the_service_keeps_running(
         first_build, thor01, lab):
-    commit_to_lab_source(lab, "whisper.cpp", "examples/server/server.cpp",
+    lab.commit_to_source("whisper.cpp", "examples/server/server.cpp",
                          "#error thorfleet lab: this commit does not compile", "lab-broken")
     good_build, pid = current(thor01, "whisper.cpp"), main_pid(thor01)
     broken = engines("-l", "thor01", "-e", "ggml_build_whisper_cpp_version=lab-broken",
