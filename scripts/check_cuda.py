@@ -110,7 +110,8 @@ def main() -> int:
         source = args.source
         if source is None:
             source = Path(work) / "src"
-            subprocess.run(["git", "clone", "-q", "--branch", SOURCES[args.engine].tag,
+            subprocess.run(["git", "-c", "advice.detachedHead=false", "clone", "-q",
+                            "--branch", SOURCES[args.engine].tag,
                             str(Lab(ROOT).cached_source(args.engine)), str(source)], check=True)
         print(f"nvcc {release}; cmake flags (the role's for compute capability "
               f"{args.compute_capability}, then this machine's):")
