@@ -39,7 +39,7 @@ def timed_run(host: str, env: dict) -> float:
     proc = subprocess.run(["ansible-playbook", "site.yml", "-l", host], cwd=ROOT, env=env,
                           capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
-    if proc.returncode != 0 or f"{host}" not in proc.stdout or "changed=0" not in proc.stdout:
+    if proc.returncode != 0 or host not in proc.stdout or "changed=0" not in proc.stdout:
         sys.exit(f"the run was not a clean no-op:\n{proc.stdout[-3000:]}{proc.stderr[-2000:]}")
     return elapsed
 

@@ -426,11 +426,10 @@ class Lab:
             return cached
         downloads = self.cache / "sources" / "sdists"
         downloads.mkdir(parents=True, exist_ok=True)
-        package = source.requirement.split("==")[0]
+        package, version = source.requirement.split("==")
         log(f"fetching {source.requirement} (sdist) for the {engine} sources")
         run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
              "--no-binary", package, source.requirement, "-d", str(downloads)])
-        version = source.requirement.split("==")[1]
         prefix = package.replace("-", "_").lower()
         sdist = next(p for p in downloads.glob("*.tar.gz")
                      if p.name.lower().replace("-", "_").startswith(f"{prefix}_{version}"))
