@@ -24,15 +24,17 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
-from thorfleet import lab_thor
+from thorfleet import lab_hub, lab_thor
 
 NETWORK = ipaddress.ip_network("10.213.0.0/24")
 GATEWAY = "10.213.0.1"
@@ -40,6 +42,9 @@ BRIDGE = "thorlab0"
 REGISTRY_PORT = 5000
 REGISTRY = f"{GATEWAY}:{REGISTRY_PORT}"
 SOURCE_MIRROR = f"git://{GATEWAY}"
+HF_MIRROR = f"http://{GATEWAY}:8090"  # olah, offline, serving the lab's repositories
+MODELSCOPE = f"http://{GATEWAY}:8091"  # the ModelScope API stand-in
+FILE_MIRROR = f"http://{GATEWAY}:8092"  # plain files by URL (the chat template)
 CCACHE_IN_HOST = "/var/cache/thorfleet/ccache"  # ggml_build_ccache_dir's default
 FIRST_HOST_OCTET = 11
 MAX_HOSTS = 8
@@ -79,8 +84,25 @@ NSPAWN_ARGS = (
 )
 NSPAWN_ENV = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}  # cgroup v2 for Docker inside
 
-# Background processes of the lab itself; every other pid file is a host.
-SERVICES = ("registry", "git-daemon")
+# What thor01 runs in the lab: the catalogue's recipes, from both hubs.
+LAB_SERVICES = [
+    {"name": "qwen3", "recipe": "llama-qwen3-8b-gguf-nothink"},
+    {"name": "qwen3-vllm", "recipe": "vllm-qwen3-8b-nothink", "port": 8001,
+     "memory_share": 0.3},
+    {"name": "whisper-vllm", "recipe": "vllm-whisper-small", "port": 8002,
+     "memory_share": 0.2, "source": "modelscope"},
+    {"name": "whisper", "recipe": "whisper-large-v3-turbo"},
+]
+
+# Background processes of the lab itself, with their addresses; every other pid file is
+# a host.
+SERVICES = {
+    "registry": REGISTRY,
+    "git-daemon": SOURCE_MIRROR,
+    "hf-mirror": HF_MIRROR,
+    "modelscope": MODELSCOPE,
+    "file-mirror": FILE_MIRROR,
+}
 
 
 @dataclass(frozen=True)
@@ -198,6 +220,7 @@ class Lab:
             self._ensure_network()
             self._ensure_registry(log)
             self._ensure_sources(log)
+            self._ensure_hubs(log)
             for index in range(hosts + 1, MAX_HOSTS + 1):
                 self._stop_host(host_name(index))
             for index in range(1, hosts + 1):
@@ -219,7 +242,7 @@ class Lab:
             for service in SERVICES:
                 self._stop_process(service)
             self._remove_network()
-            for directory in ("hosts", "registry", "git"):
+            for directory in ("hosts", "registry", "git", "hub", "www"):
                 shutil.rmtree(self.state / directory, ignore_errors=True)
             shutil.rmtree(self.inventory, ignore_errors=True)
         log("lab is down")
@@ -417,6 +440,11 @@ class Lab:
                 f"--listen={GATEWAY}", str(git)])
             log(f"sources served at {SOURCE_MIRROR}/<engine>.git")
 
+    def source_file(self, engine: str, ref: str, path: str) -> bytes:
+        """A file of an engine's source at a ref, from the lab's repository."""
+        return subprocess.run(["git", "--git-dir", str(self.source_repo(engine)), "show",
+                               f"{ref}:{path}"], capture_output=True, check=True).stdout
+
     def cached_source(self, engine: str, log=print) -> Path:
         """A bare repository of the sdist's tree, tagged, built once per machine."""
         source = SOURCES[engine]
@@ -447,6 +475,67 @@ class Lab:
             run(["git", "clone", "-q", "--bare", str(tree), str(cached)])
         (cached / "thorfleet-complete").write_text(source.requirement + "\n")
         return cached
+
+    # ------------------------------------------------------------ the hubs
+
+    def hub(self) -> lab_hub.LabHub:
+        return lab_hub.LabHub(self.state, self.cache, self.source_file)
+
+    def _ensure_hubs(self, log) -> None:
+        hub = self.hub()
+        hub.ensure()
+        hub.write_file_server(self.state / "www")
+        home = self.state / "hub"
+        if self._pid("hf-mirror") is None:
+            config = home / "olah.toml"
+            config.write_text(
+                "[basic]\n"
+                f'host = "{GATEWAY}"\nport = {urlsplit(HF_MIRROR).port}\n'
+                f'repos-path = "{home / "olah-cache"}"\n'
+                f'mirrors-path = ["{hub.hub_root("huggingface")}"]\n'
+                f'mirror-netloc = "{urlsplit(HF_MIRROR).netloc}"\n'
+                f'mirror-lfs-netloc = "{urlsplit(HF_MIRROR).netloc}"\n'
+                "[accessibility]\noffline = true\n")
+            self._start_process("hf-mirror", [sys.executable, "-m", "olah.server", "-c",
+                                              str(config)], cwd=home)  # it logs to ./logs
+        if self._pid("modelscope") is None:
+            config = home / "modelscope-standin.json"
+            config.write_text(json.dumps({
+                "root": str(hub.hub_root("modelscope")), "host": GATEWAY,
+                "port": urlsplit(MODELSCOPE).port,
+                "gated": {"thorfleet-lab/gated": lab_hub.GATED_TOKEN},
+                # About what olah serves at here, so an interrupted download is
+                # interrupted part-way in tests, as on a real link.
+                "rate": lab_hub.MODELSCOPE_RATE}))
+            self._start_process("modelscope", [sys.executable, "-m",
+                                               "thorfleet.modelscope_standin", "--config",
+                                               str(config)])
+        if self._pid("file-mirror") is None:
+            self._start_process("file-mirror", [
+                sys.executable, "-m", "http.server", "--bind", GATEWAY,
+                "--directory", str(self.state / "www"), str(urlsplit(FILE_MIRROR).port)])
+        for service, probe in (("hf-mirror", f"{HF_MIRROR}/api/models/Qwen/Qwen3-8B/revision/main"),
+                               ("modelscope", f"{MODELSCOPE}/api/v1/models/Qwen/none/revisions"),
+                               ("file-mirror", f"{FILE_MIRROR}/")):
+            self._wait_http(service, probe)
+        log(f"models served at {HF_MIRROR} (Hugging Face mirror) and {MODELSCOPE} "
+            f"(ModelScope stand-in), files at {FILE_MIRROR}")
+
+    def _wait_http(self, service: str, url: str, timeout: float = 60) -> None:
+        """Wait until a lab service answers HTTP at all (any status)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._pid(service) is None:
+                break
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    return
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise LabError(f"the lab's {service} did not answer at {url}: see "
+                       f"{self.state / 'run' / service}.log")
 
     # ------------------------------------------------------------- the hosts
 
@@ -570,7 +659,18 @@ class Lab:
             "thorfleet_container_runtime: runc\n"
             "# The lab's git server mirrors the engines' sources.\n"
             f"thorfleet_source_mirror: {SOURCE_MIRROR}\n"
+            "# Hubs: a real Hugging Face mirror (olah) and the ModelScope API stand-in,\n"
+            "# both serving repositories the lab makes; files by URL from a file mirror.\n"
+            f"thorfleet_hf_endpoint: {HF_MIRROR}\n"
+            f"thorfleet_modelscope_endpoint: {MODELSCOPE}\n"
+            f"thorfleet_file_mirror: {FILE_MIRROR}\n"
         )
+        # The demo host runs one service of each kind the lab can serve, from both hubs.
+        host_vars = self.inventory / "host_vars"
+        host_vars.mkdir(parents=True, exist_ok=True)
+        (host_vars / "thor01.yml").write_text(
+            header + "---\n" + yaml.safe_dump({"thorfleet_services": LAB_SERVICES},
+                                               sort_keys=False))
 
     # ------------------------------------------------- background processes
 
@@ -582,12 +682,13 @@ class Lab:
             return None
         return pid if pid_alive(pid) else None
 
-    def _start_process(self, name: str, argv: list[str], env: dict | None = None) -> None:
+    def _start_process(self, name: str, argv: list[str], env: dict | None = None,
+                       cwd: Path | None = None) -> None:
         run_dir = self.state / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         with open(run_dir / f"{name}.log", "ab") as logfile:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logfile,
-                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd,
                                     env={**os.environ, **(env or {})})
         (run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
 
@@ -626,7 +727,7 @@ def status_table(hosts: list[HostStatus], services: dict[str, bool]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
              for row in rows]
-    for service, address in (("registry", REGISTRY), ("git-daemon", SOURCE_MIRROR)):
+    for service, address in SERVICES.items():
         lines.append(f"{service} {address}: {'running' if services[service] else 'stopped'}")
     return "\n".join(lines)
 
@@ -634,6 +735,6 @@ def status_table(hosts: list[HostStatus], services: dict[str, bool]) -> str:
 def status_json(hosts: list[HostStatus], services: dict[str, bool]) -> str:
     return json.dumps({
         "hosts": [asdict(h) for h in hosts],
-        "registry": {"address": REGISTRY, "running": services["registry"]},
-        "sources": {"address": SOURCE_MIRROR, "running": services["git-daemon"]},
+        "services": {name: {"address": address, "running": services[name]}
+                     for name, address in SERVICES.items()},
     }, indent=2)
