@@ -485,6 +485,7 @@ class Lab:
         hub = self.hub()
         hub.ensure()
         hub.write_file_server(self.state / "www")
+        self._ensure_wheels(self.state / "www" / "wheels", log)
         home = self.state / "hub"
         if self._pid("hf-mirror") is None:
             config = home / "olah.toml"
@@ -520,6 +521,25 @@ class Lab:
             self._wait_http(service, probe)
         log(f"models served at {HF_MIRROR} (Hugging Face mirror) and {MODELSCOPE} "
             f"(ModelScope stand-in), files at {FILE_MIRROR}")
+
+    def _ensure_wheels(self, target: Path, log) -> None:
+        """The hub clients the model_store role installs on hosts, as a PyPI mirror of an
+        air-gapped site would serve them (the hosts install with --no-index)."""
+        defaults = yaml.safe_load((self.project / "roles/model_store/defaults/main.yml")
+                                  .read_text())
+        wanted = defaults["model_store_pip_packages"]
+        cached = self.cache / "wheels" / hashlib.sha256(
+            "\n".join([*wanted, sys.version.split()[0]]).encode()).hexdigest()[:12]
+        if not (cached / "thorfleet-complete").exists():
+            log(f"fetching wheels for the hosts: {' '.join(wanted)}")
+            cached.mkdir(parents=True, exist_ok=True)
+            run([sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:",
+                 "-d", str(cached), *wanted])
+            (cached / "thorfleet-complete").write_text("\n".join(wanted) + "\n")
+        target.mkdir(parents=True, exist_ok=True)
+        for wheel in cached.glob("*.whl"):
+            if not (target / wheel.name).exists():
+                lab_hub.link_or_copy(wheel, target / wheel.name)
 
     def _wait_http(self, service: str, url: str, timeout: float = 60) -> None:
         """Wait until a lab service answers HTTP at all (any status)."""
@@ -664,6 +684,9 @@ class Lab:
             f"thorfleet_hf_endpoint: {HF_MIRROR}\n"
             f"thorfleet_modelscope_endpoint: {MODELSCOPE}\n"
             f"thorfleet_file_mirror: {FILE_MIRROR}\n"
+            "# The hub clients from the lab's wheel mirror, as on an air-gapped site.\n"
+            f"model_store_pip_extra_args: --no-index --find-links {FILE_MIRROR}/wheels/ "
+            f"--trusted-host {GATEWAY}\n"
         )
         # The demo host runs one service of each kind the lab can serve, from both hubs.
         host_vars = self.inventory / "host_vars"

@@ -178,7 +178,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:  # another file system
@@ -208,7 +208,7 @@ def make_repository(path: Path, repo: Repo) -> None:
                 obj.parent.mkdir(parents=True, exist_ok=True)
                 if not obj.exists():
                     if isinstance(content, Path):
-                        _link_or_copy(content, obj)
+                        link_or_copy(content, obj)
                     else:
                         obj.write_bytes(content)
                 target.write_text(LFS_POINTER.format(oid=oid, size=size))

@@ -1,0 +1,187 @@
+"""Filters that turn a host's services and the recipe catalogue into what it must hold.
+
+One place resolves services against the catalogue and rejects bad input before any host
+changes: every error names the host, the service and the field.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from ansible.errors import AnsibleFilterError
+
+SOURCES = ("huggingface", "modelscope")
+SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+SERVICE_FIELDS = {"name", "recipe", "port", "served_name", "memory_share", "extra_args", "source"}
+
+
+class CatalogueError(AnsibleFilterError):
+    """Bad input in the inventory or the catalogue; the message names where."""
+
+
+def merge_catalogue(catalogue, extra=None):
+    """The project's catalogue with the inventory's additions; an added entry wins."""
+    merged = {}
+    for section in ("models", "files", "recipes"):
+        merged[section] = {**(catalogue or {}).get(section, {}),
+                           **((extra or {}).get(section) or {})}
+    return merged
+
+
+def lock_key(source, repo, revision):
+    """The lock's key of a model revision: `huggingface:Qwen/Qwen3-8B@main`."""
+    return f"{source}:{repo}@{revision}"
+
+
+def _service_errors(host, services, recipes):
+    """Each service checked on its own and against the others on the host."""
+    if not isinstance(services, list):
+        raise CatalogueError(f"{host}: thorfleet_services must be a list of services")
+    seen = {}
+    for index, service in enumerate(services):
+        where = f"{host}: thorfleet_services[{index}]"
+        if not isinstance(service, dict):
+            raise CatalogueError(f"{where}: a service is a mapping with name and recipe")
+        name = service.get("name")
+        if not isinstance(name, str) or not SERVICE_NAME.match(name):
+            raise CatalogueError(f"{where}: field name: {name!r} is not a service name "
+                                 "(lower case letters, digits, '.', '_', '-')")
+        where = f"{host}: service {name}"
+        unknown = sorted(set(service) - SERVICE_FIELDS)
+        if unknown:
+            raise CatalogueError(f"{where}: unknown field(s) {', '.join(unknown)}; a service "
+                                 f"has {', '.join(sorted(SERVICE_FIELDS))}")
+        if name in seen:
+            raise CatalogueError(f"{where}: field name: two services are named {name}")
+        seen[name] = service
+        recipe = service.get("recipe")
+        if recipe not in recipes:
+            raise CatalogueError(f"{where}: field recipe: unknown recipe {recipe!r}; known: "
+                                 f"{', '.join(sorted(recipes))}")
+        if service.get("source") is not None and service["source"] not in SOURCES:
+            raise CatalogueError(f"{where}: field source: {service['source']!r} is not one of "
+                                 f"{', '.join(SOURCES)}")
+
+
+def model_plan(services, catalogue, models_root="/models", default_source="huggingface",
+               host="host", lock=None, file_mirror="", checksums=None):
+    """What a host must hold for its services: each model once, each file once.
+
+    Returns {"models": [...], "files": [...]}. A model entry is what the model_download
+    module takes (source, repo_id, revision, allow_patterns, ignore_patterns, dest), with
+    the requested revision, its lock key and the services that use it. A revision the lock
+    pins is replaced by the commit it recorded. A file entry is what url_file takes (url,
+    dest, sha256), with the upstream URL (the lock's key) and its services.
+    """
+    services = services or []
+    lock = lock or {}
+    checksums = checksums or {}
+    recipes, models, files = catalogue["recipes"], catalogue["models"], catalogue["files"]
+    _service_errors(host, services, recipes)
+    if default_source not in SOURCES:
+        raise CatalogueError(f"{host}: thorfleet_model_source: {default_source!r} is not one "
+                             f"of {', '.join(SOURCES)}")
+    root = posixpath.normpath(models_root)
+    planned_models, planned_files = {}, {}
+    for service in services:
+        name, recipe_name = service["name"], service["recipe"]
+        where = f"{host}: service {name}"
+        recipe = recipes[recipe_name]
+        model_path = recipe.get("model")
+        if model_path not in models:
+            raise CatalogueError(f"{where}: recipe {recipe_name}: field model: {model_path!r} "
+                                 "is not in the catalogue's models")
+        model = models[model_path]
+        source = service.get("source") or default_source
+        hub = model.get(source)
+        if not hub:
+            offered = [s for s in SOURCES if model.get(s)]
+            raise CatalogueError(f"{where}: field source: model {model_path} is not on "
+                                 f"{source}; it is on {', '.join(offered) or 'no hub'}")
+        dest = _under_root(root, model_path, where, "model")
+        entry = planned_models.setdefault(dest, {
+            "source": source, "repo_id": hub["repo"],
+            "requested_revision": str(hub.get("revision") or ""),
+            "allow_patterns": [], "all_files": False,
+            "ignore_patterns": list(model.get("ignore_patterns") or []),
+            "dest": dest, "path": model_path, "services": []})
+        if entry["source"] != source:
+            raise CatalogueError(f"{where}: field source: {dest} is taken from "
+                                 f"{entry['source']} by service {entry['services'][0]}; one "
+                                 "model directory comes from one hub")
+        entry["services"].append(name)
+        if recipe.get("model_file"):
+            if recipe["model_file"] not in entry["allow_patterns"]:
+                entry["allow_patterns"].append(recipe["model_file"])
+        else:
+            entry["all_files"] = True
+        for file_name in recipe.get("files") or []:
+            if file_name not in files:
+                raise CatalogueError(f"{where}: recipe {recipe_name}: field files: "
+                                     f"{file_name!r} is not in the catalogue's files")
+            spec = files[file_name]
+            file_dest = _under_root(root, spec["path"], where, f"file {file_name}")
+            planned = planned_files.setdefault(file_dest, {
+                "name": file_name, "upstream_url": spec["url"],
+                "url": _mirrored(spec["url"], file_mirror),
+                "sha256": str(checksums.get(spec["url"])
+                              or lock.get("files", {}).get(spec["url"]) or ""),
+                "pinned_by": "inventory" if checksums.get(spec["url"]) else "lock",
+                "dest": file_dest, "services": []})
+            planned["services"].append(name)
+
+    result = []
+    for entry in planned_models.values():
+        allow = [] if entry.pop("all_files") else sorted(entry["allow_patterns"])
+        key = lock_key(entry["source"], entry["repo_id"], entry["requested_revision"] or
+                       ("main" if entry["source"] == "huggingface" else "master"))
+        pinned = lock.get("models", {}).get(key)
+        result.append({**entry, "allow_patterns": allow, "lock_key": key,
+                       "revision": pinned or entry["requested_revision"] or None})
+    return {"models": sorted(result, key=lambda m: m["dest"]),
+            "files": sorted(planned_files.values(), key=lambda f: f["dest"])}
+
+
+def _under_root(root, relative, where, what):
+    path = posixpath.normpath(posixpath.join(root, relative))
+    if posixpath.isabs(relative) or not path.startswith(root + "/"):
+        raise CatalogueError(f"{where}: {what} path {relative!r} is outside the model root "
+                             f"{root}")
+    return path
+
+
+def _mirrored(url, mirror):
+    """A file mirror serves each file under its name: <mirror>/<file name>."""
+    if not mirror:
+        return url
+    return f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[-1]}"
+
+
+def lock_entries(results, section):
+    """Lock entries to record from registered results of all hosts.
+
+    models: lock key -> commit, for downloads whose requested revision was not already
+    the commit. files: upstream URL -> sha256, for files pinned by no one yet.
+    """
+    entries = {}
+    for result in results or []:
+        for item in (result or {}).get("results", []):
+            if item.get("failed") or item.get("skipped"):
+                continue
+            planned = item.get("item", {})
+            if section == "models" and item.get("commit"):
+                if planned.get("revision") != item["commit"]:
+                    entries[planned["lock_key"]] = item["commit"]
+            elif section == "files" and item.get("sha256") and not planned.get("sha256"):
+                entries[planned["upstream_url"]] = item["sha256"]
+    return entries
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "thorfleet_catalogue": merge_catalogue,
+            "thorfleet_model_plan": model_plan,
+            "thorfleet_lock_entries": lock_entries,
+        }

@@ -1,0 +1,140 @@
+#!/usr/bin/python
+"""Ansible module: read or update thorfleet's lock file, on the controller."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: thorfleet_lock
+short_description: Read or update the lock file kept with the inventory
+description:
+  - The lock file pins what a name alone does not: a model revision to the commit it
+    resolved to, a file fetched by URL to its sha256, an image tag to its digest. It is
+    written on the controller, next to the inventory, and meant to be committed with it.
+  - O(state=read) returns its content (empty sections when there is no file yet).
+  - O(state=present) sets O(entries) in O(section), leaving other entries as they are.
+    Check mode never writes; diff mode shows the entries that change.
+options:
+  path:
+    description: The lock file.
+    type: path
+    required: true
+  state:
+    description: Read the file, or set entries in it.
+    type: str
+    choices: [read, present]
+    default: present
+  section:
+    description: The section to update (C(models), C(files), C(images)).
+    type: str
+    choices: [models, files, images]
+  entries:
+    description: Keys and values to set in O(section).
+    type: dict
+    default: {}
+notes:
+  - Run it with C(delegate_to=localhost) and C(run_once=true).
+author:
+  - thorfleet
+"""
+
+EXAMPLES = r"""
+- name: Read the lock
+  thorfleet_lock:
+    path: "{{ inventory_dir }}/thorfleet.lock.yml"
+    state: read
+  delegate_to: localhost
+  run_once: true
+  check_mode: false
+  register: lock
+
+- name: Record a template's sum
+  thorfleet_lock:
+    path: "{{ inventory_dir }}/thorfleet.lock.yml"
+    section: files
+    entries: {"https://example.org/t.jinja": "9f86d08..."}
+  delegate_to: localhost
+  run_once: true
+"""
+
+RETURN = r"""
+lock:
+  description: The lock's content after the task, one mapping per section.
+  returned: always
+  type: dict
+"""
+
+import json  # noqa: E402
+import os  # noqa: E402
+import tempfile  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+SECTIONS = ("models", "files", "images")
+HEADER = (
+    "# thorfleet lock file: what each name resolved to when first used, verified ever after.\n"
+    "# Written by thorfleet runs; commit it with the inventory. To move a pin, change the\n"
+    "# name it comes from (a revision, a tag) or delete the entry to resolve it again.\n"
+)
+
+
+def load(path):
+    import yaml
+
+    content = {}
+    if os.path.exists(path):
+        with open(path) as source:
+            content = yaml.safe_load(source) or {}
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: not a mapping")
+    return {section: dict(content.get(section) or {}) for section in SECTIONS}
+
+
+def dump(lock):
+    import yaml
+
+    body = {section: dict(sorted(lock[section].items())) for section in SECTIONS}
+    return HEADER + yaml.safe_dump(body, default_flow_style=False, sort_keys=False, width=200)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "path": {"type": "path", "required": True},
+            "state": {"type": "str", "choices": ["read", "present"], "default": "present"},
+            "section": {"type": "str", "choices": list(SECTIONS)},
+            "entries": {"type": "dict", "default": {}},
+        },
+        required_if=[("state", "present", ["section"])],
+        supports_check_mode=True,
+    )
+    path = module.params["path"]
+    try:
+        lock = load(path)
+    except (OSError, ValueError) as error:
+        module.fail_json(msg=f"lock file {path}: {error}")
+    if module.params["state"] == "read":
+        module.exit_json(changed=False, lock=lock)
+
+    section = module.params["section"]
+    entries = {str(k): str(v) for k, v in module.params["entries"].items()}
+    changes = {k: v for k, v in entries.items() if lock[section].get(k) != v}
+    before = {k: lock[section].get(k) for k in changes}
+    lock[section].update(changes)
+    result = {"changed": bool(changes), "lock": lock,
+              "diff": {"before": json.dumps(before, indent=1, sort_keys=True) + "\n",
+                       "after": json.dumps(changes, indent=1, sort_keys=True) + "\n",
+                       "before_header": f"{path} ({section})",
+                       "after_header": f"{path} ({section})"}}
+    if changes and not module.check_mode:
+        directory = os.path.dirname(path) or "."
+        handle, tmp = tempfile.mkstemp(dir=directory, prefix=".thorfleet.lock.")
+        with os.fdopen(handle, "w") as out:
+            out.write(dump(lock))
+        os.chmod(tmp, 0o644)
+        module.atomic_move(tmp, path)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
