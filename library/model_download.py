@@ -376,6 +376,9 @@ class ModelScope:
             return "repository or revision not found"
         if isinstance(error, errors.NetworkError):
             return f"hub unreachable at {self.endpoint or 'modelscope.cn'}"
+        if isinstance(error, errors.FileDownloadError) and error.failed_files:
+            return "; ".join(f"{path}: {self.explain(cause)}"
+                             for path, cause in sorted(error.failed_files.items()))
         return str(error).splitlines()[0]
 
     def download(self, repo_id, commit, remote_files, staging):

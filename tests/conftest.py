@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ansible.module_utils.testing import patch_module_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,3 +26,29 @@ def load(relative: str):
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return ROOT
+
+
+class ModuleDone(Exception):
+    """How a module run through run_module ended: failed or not, and its result."""
+
+    def __init__(self, failed: bool, result: dict):
+        super().__init__(result.get("msg", ""))
+        self.failed = failed
+        self.result = result
+
+
+def run_module(module, args: dict, monkeypatch, check: bool = False) -> ModuleDone:
+    """Run a module's main() with args, as Ansible would, and return how it ended."""
+
+    def exit_json(self, **kwargs):
+        raise ModuleDone(False, kwargs)
+
+    def fail_json(self, **kwargs):
+        raise ModuleDone(True, kwargs)
+
+    monkeypatch.setattr(module.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(module.AnsibleModule, "fail_json", fail_json)
+    with patch_module_args({**args, "_ansible_check_mode": check}), \
+            pytest.raises(ModuleDone) as done:
+        module.main()
+    return done.value

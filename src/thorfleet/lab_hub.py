@@ -96,42 +96,42 @@ class LabHub:
             # --- for tests of the download module and role
             Repo("huggingface", "thorfleet-lab/tiny", [
                 Commit({"README.md": b"# tiny\nA lab repository.\n", "config.json": config,
-                        "weights.bin": _pseudo_random(64 * 1024, "tiny-1")}, tag="v1"),
-                Commit({"weights.bin": _pseudo_random(96 * 1024, "tiny-2"),
-                        "extra.bin": _pseudo_random(8 * 1024, "tiny-extra")}, tag="v2"),
+                        "weights.bin": pseudo_random(64 * 1024, "tiny-1")}, tag="v1"),
+                Commit({"weights.bin": pseudo_random(96 * 1024, "tiny-2"),
+                        "extra.bin": pseudo_random(8 * 1024, "tiny-extra")}, tag="v2"),
             ]),
             Repo("huggingface", "thorfleet-lab/big", [
                 Commit({"config.json": config, "big.bin": self._big_file}),
             ]),
             Repo("modelscope", "thorfleet-lab/tiny", [
                 Commit({"README.md": b"# tiny\nA lab repository.\n", "config.json": config,
-                        "weights.bin": _pseudo_random(64 * 1024, "ms-tiny-1")}, tag="v1"),
-                Commit({"weights.bin": _pseudo_random(96 * 1024, "ms-tiny-2")}, tag="v2"),
+                        "weights.bin": pseudo_random(64 * 1024, "ms-tiny-1")}, tag="v1"),
+                Commit({"weights.bin": pseudo_random(96 * 1024, "ms-tiny-2")}, tag="v2"),
             ], branch="master"),
             Repo("modelscope", "thorfleet-lab/big", [
                 Commit({"config.json": config, "big.bin": self._big_file}),
             ], branch="master"),
             Repo("modelscope", "thorfleet-lab/gated", [
-                Commit({"config.json": config, "weights.bin": _pseudo_random(4096, "gated")}),
+                Commit({"config.json": config, "weights.bin": pseudo_random(4096, "gated")}),
             ], branch="master"),
             # --- the catalogue's ids, small content made here
             Repo("huggingface", "Qwen/Qwen3-8B", [
                 Commit({"config.json": config,
-                        "model.safetensors": _pseudo_random(32 * 1024, "qwen3-8b")}),
+                        "model.safetensors": pseudo_random(32 * 1024, "qwen3-8b")}),
             ]),
             Repo("huggingface", "Qwen/Qwen3-8B-GGUF", [
                 # Vocabulary-only GGUF from llama.cpp's tests, under the catalogue's name.
                 Commit({"Qwen3-8B-Q5_K_M.gguf": gguf,
-                        "Qwen3-8B-Q4_K_M.gguf": _pseudo_random(16 * 1024, "q4")}),
+                        "Qwen3-8B-Q4_K_M.gguf": pseudo_random(16 * 1024, "q4")}),
             ]),
             Repo("huggingface", "ggerganov/whisper.cpp", [
                 # whisper.cpp's tiny test model (random weights: the server answers).
                 Commit({"ggml-large-v3-turbo.bin": whisper_tiny,
-                        "ggml-small.bin": _pseudo_random(16 * 1024, "small")}),
+                        "ggml-small.bin": pseudo_random(16 * 1024, "small")}),
             ]),
             Repo("modelscope", "openai-mirror/whisper-small", [
                 Commit({"config.json": _json('{"model_type": "whisper"}'),
-                        "model.safetensors": _pseudo_random(32 * 1024, "whisper-small")}),
+                        "model.safetensors": pseudo_random(32 * 1024, "whisper-small")}),
             ], branch="master"),
         ]
 
@@ -166,7 +166,7 @@ class LabHub:
         return path
 
 
-def _pseudo_random(size: int, seed: str) -> bytes:
+def pseudo_random(size: int, seed: str) -> bytes:
     return random.Random(seed).randbytes(size)
 
 

@@ -7,9 +7,8 @@ import os
 import textwrap
 
 import pytest
-from ansible.module_utils.testing import patch_module_args
 
-from tests.conftest import load
+from tests.conftest import load, run_module
 
 ggml_build = load("library/ggml_build.py")
 
@@ -67,39 +66,23 @@ CMAKELISTS = textwrap.dedent("""\
     """)
 
 
-class Done(Exception):
-    def __init__(self, failed, result):
-        super().__init__(result.get("msg", ""))
-        self.failed = failed
-        self.result = result
-
-
 @pytest.fixture
-def project(tmp_path, monkeypatch):
+def project(tmp_path):
     source = tmp_path / "src"
     source.mkdir()
     (source / "CMakeLists.txt").write_text(CMAKELISTS)
     (source / "main.c").write_text('#include <stdio.h>\nint main(void){puts("v1");return 0;}\n')
-
-    def exit_json(self, **kwargs):
-        raise Done(False, kwargs)
-
-    def fail_json(self, **kwargs):
-        raise Done(True, kwargs)
-
-    monkeypatch.setattr(ggml_build.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(ggml_build.AnsibleModule, "fail_json", fail_json)
     return tmp_path
 
 
-def build(project, commit="c1", flags=(), check=False, keep=2):
-    args = {"name": "tiny", "source": str(project / "src"), "commit": commit,
-            "build_root": str(project / "engine"), "cmake_flags": list(flags),
-            "targets": ["tiny-server"], "jobs": 1, "keep": keep,
-            "_ansible_check_mode": check}
-    with patch_module_args(args), pytest.raises(Done) as done:
-        ggml_build.main()
-    return done.value
+@pytest.fixture
+def build(project, monkeypatch):
+    def run(project, commit="c1", flags=(), check=False, keep=2):
+        args = {"name": "tiny", "source": str(project / "src"), "commit": commit,
+                "build_root": str(project / "engine"), "cmake_flags": list(flags),
+                "targets": ["tiny-server"], "jobs": 1, "keep": keep}
+        return run_module(ggml_build, args, monkeypatch, check=check)
+    return run
 
 
 def current(project):
@@ -111,7 +94,7 @@ def builds(project):
     return sorted(p.name for p in (project / "engine").glob("build-*"))
 
 
-def test_first_run_builds_and_switches_current(project):
+def test_first_run_builds_and_switches_current(project, build):
     result = build(project)
     assert not result.failed and result.result["changed"] and result.result["compiled"]
     stamp = result.result["stamp"]
@@ -121,7 +104,7 @@ def test_first_run_builds_and_switches_current(project):
     assert record["commit"] == "c1" and record["targets"] == ["tiny-server"]
 
 
-def test_same_inputs_run_no_compiler_and_change_nothing(project):
+def test_same_inputs_run_no_compiler_and_change_nothing(project, build):
     first = build(project).result
     marker = project / "engine" / f"build-{first['stamp']}" / ggml_build.MARKER
     before = marker.stat().st_mtime_ns
@@ -131,7 +114,7 @@ def test_same_inputs_run_no_compiler_and_change_nothing(project):
     assert marker.stat().st_mtime_ns == before
 
 
-def test_check_mode_says_why_and_touches_nothing(project):
+def test_check_mode_says_why_and_touches_nothing(project, build):
     first = build(project).result
     preview = build(project, commit="c2", check=True)
     assert preview.result["changed"] is True and preview.result["compiled"] is False
@@ -142,7 +125,7 @@ def test_check_mode_says_why_and_touches_nothing(project):
     assert builds(project) == [f"build-{first['stamp']}"]
 
 
-def test_a_new_ref_builds_beside_the_old_one_and_keeps_it(project):
+def test_a_new_ref_builds_beside_the_old_one_and_keeps_it(project, build):
     old = build(project).result["stamp"]
     (project / "src" / "main.c").write_text('#include <stdio.h>\nint main(void){puts("v2");}\n')
     new = build(project, commit="c2").result
@@ -151,7 +134,7 @@ def test_a_new_ref_builds_beside_the_old_one_and_keeps_it(project):
     assert builds(project) == sorted([f"build-{old}", f"build-{new['stamp']}"])
 
 
-def test_a_failed_build_leaves_current_untouched_and_names_the_error(project):
+def test_a_failed_build_leaves_current_untouched_and_names_the_error(project, build):
     good = build(project).result["stamp"]
     (project / "src" / "main.c").write_text("int main(void){ return 0 }\n")
     failed = build(project, commit="c-broken")
@@ -162,7 +145,7 @@ def test_a_failed_build_leaves_current_untouched_and_names_the_error(project):
     assert os.access(project / "engine" / "current" / "bin" / "tiny-server", os.X_OK)
 
 
-def test_going_back_to_a_kept_build_switches_without_compiling(project):
+def test_going_back_to_a_kept_build_switches_without_compiling(project, build):
     old = build(project).result["stamp"]
     build(project, flags=["-DCMAKE_C_FLAGS=-O1"])
     back = build(project).result
@@ -171,7 +154,7 @@ def test_going_back_to_a_kept_build_switches_without_compiling(project):
     assert current(project) == f"build-{old}"
 
 
-def test_only_the_newest_builds_are_kept(project):
+def test_only_the_newest_builds_are_kept(project, build):
     stamps = [build(project, flags=[f"-DCMAKE_C_FLAGS=-O{level}"]).result["stamp"]
               for level in (0, 1, 2)]
     assert builds(project) == sorted(f"build-{s}" for s in stamps[1:])

@@ -1,0 +1,186 @@
+"""The recipe catalogue's models and files, and the plan of what a host must hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, load
+
+catalogue_filters = load("filter_plugins/catalogue.py")
+CATALOGUE = yaml.safe_load((ROOT / "roles/thorfleet/vars/main.yml").read_text())[
+    "thorfleet_catalogue"]
+TEMPLATE_URL = ("https://qwen.readthedocs.io/en/latest/_downloads/"
+                "c101120b5bebcc2f12ec504fc93a965e/qwen3_nonthinking.jinja")
+
+# Written by hand from the guide's commands (what each serves, under /models), apart from
+# the catalogue, so the catalogue cannot agree with itself.
+GUIDE_MODEL_PATHS = {
+    "vllm-qwen3-8b": "Qwen/Qwen3-8B",
+    "vllm-qwen3-8b-nothink": "Qwen/Qwen3-8B",
+    "vllm-qwen3-8b-fp4": "nv-community/Qwen3-8B-FP4",
+    "vllm-qwen3-8b-fp4-nothink": "nv-community/Qwen3-8B-FP4",
+    "vllm-qwen3-coder-30b-fp8": "Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8",
+    "vllm-whisper-small": "openai-mirror/whisper-small",
+    "vllm-qwen2.5-vl-7b-awq": "Qwen/Qwen2.5-VL-7B-Instruct-AWQ",
+    "sglang-qwen3-8b": "Qwen/Qwen3-8B",
+    "sglang-qwen3-8b-nothink": "Qwen/Qwen3-8B",
+    "sglang-qwen3-8b-quickstart": "Qwen/Qwen3-8B",
+    "sglang-qwen3-8b-fp8": "Qwen/Qwen3-8B-FP8",
+    "sglang-qwen3-8b-fp8-nothink": "Qwen/Qwen3-8B-FP8",
+    "sglang-qwen3-8b-fp4": "nv-community/Qwen3-8B-FP4",
+    "sglang-qwen3-8b-fp4-nothink": "nv-community/Qwen3-8B-FP4",
+    "sglang-qwen3-coder-30b-fp8": "Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8",
+    "llama-qwen3-8b-gguf": "Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q5_K_M.gguf",
+    "llama-qwen3-8b-gguf-nothink": "Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q5_K_M.gguf",
+    "llama-qwen3-coder-30b-gguf":
+        "unsloth/Qwen3-Coder-30B-A3B-Instruct-GGUF/Qwen3-Coder-30B-A3B-Instruct-Q5_K_M.gguf",
+    "whisper-large-v3-turbo": "whisper.cpp/models/ggml-large-v3-turbo.bin",
+}
+# The Hugging Face ids of the guide's ModelScope organisations (DESIGN.md).
+HF_IDS = {"nv-community/Qwen3-8B-FP4": "nvidia/Qwen3-8B-FP4",
+          "openai-mirror/whisper-small": "openai/whisper-small",
+          "whisper.cpp/models": "ggerganov/whisper.cpp"}
+
+
+def plan(services, host="thor01", **kwargs):
+    return catalogue_filters.model_plan(services, CATALOGUE, host=host, **kwargs)
+
+
+def error(services, **kwargs):
+    with pytest.raises(catalogue_filters.CatalogueError) as raised:
+        plan(services, **kwargs)
+    return str(raised.value)
+
+
+def test_every_recipe_of_the_guide_serves_the_guides_model_path():
+    assert set(CATALOGUE["recipes"]) == set(GUIDE_MODEL_PATHS)
+    for name, expected in GUIDE_MODEL_PATHS.items():
+        recipe = CATALOGUE["recipes"][name]
+        served = "/".join(filter(None, [recipe["model"], recipe.get("model_file")]))
+        assert served == expected, name
+
+
+def test_hugging_face_ids_differ_where_the_guide_used_modelscope_organisations():
+    for path, model in CATALOGUE["models"].items():
+        assert model["huggingface"]["repo"] == HF_IDS.get(path, path), path
+        if "modelscope" in model:
+            assert model["modelscope"]["repo"] == path
+
+
+def test_nonthinking_container_recipes_and_only_they_carry_the_template():
+    for name, recipe in CATALOGUE["recipes"].items():
+        wants = name.endswith("-nothink") and recipe["engine"] in ("vllm", "sglang")
+        assert (recipe.get("files") == ["qwen3_nonthinking.jinja"]) == wants, name
+    assert CATALOGUE["files"]["qwen3_nonthinking.jinja"] == {
+        "url": TEMPLATE_URL, "path": "Qwen/Qwen3-8B/qwen3_nonthinking.jinja"}
+
+
+def test_a_host_gets_each_model_once_with_the_files_its_recipes_name():
+    result = plan([
+        {"name": "a", "recipe": "llama-qwen3-8b-gguf"},
+        {"name": "b", "recipe": "llama-qwen3-8b-gguf-nothink", "port": 8001},
+        {"name": "c", "recipe": "sglang-qwen3-8b-fp8-nothink", "port": 8002},
+        {"name": "d", "recipe": "whisper-large-v3-turbo"},
+    ])
+    models = {m["dest"]: m for m in result["models"]}
+    assert sorted(models) == ["/models/Qwen/Qwen3-8B-FP8", "/models/Qwen/Qwen3-8B-GGUF",
+                              "/models/whisper.cpp/models"]
+    gguf = models["/models/Qwen/Qwen3-8B-GGUF"]
+    assert gguf["allow_patterns"] == ["Qwen3-8B-Q5_K_M.gguf"] and gguf["services"] == ["a", "b"]
+    assert models["/models/Qwen/Qwen3-8B-FP8"]["allow_patterns"] == []
+    assert models["/models/whisper.cpp/models"]["repo_id"] == "ggerganov/whisper.cpp"
+    # The FP8 recipe points at the Qwen3-8B template, which lands there without the model.
+    assert result["files"] == [{
+        "name": "qwen3_nonthinking.jinja", "upstream_url": TEMPLATE_URL, "url": TEMPLATE_URL,
+        "sha256": "", "pinned_by": "lock",
+        "dest": "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja", "services": ["c"]}]
+
+
+def test_the_source_picks_the_hubs_repository_and_default_revision():
+    hf = plan([{"name": "a", "recipe": "vllm-whisper-small"}])["models"][0]
+    ms = plan([{"name": "a", "recipe": "vllm-whisper-small", "source": "modelscope"}])["models"][0]
+    assert (hf["repo_id"], hf["revision"], hf["lock_key"]) == (
+        "openai/whisper-small", "main", "huggingface:openai/whisper-small@main")
+    assert (ms["repo_id"], ms["revision"], ms["dest"]) == (
+        "openai-mirror/whisper-small", "master", "/models/openai-mirror/whisper-small")
+    assert hf["ignore_patterns"] == ["*.h5", "*.msgpack", "pytorch_model*.bin"]
+    by_default = plan([{"name": "a", "recipe": "vllm-whisper-small"}],
+                      default_source="modelscope")["models"][0]
+    assert by_default["source"] == "modelscope"
+
+
+def test_the_lock_pins_revisions_and_sums_and_the_inventory_wins_for_sums():
+    lock = {"models": {"huggingface:Qwen/Qwen3-8B@main": "c" * 40},
+            "files": {TEMPLATE_URL: "1" * 64}}
+    result = plan([{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}], lock=lock)
+    assert result["models"][0]["revision"] == "c" * 40
+    assert result["models"][0]["requested_revision"] == "main"
+    assert result["files"][0]["sha256"] == "1" * 64
+    pinned = plan([{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}], lock=lock,
+                  checksums={TEMPLATE_URL: "2" * 64})
+    assert (pinned["files"][0]["sha256"], pinned["files"][0]["pinned_by"]) == ("2" * 64,
+                                                                              "inventory")
+
+
+def test_a_file_mirror_serves_files_by_name_and_a_model_root_moves_everything():
+    result = plan([{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}],
+                  file_mirror="http://mirror.internal/files/", models_root="/data/models")
+    assert result["files"][0]["url"] == "http://mirror.internal/files/qwen3_nonthinking.jinja"
+    assert result["files"][0]["upstream_url"] == TEMPLATE_URL
+    assert result["models"][0]["dest"] == "/data/models/Qwen/Qwen3-8B"
+
+
+@pytest.mark.parametrize(("services", "message"), [
+    ([{"name": "a", "recipe": "vllm-qwen4"}],
+     "thor01: service a: field recipe: unknown recipe 'vllm-qwen4'"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b"}, {"name": "a", "recipe": "sglang-qwen3-8b"}],
+     "thor01: service a: field name: two services are named a"),
+    ([{"name": "A b", "recipe": "vllm-qwen3-8b"}],
+     "thor01: thorfleet_services[0]: field name: 'A b' is not a service name"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b", "sorce": "modelscope"}],
+     "thor01: service a: unknown field(s) sorce"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b", "source": "github"}],
+     "thor01: service a: field source: 'github' is not one of huggingface, modelscope"),
+    ([{"name": "a", "recipe": "whisper-large-v3-turbo", "source": "modelscope"}],
+     "thor01: service a: field source: model whisper.cpp/models is not on modelscope; "
+     "it is on huggingface"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b"},
+      {"name": "b", "recipe": "sglang-qwen3-8b", "source": "modelscope"}],
+     "thor01: service b: field source: /models/Qwen/Qwen3-8B is taken from huggingface by "
+     "service a"),
+    ("not a list", "thor01: thorfleet_services must be a list"),
+])
+def test_bad_services_are_rejected_naming_host_service_and_field(services, message):
+    assert message in error(services)
+
+
+def test_a_model_path_outside_the_root_is_rejected():
+    extra = {"models": {"../etc": {"huggingface": {"repo": "x/y"}}},
+             "recipes": {"evil": {"engine": "vllm", "model": "../etc"}}}
+    merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
+    with pytest.raises(catalogue_filters.CatalogueError) as raised:
+        catalogue_filters.model_plan([{"name": "a", "recipe": "evil"}], merged, host="thor01")
+    assert "thor01: service a: model path '../etc' is outside the model root /models" in str(
+        raised.value)
+
+
+def test_lock_entries_come_from_every_hosts_results_once():
+    planned = {"lock_key": "huggingface:a/b@main", "revision": "main", "upstream_url": "u",
+               "sha256": ""}
+    host1 = {"results": [{"item": planned, "commit": "c" * 40, "sha256": "s" * 64}]}
+    host2 = {"results": [{"item": planned, "commit": "c" * 40},
+                         {"item": {**planned, "lock_key": "x"}, "failed": True, "commit": "d"}]}
+    assert catalogue_filters.lock_entries([host1, host2, {}], "models") == {
+        "huggingface:a/b@main": "c" * 40}
+    assert catalogue_filters.lock_entries([host1], "files") == {"u": "s" * 64}
+    pinned = {"results": [{"item": {**planned, "revision": "c" * 40}, "commit": "c" * 40}]}
+    assert catalogue_filters.lock_entries([pinned], "models") == {}
+
+
+def test_the_sample_inventorys_services_plan_cleanly():
+    for host_vars in sorted((ROOT / "inventory/sample/host_vars").glob("*.yml")):
+        services = yaml.safe_load(host_vars.read_text())["thorfleet_services"]
+        assert plan(services, host=Path(host_vars).stem)["models"]

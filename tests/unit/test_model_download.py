@@ -1,0 +1,154 @@
+"""model_download against real clients and hubs on loopback: olah for Hugging Face, the
+ModelScope stand-in for ModelScope. Each behaviour is checked for both hubs."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from tests.conftest import load, run_module
+from tests.unit.conftest import GATED_TOKEN
+
+model_download = load("library/model_download.py")
+
+HUBS = ["huggingface", "modelscope"]
+UNREACHABLE = "http://127.0.0.1:9"
+
+
+@pytest.fixture
+def download(hubs, tmp_path, monkeypatch):
+    def run(source, repo="unit/tiny", check=False, endpoint=None, **args):
+        args = {"source": source, "repo_id": repo, "dest": str(tmp_path / "models" / "m"),
+                "endpoint": endpoint or hubs.endpoints[source], **args}
+        return run_module(model_download, args, monkeypatch, check=check)
+    return run
+
+
+def manifest(tmp_path):
+    return json.loads((tmp_path / "models" / "m" / model_download.MANIFEST).read_text())
+
+
+def listing(tmp_path):
+    return sorted(p.name for p in (tmp_path / "models" / "m").iterdir())
+
+
+@pytest.mark.parametrize("source", HUBS)
+def test_a_tag_is_resolved_to_its_commit_and_every_file_verified(source, download, hubs,
+                                                                 tmp_path):
+    done = download(source, revision="v1")
+    assert not done.failed, done.result
+    assert done.result["changed"] and done.result["commit"] == hubs.commits[source]["v1"]
+    assert listing(tmp_path) == ["README.md", "config.json", "other.bin", "thorfleet-manifest.json",
+                                 "weights.bin"]
+    record = manifest(tmp_path)
+    assert record["commit"] == hubs.commits[source]["v1"] and record["revision"] == "v1"
+    assert record["files"]["weights.bin"]["size"] == 40_000
+    weights = (tmp_path / "models" / "m" / "weights.bin").read_bytes()
+    assert record["files"]["weights.bin"]["sha256"] == model_download.hashlib.sha256(
+        weights).hexdigest()
+    assert done.result["bytes_downloaded"] >= 43_000
+    assert not (tmp_path / "models" / ".m.partial").exists()
+
+
+@pytest.mark.parametrize("source", HUBS)
+def test_a_matching_manifest_is_not_changed_and_needs_no_hub(source, download, tmp_path):
+    download(source, revision="v1")
+    mtime = (tmp_path / "models" / "m" / "weights.bin").stat().st_mtime_ns
+    again = download(source, revision="v1", endpoint=UNREACHABLE)
+    assert not again.failed and again.result["changed"] is False
+    assert again.result["bytes_downloaded"] == 0
+    by_commit = download(source, revision=manifest(tmp_path)["commit"], endpoint=UNREACHABLE)
+    assert by_commit.result["changed"] is False
+    assert (tmp_path / "models" / "m" / "weights.bin").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("source", HUBS)
+def test_allow_and_ignore_patterns_choose_the_files(source, download, tmp_path):
+    done = download(source, revision="v1", allow_patterns=["*.bin"], ignore_patterns=["other*"])
+    assert done.result["files"] == ["weights.bin"]
+    assert listing(tmp_path) == ["thorfleet-manifest.json", "weights.bin"]
+    nothing = download(source, revision="v1", allow_patterns=["*.gguf"])
+    assert nothing.failed and "no file at commit" in nothing.result["msg"]
+
+
+@pytest.mark.parametrize("source", HUBS)
+def test_check_mode_reports_files_and_bytes_and_writes_nothing(source, download, tmp_path):
+    preview = download(source, revision="v1", check=True)
+    assert preview.result["changed"] and preview.result["fetched"] == [
+        "README.md", "config.json", "other.bin", "weights.bin"]
+    assert preview.result["bytes_to_fetch"] == sum(
+        len(b) for b in (b"# tiny\n", b'{"model_type": "qwen3"}\n')) + 43_000
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("source", HUBS)
+def test_a_new_revision_fetches_only_changed_files_and_diff_shows_both(source, download, hubs,
+                                                                      tmp_path):
+    download(source, revision="v1")
+    bump = download(source, revision="v2")
+    assert bump.result["fetched"] == ["weights.bin"]
+    before, after = (json.loads(bump.result["diff"][k]) for k in ("before", "after"))
+    assert before == {"revision": "v1", "commit": hubs.commits[source]["v1"]}
+    assert after == {"revision": "v2", "commit": hubs.commits[source]["v2"]}
+    assert (tmp_path / "models" / "m" / "weights.bin").stat().st_size == 50_000
+
+
+@pytest.mark.parametrize("source", HUBS)
+def test_a_file_that_fails_verification_never_reaches_dest(source, download, tmp_path):
+    done = download(source, repo="unit/corrupt")
+    assert done.failed and "weights.bin" in done.result["msg"]
+    assert not (tmp_path / "models" / "m").exists()
+
+
+@pytest.mark.parametrize(("source", "repo", "revision", "cause"), [
+    ("huggingface", "unit/none", None, "repository not found"),
+    ("modelscope", "unit/none", None, "repository or revision not found"),
+    ("huggingface", "unit/tiny", "v9", "revision v9 not found"),
+    ("modelscope", "unit/tiny", "v9", "revision v9 not found"),
+    ("modelscope", "unit/gated", None, "gated: set a token"),
+])
+def test_bad_requests_name_the_model_and_the_cause(source, repo, revision, cause, download,
+                                                   tmp_path):
+    done = download(source, repo=repo, revision=revision)
+    assert done.failed
+    assert done.result["msg"].startswith(f"model {repo}@")
+    assert cause in done.result["msg"]
+    assert not (tmp_path / "models" / "m").exists()
+
+
+def test_a_gated_repository_downloads_with_its_token_and_never_records_it(download, hubs,
+                                                                          tmp_path):
+    done = download("modelscope", repo="unit/gated", token=GATED_TOKEN)
+    assert not done.failed and done.result["files"] == ["config.json"]
+    assert GATED_TOKEN not in (tmp_path / "models" / "m" / model_download.MANIFEST).read_text()
+    assert GATED_TOKEN not in hubs.modelscope_log.read_text()
+
+
+@pytest.mark.parametrize("source", HUBS)
+def test_an_unreachable_hub_fails_a_first_download(source, download, tmp_path):
+    done = download(source, endpoint=UNREACHABLE)
+    assert done.failed and "hub unreachable at http://127.0.0.1:9" in done.result["msg"]
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("source", HUBS)
+def test_too_little_disk_fails_before_fetching(source, download, tmp_path, monkeypatch):
+    real = os.statvfs
+
+    class Full:
+        f_bavail, f_frsize = 10, 4096
+
+    monkeypatch.setattr(model_download.os, "statvfs",
+                        lambda p: Full if str(p).startswith(str(tmp_path)) else real(p))
+    done = download(source, revision="v1")
+    assert done.failed and "needs 43031 bytes" in done.result["msg"]
+    assert "only 40960 free" in done.result["msg"]
+    assert not (tmp_path / "models" / "m").exists()
+
+
+def test_patterns_match_as_the_hubs_do():
+    paths = ["a.gguf", "sub/b.gguf", "x.bin"]
+    assert model_download.select(paths, ["*.gguf"], []) == ["a.gguf", "sub/b.gguf"]
+    assert model_download.select(paths, [], ["sub/*"]) == ["a.gguf", "x.bin"]
