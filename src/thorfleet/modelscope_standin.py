@@ -14,7 +14,8 @@ model, from git repositories laid out like the lab's Hugging Face mirror
 
 A repository listed under ``gated`` in the config answers 401 unless the request carries
 its token (as ``Authorization: Bearer`` or the ``m_session_id`` cookie the client sends).
-Every request is logged with the byte range served, so tests can count what was fetched.
+Every request is logged with the byte range asked for and the bytes really sent, so tests
+can count what was fetched.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class Handler(BaseHTTPRequestHandler):
     rate: float = 0  # bytes per second per download; 0: as fast as the machine goes
 
     def do_GET(self) -> None:  # noqa: N802 (the http.server API)
-        self.served = "-"
+        self.served, self.sent = "-", 0
         try:
             self.route()
         except HubError as error:
@@ -195,8 +196,9 @@ class Handler(BaseHTTPRequestHandler):
         self.served = f"bytes {start}-{end}/{size}"
         if isinstance(content, bytes):
             self.wfile.write(content[start:end + 1])
+            self.sent = end - start + 1
             return
-        began, sent = time.monotonic(), 0
+        began = time.monotonic()
         with open(content, "rb") as source:
             source.seek(start)
             left = end - start + 1
@@ -206,9 +208,9 @@ class Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(chunk)
                 left -= len(chunk)
-                sent += len(chunk)
+                self.sent += len(chunk)
                 if self.rate:  # a link of this speed, as a hub across a WAN is
-                    time.sleep(max(0.0, sent / self.rate - (time.monotonic() - began)))
+                    time.sleep(max(0.0, self.sent / self.rate - (time.monotonic() - began)))
 
     def log_request(self, code="-", size="-") -> None:
         """Logged once the answer is sent, with the byte range of a file (never headers:
@@ -217,8 +219,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def finish(self) -> None:
         if getattr(self, "status", None) is not None:
-            self.log_message('"%s" %s %s', self.requestline, self.status,
-                             getattr(self, "served", "-"))
+            self.log_message('"%s" %s %s sent %d', self.requestline, self.status,
+                             getattr(self, "served", "-"), getattr(self, "sent", 0))
         super().finish()
 
 
