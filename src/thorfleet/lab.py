@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -541,21 +540,10 @@ class Lab:
             if not (target / wheel.name).exists():
                 lab_hub.link_or_copy(wheel, target / wheel.name)
 
-    def _wait_http(self, service: str, url: str, timeout: float = 60) -> None:
-        """Wait until a lab service answers HTTP at all (any status)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._pid(service) is None:
-                break
-            try:
-                with urllib.request.urlopen(url, timeout=2):
-                    return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.3)
-        raise LabError(f"the lab's {service} did not answer at {url}: see "
-                       f"{self.state / 'run' / service}.log")
+    def _wait_http(self, service: str, url: str) -> None:
+        if not lab_hub.answers_http(url, lambda: self._pid(service) is not None):
+            raise LabError(f"the lab's {service} did not answer at {url}: see "
+                           f"{self.state / 'run' / service}.log")
 
     # ------------------------------------------------------------- the hosts
 

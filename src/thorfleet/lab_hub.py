@@ -19,6 +19,9 @@ import os
 import random
 import shutil
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,6 +167,20 @@ class LabHub:
                     out.write(rng.randbytes(1 << 24))
             partial.rename(path)
         return path
+
+
+def answers_http(url: str, alive: Callable[[], bool], timeout: float = 60) -> bool:
+    """Whether a server answers HTTP at url (any status) before timeout, while alive()."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and alive():
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
 
 
 def pseudo_random(size: int, seed: str) -> bytes:

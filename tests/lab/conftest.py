@@ -48,7 +48,9 @@ def lab_leftovers() -> list[str]:
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     found += [f"process: {line}" for line in processes.splitlines()
               if line.startswith(("systemd-nspawn", "docker-registry serve", "git daemon",
-                                       "git-daemon"))]
+                                  "git-daemon"))
+              or any(server in line for server in ("-m olah.server", "thorfleet.modelscope_standin",
+                                                   "http.server --bind 10.213."))]
     if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
         found.append(f"link: {BRIDGE}")
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

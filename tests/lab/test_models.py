@@ -169,6 +169,16 @@ def test_a_gated_repository_needs_its_token_which_never_shows(provisioned, thor0
         .content_string
     assert token not in LOCK.read_text()
 
+    hf_token = "hf_lab_token_never_shown_0123"
+    with_hf_token = models(*lab_model("thorfleet-lab/tiny", source="huggingface"), "-vvv",
+                           *extra(thorfleet_hf_token=hf_token))
+    assert with_hf_token.rc == 0, with_hf_token
+    assert hf_token not in with_hf_token.output
+    assert "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in with_hf_token.output
+    assert hf_token not in thor01.file("/models/thorfleet-lab/tiny/thorfleet-manifest.json") \
+        .content_string
+    assert hf_token not in LOCK.read_text()
+
 
 @pytest.mark.parametrize(("case", "args", "cause"), [
     ("unknown repository", lab_model("thorfleet-lab/nope", source="huggingface"),

@@ -7,9 +7,6 @@ import contextlib
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,18 +52,8 @@ def make_hub(root: Path, hub: str, branch: str) -> None:
 
 
 def wait_http(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer; log:\n{log.read_text()[-3000:]}")
+    if not lab_hub.answers_http(url, lambda: proc.poll() is None):
+        raise RuntimeError(f"{url} did not answer; log:\n{log.read_text()[-3000:]}")
 
 
 @dataclass
