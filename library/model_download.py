@@ -141,9 +141,6 @@ class RemoteFile:
     def __init__(self, path, size, sha256=None, git_sha1=None):
         self.path, self.size, self.sha256, self.git_sha1 = path, size, sha256, git_sha1
 
-    def record(self):
-        return {"size": self.size, "sha256": self.sha256, "git_sha1": self.git_sha1}
-
 
 # ---------------------------------------------------------------- the manifest
 
@@ -497,6 +494,10 @@ def run(module):
 
     files = {p: (records[p] if p in records else old_files[p]) for p in wanted}
     os.makedirs(dest, mode=0o755, exist_ok=True)
+    # Between the first move and the new manifest, dest is neither revision: without a
+    # manifest, a run cut off here is a download to redo, never a match.
+    if old:
+        os.unlink(os.path.join(dest, MANIFEST))
     move_into(staging, dest, [r.path for r in fetch], sorted(set(old_files) - set(wanted)))
     write_manifest(module, dest, {**request, "commit": commit, "files": files})
     shutil.rmtree(staging, ignore_errors=True)

@@ -194,6 +194,7 @@ def test_a_gated_repository_needs_its_token_which_never_shows(provisioned, thor0
 ])
 def test_a_bad_model_request_fails_naming_model_and_cause(provisioned, thor01, case, args,
                                                           cause):
+    thor01.run("rm -rf /models/thorfleet-lab")  # a host that does not have the model yet
     run = models(*args)
     assert run.rc != 0, run
     assert run.recap["thor01"]["failed"] == 1, run
