@@ -1,4 +1,5 @@
-"""Filters that turn a host's services and the recipe catalogue into what it must hold.
+"""Filters that turn a host's services and the recipe catalogue into what it must hold and
+run.
 
 One place resolves services against the catalogue and rejects bad input before any host
 changes: every error names the host, the service and the field.
@@ -6,6 +7,7 @@ changes: every error names the host, the service and the field.
 
 from __future__ import annotations
 
+import json
 import posixpath
 import re
 
@@ -23,7 +25,7 @@ class CatalogueError(AnsibleFilterError):
 def merge_catalogue(catalogue, extra=None):
     """The project's catalogue with the inventory's additions; an added entry wins."""
     merged = {}
-    for section in ("models", "files", "recipes"):
+    for section in ("engines", "models", "files", "recipes"):
         merged[section] = {**(catalogue or {}).get(section, {}),
                            **((extra or {}).get(section) or {})}
     return merged
@@ -116,7 +118,7 @@ def model_plan(services, catalogue, models_root="/models", default_source="huggi
                 entry["allow_patterns"].append(recipe["model_file"])
         else:
             entry["all_files"] = True
-        for file_name in recipe.get("files") or []:
+        for file_name in recipe_files(recipe):
             if file_name not in files:
                 raise CatalogueError(f"{where}: recipe {recipe_name}: field files: "
                                      f"{file_name!r} is not in the catalogue's files")
@@ -141,6 +143,14 @@ def model_plan(services, catalogue, models_root="/models", default_source="huggi
                        "revision": pinned or entry["requested_revision"] or None})
     return {"models": sorted(result, key=lambda m: m["dest"]),
             "files": sorted(planned_files.values(), key=lambda f: f["dest"])}
+
+
+def recipe_files(recipe):
+    """The files fetched by URL a recipe needs: its chat template and any others."""
+    named = list(recipe.get("files") or [])
+    if recipe.get("chat_template") and recipe["chat_template"] not in named:
+        named.append(recipe["chat_template"])
+    return named
 
 
 def _under_root(root, relative, where, what):
@@ -178,10 +188,159 @@ def lock_entries(results, section):
     return entries
 
 
+# --- services: each resolved to what its unit runs --------------------------------------
+
+# Flags whose value is JSON, for the engines that take them.
+JSON_FLAGS = ("--override-generation-config", "--preferred-sampling-params", "--hf-overrides",
+              "--compilation-config", "--speculative-config", "--kv-transfer-config",
+              "--limit-mm-per-prompt", "--json-model-override-args")
+
+
+def _vllm(model, name, port, share, recipe, args, template):
+    """vllm serve <model> as the guide writes it; port and share only where given."""
+    argv = ["vllm", "serve", model, "--served-model-name", name, *args]
+    if recipe.get("sampling"):
+        argv += ["--override-generation-config", json.dumps(recipe["sampling"])]
+    if template:
+        argv += ["--chat-template", template]
+    if port != 8000:
+        argv += ["--port", str(port)]
+    if share is not None:
+        argv += ["--gpu-memory-utilization", str(share)]
+    return argv
+
+
+def _sglang(model, name, port, share, recipe, args, template):
+    argv = ["python", "-m", "sglang.launch_server", "--model-path", model,
+            "--served-model-name", name, "--host", "0.0.0.0", "--port", str(port), *args]
+    if recipe.get("sampling"):
+        argv += ["--preferred-sampling-params", json.dumps(recipe["sampling"])]
+    if template:
+        argv += ["--chat-template", template]
+    if share is not None:
+        argv += ["--mem-fraction-static", str(share)]
+    return argv
+
+
+def _llama_server(model, name, port, share, recipe, args, template):
+    return ["llama-server", "--model", model, "--alias", name, "--host", "0.0.0.0",
+            "--port", str(port), *args]
+
+
+def _whisper_server(model, name, port, share, recipe, args, template):
+    return ["whisper-server", "--model", model, "--host", "0.0.0.0", "--port", str(port),
+            *args]
+
+
+# One adapter per engine: (model path, served name, port, memory share or None, recipe,
+# recipe flags, chat template path or None) -> the engine's argv.
+ADAPTERS = {"vllm": _vllm, "sglang": _sglang, "llama-server": _llama_server,
+            "whisper-server": _whisper_server}
+
+
+def _check_overrides(where, service):
+    port = service.get("port")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
+                             or not 1 <= port <= 65535):
+        raise CatalogueError(f"{where}: field port: {port!r} is not a port (1-65535)")
+    share = service.get("memory_share")
+    if share is not None and (not isinstance(share, int | float) or isinstance(share, bool)
+                              or not 0 < share <= 1):
+        raise CatalogueError(f"{where}: field memory_share: {share!r} is not a share of "
+                             "unified memory (above 0, at most 1)")
+    served = service.get("served_name")
+    if served is not None and (not isinstance(served, str) or not served.strip()):
+        raise CatalogueError(f"{where}: field served_name: {served!r} is not a name")
+    extra = service.get("extra_args", [])
+    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+        raise CatalogueError(f"{where}: field extra_args: a list of strings, one per argv token")
+    for index, token in enumerate(extra):
+        flag, eq, value = token.partition("=")
+        if flag not in JSON_FLAGS:
+            continue
+        if not eq:
+            value = extra[index + 1] if index + 1 < len(extra) else ""
+        try:
+            json.loads(value)
+        except ValueError as error:
+            raise CatalogueError(f"{where}: field extra_args: {flag} takes JSON: {error}: "
+                                 f"{value!r}") from None
+
+
+def service_specs(services, catalogue, models_root="/models", default_source="huggingface",
+                  host="host", memory_budget=0.9, builds_root="/opt/thorfleet"):
+    """Each service resolved to what its unit runs, every service checked first.
+
+    A spec: name, unit, recipe, engine, kind (container or native), modality, port,
+    served_name (the service's, else the recipe's, else the service name), memory_share
+    (given, or what the engine takes by default), model (the path the engine loads), argv
+    (the engine's command), env, and image (container engines, by tag) or binary (native
+    engines, from the `current` build).
+    """
+    services = services or []
+    plan = model_plan(services, catalogue, models_root, default_source, host)
+    models_by_service = {name: m for m in plan["models"] for name in m["services"]}
+    files = {f["name"]: f["dest"] for f in plan["files"]}
+    root = posixpath.normpath(models_root)
+    engines, recipes = catalogue["engines"], catalogue["recipes"]
+    specs, ports = [], {}
+    for service in services:
+        name = service["name"]
+        where = f"{host}: service {name}"
+        recipe = recipes[service["recipe"]]
+        engine = engines.get(recipe.get("engine"))
+        if engine is None or recipe["engine"] not in ADAPTERS:
+            raise CatalogueError(f"{where}: recipe {service['recipe']}: field engine: unknown "
+                                 f"engine {recipe.get('engine')!r}; known: "
+                                 f"{', '.join(sorted(ADAPTERS))}")
+        _check_overrides(where, service)
+        port = service.get("port") or engine["port"]
+        if port in ports:
+            raise CatalogueError(f"{where}: field port: {port} is already the port of service "
+                                 f"{ports[port]}")
+        ports[port] = name
+        model = models_by_service[name]
+        model_path = posixpath.join(model["dest"], recipe["model_file"]) \
+            if recipe.get("model_file") else model["dest"]
+        args = [a.replace("{models_root}", root) for a in recipe.get("args") or []]
+        template = files.get(recipe.get("chat_template"))
+        given_share = service.get("memory_share")
+        served_name = service.get("served_name") or recipe.get("served_name") or name
+        argv = ADAPTERS[recipe["engine"]](
+            model_path, served_name, port, given_share, recipe, args, template) \
+            + list(service.get("extra_args") or [])
+        env = {}
+        if engine.get("modelscope_env") and model["source"] == "modelscope":
+            env[engine["modelscope_env"]] = "true"
+        spec = {
+            "name": name, "unit": f"thorfleet-{name}.service", "recipe": service["recipe"],
+            "engine": recipe["engine"], "kind": engine["kind"],
+            "modality": recipe.get("modality", "chat"), "port": port,
+            "served_name": served_name,
+            "memory_share": given_share if given_share is not None else
+            recipe.get("memory_share", engine.get("memory_share", 0)),
+            "model": model_path, "source": model["source"], "argv": argv, "env": env}
+        if engine["kind"] == "container":
+            spec["image"] = engine["image"]
+        else:
+            spec["binary"] = f"{builds_root}/{engine['build']}/current/bin/{engine['binary']}"
+            spec["argv"][0] = spec["binary"]
+        specs.append(spec)
+    total = round(sum(spec["memory_share"] for spec in specs), 4)
+    if total > memory_budget:
+        shares = ", ".join(f"{s['name']} {s['memory_share']}" for s in specs)
+        raise CatalogueError(f"{host}: field memory_share: the services take {total} of unified "
+                             f"memory ({shares}), above the budget of {memory_budget} "
+                             "(thorfleet_memory_budget); give container engines explicit "
+                             "memory_share values that fit")
+    return specs
+
+
 class FilterModule:
     def filters(self):
         return {
             "thorfleet_catalogue": merge_catalogue,
             "thorfleet_model_plan": model_plan,
             "thorfleet_lock_entries": lock_entries,
+            "thorfleet_service_specs": service_specs,
         }

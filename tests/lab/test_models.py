@@ -219,11 +219,23 @@ def test_too_little_disk_fails_before_fetching_and_leaves_nothing(provisioned, t
         thor01.run("umount /small; rmdir /small")
 
 
-def test_an_unknown_recipe_is_refused_before_the_host_changes(provisioned, thor01):
-    run = models("-l", "thor01", *extra(thorfleet_services=[{"name": "qwen3",
-                                                             "recipe": "vllm-qwen4"}]))
+@pytest.mark.parametrize(("services", "message"), [
+    ([{"name": "qwen3", "recipe": "vllm-qwen4"}],
+     "thor01: service qwen3: field recipe: unknown recipe 'vllm-qwen4'"),
+    ([{"name": "a", "recipe": "llama-qwen3-8b-gguf"},
+      {"name": "b", "recipe": "whisper-large-v3-turbo", "port": 8000}],
+     "thor01: service b: field port: 8000 is already the port of service a"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b"},
+      {"name": "b", "recipe": "sglang-qwen3-8b", "port": 8001}],
+     "thor01: field memory_share: the services take 1.78 of unified memory"),
+])
+def test_bad_services_are_refused_at_preflight_before_the_host_changes(provisioned, thor01,
+                                                                       services, message):
+    thor01.run("rm -f /etc/ansible/facts.d/thorfleet.fact")
+    run = models("-l", "thor01", *extra(thorfleet_services=services))
     assert run.rc != 0 and run.recap["thor01"]["changed"] == 0, run
-    assert "thor01: service qwen3: field recipe: unknown recipe 'vllm-qwen4'" in run.output
+    assert message in run.output, run
+    assert not thor01.file("/etc/ansible/facts.d/thorfleet.fact").exists
 
 
 def test_a_template_that_does_not_match_its_pin_fails_cleanly(provisioned, thor01, lab):

@@ -1,0 +1,219 @@
+"""Services resolved to argv: every recipe against the guide's own command, token by token.
+
+The expected commands below are copied by hand from the guide's command blocks, apart from
+the catalogue, so that the catalogue cannot agree with itself. JSON values are compared
+after parsing. The only differences allowed are listed with the test that allows them.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, load
+
+catalogue_filters = load("filter_plugins/catalogue.py")
+CATALOGUE = yaml.safe_load((ROOT / "roles/thorfleet/vars/main.yml").read_text())[
+    "thorfleet_catalogue"]
+T = "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja"
+
+GUIDE = {
+    "vllm-qwen3-8b": "vllm serve /models/Qwen/Qwen3-8B --served-model-name qwen3",
+    "vllm-qwen3-8b-nothink":
+        f"vllm serve /models/Qwen/Qwen3-8B --served-model-name qwen3 --chat-template {T}",
+    "vllm-qwen3-8b-fp4": """vllm serve /models/nv-community/Qwen3-8B-FP4 \\
+        --served-model-name qwen3 \\
+        --override-generation-config '{"repetition_penalty": 1.2, "temperature": 0.8,
+        "top_p": 0.95}'""",
+    "vllm-qwen3-8b-fp4-nothink": f"""vllm serve /models/nv-community/Qwen3-8B-FP4 \\
+        --served-model-name qwen3 \\
+        --override-generation-config '{{"repetition_penalty": 1.2, "temperature": 0.8,
+        "top_p": 0.95}}' --chat-template {T}""",
+    "vllm-qwen3-coder-30b-fp8": """vllm serve /models/Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8 \\
+        --served-model-name qwen3 --max-model-len 65536 --enforce-eager \\
+        --override-generation-config '{"repetition_penalty": 1.05, "temperature": 0.7,
+        "top_p": 0.8, "top_k": 20}'""",
+    "vllm-whisper-small":
+        "vllm serve /models/openai-mirror/whisper-small --served-model-name whisper",
+    # The guide writes --allowed-local-media-path without its value, which vLLM rejects:
+    # the one difference from the guide the catalogue makes on purpose.
+    "vllm-qwen2.5-vl-7b-awq": "vllm serve /models/Qwen/Qwen2.5-VL-7B-Instruct-AWQ "
+                              "--served-model-name qwen3 --allowed-local-media-path /models",
+    "sglang-qwen3-8b": """python -m sglang.launch_server --model-path /models/Qwen/Qwen3-8B \\
+        --served-model-name qwen3 --host 0.0.0.0 --port 8000""",
+    "sglang-qwen3-8b-nothink": f"""python -m sglang.launch_server \\
+        --model-path /models/Qwen/Qwen3-8B --served-model-name qwen3 \\
+        --host 0.0.0.0 --port 8000 --chat-template {T}""",
+    "sglang-qwen3-8b-quickstart": """python -m sglang.launch_server \\
+        --model-path /models/Qwen/Qwen3-8B --served-model-name qwen3 \\
+        --host 0.0.0.0 --port 8000 --cuda-graph-bs 2""",
+    "sglang-qwen3-8b-fp8": """python -m sglang.launch_server \\
+        --model-path /models/Qwen/Qwen3-8B-FP8 --served-model-name qwen3 \\
+        --host 0.0.0.0 --port 8000 --max-running-requests 2 \\
+        --preferred-sampling-params '{"repetition_penalty": 1.2, "temperature": 0.6,
+        "top_p": 0.95, "top_k": 20, "min_p": 0.0}'""",
+    "sglang-qwen3-8b-fp8-nothink": f"""python -m sglang.launch_server \\
+        --model-path /models/Qwen/Qwen3-8B-FP8 --served-model-name qwen3 \\
+        --host 0.0.0.0 --port 8000 --max-running-requests 2 \\
+        --preferred-sampling-params '{{"repetition_penalty": 1.2, "temperature": 0.7,
+        "top_p": 0.8, "top_k": 20, "min_p": 0.0}}' --chat-template {T}""",
+    "sglang-qwen3-8b-fp4": """python -m sglang.launch_server \\
+        --model-path /models/nv-community/Qwen3-8B-FP4 --served-model-name qwen3 \\
+        --host 0.0.0.0 --port 8000 --quantization modelopt_fp4 --max-running-requests 2""",
+    "sglang-qwen3-8b-fp4-nothink": f"""python -m sglang.launch_server \\
+        --model-path /models/nv-community/Qwen3-8B-FP4 --served-model-name qwen3 \\
+        --host 0.0.0.0 --port 8000 --quantization modelopt_fp4 --max-running-requests 2 \\
+        --chat-template {T}""",
+    "sglang-qwen3-coder-30b-fp8": """python -m sglang.launch_server \\
+        --model-path /models/Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8 --served-model-name qwen3 \\
+        --host 0.0.0.0 --port 8000 --max-running-requests 1 --max-total-tokens 65536 \\
+        --disable-cuda-graph --preferred-sampling-params '{"repetition_penalty": 1.05,
+        "temperature": 0.7, "top_p": 0.8, "top_k": 20}'""",
+    "llama-qwen3-8b-gguf": """./build/bin/llama-server \\
+        --model /models/Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q5_K_M.gguf --alias qwen3 \\
+        --host 0.0.0.0 --port 8000 --ctx-size 0""",
+    "llama-qwen3-8b-gguf-nothink": """./build/bin/llama-server \\
+        --model /models/Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q5_K_M.gguf --alias qwen3 \\
+        --host 0.0.0.0 --port 8000 --ctx-size 0 --jinja --reasoning-budget 0""",
+    "llama-qwen3-coder-30b-gguf": "./build/bin/llama-server --model "
+        "/models/unsloth/Qwen3-Coder-30B-A3B-Instruct-GGUF/Qwen3-Coder-30B-A3B-Instruct-Q5_K_M.gguf"
+        " --alias qwen3 --host 0.0.0.0 --port 8000 --ctx-size 0",
+    "whisper-large-v3-turbo": """./whisper-server \\
+        --model /models/whisper.cpp/models/ggml-large-v3-turbo.bin \\
+        --host 0.0.0.0 --port 8080 --flash-attn --language auto""",
+}
+BINARIES = {"llama-server": "/opt/thorfleet/llama.cpp/current/bin/llama-server",
+            "whisper-server": "/opt/thorfleet/whisper.cpp/current/bin/whisper-server"}
+
+
+def specs(services, **kwargs):
+    return catalogue_filters.service_specs(services, CATALOGUE, host="thor01", **kwargs)
+
+
+def one(recipe, **service):
+    return specs([{"name": "svc", "recipe": recipe, **service}])[0]
+
+
+def same_tokens(got, expected):
+    """Token by token; a token that is a JSON object is compared after parsing."""
+    if len(got) != len(expected):
+        return False
+    for a, b in zip(got, expected, strict=True):
+        if a.startswith("{") and b.startswith("{"):
+            if json.loads(a) != json.loads(b):
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+def guide(recipe):
+    argv = shlex.split(GUIDE[recipe].replace("\\\n", " "))  # continuation lines joined
+    # A native engine runs from the `current` build, not the guide's working directory.
+    engine = argv[0].rsplit("/", 1)[-1]
+    return [BINARIES.get(engine, argv[0]), *argv[1:]]
+
+
+def test_the_guide_covers_every_recipe_of_the_catalogue():
+    assert set(GUIDE) == set(CATALOGUE["recipes"])
+
+
+@pytest.mark.parametrize("recipe", sorted(GUIDE))
+def test_each_recipe_runs_the_guides_command(recipe):
+    argv = one(recipe)["argv"]
+    assert same_tokens(argv, guide(recipe)), f"{argv}\n!=\n{guide(recipe)}"
+
+
+def test_allowed_differences_port_served_name_share_and_model_root():
+    moved = specs([{"name": "a", "recipe": "vllm-qwen3-8b-nothink", "port": 8001,
+                    "served_name": "chat", "memory_share": 0.4}], models_root="/data")[0]
+    assert moved["argv"] == ["vllm", "serve", "/data/Qwen/Qwen3-8B", "--served-model-name",
+                             "chat", "--chat-template",
+                             "/data/Qwen/Qwen3-8B/qwen3_nonthinking.jinja", "--port", "8001",
+                             "--gpu-memory-utilization", "0.4"]
+    sglang = one("sglang-qwen3-8b", port=8002, memory_share=0.5)
+    assert sglang["argv"][-6:] == ["--host", "0.0.0.0", "--port", "8002",
+                                   "--mem-fraction-static", "0.5"]
+    vl = specs([{"name": "v", "recipe": "vllm-qwen2.5-vl-7b-awq"}], models_root="/data")[0]
+    assert vl["argv"][-2:] == ["--allowed-local-media-path", "/data"]
+
+
+def test_extra_args_come_last():
+    spec = one("llama-qwen3-8b-gguf", extra_args=["--threads", "8"])
+    assert spec["argv"][-3:] == ["0", "--threads", "8"]
+
+
+def test_a_spec_names_its_unit_image_or_binary_and_memory_share():
+    vllm = one("vllm-whisper-small", source="modelscope", memory_share=0.2)
+    assert (vllm["unit"], vllm["kind"], vllm["image"], vllm["modality"]) == (
+        "thorfleet-svc.service", "container", "nvcr.io/nvidia/vllm:25.10-py3", "transcription")
+    assert vllm["env"] == {"VLLM_USE_MODELSCOPE": "true"}
+    assert vllm["model"] == "/models/openai-mirror/whisper-small"
+    assert one("vllm-whisper-small")["env"] == {}
+    assert one("sglang-qwen3-8b")["memory_share"] == 0.88  # SGLang's own default
+    whisper = one("whisper-large-v3-turbo")
+    assert (whisper["kind"], whisper["binary"], whisper["port"], whisper["memory_share"]) == (
+        "native", BINARIES["whisper-server"], 8080, 0.02)
+    assert "image" not in whisper
+
+
+def test_the_sample_and_lab_fleets_resolve():
+    from thorfleet.lab import LAB_SERVICES
+
+    assert [s["port"] for s in specs(LAB_SERVICES)] == [8000, 8001, 8002, 8080]
+    for host_vars in sorted((ROOT / "inventory/sample/host_vars").glob("*.yml")):
+        assert specs(yaml.safe_load(host_vars.read_text())["thorfleet_services"])
+
+
+def error(services, **kwargs):
+    with pytest.raises(catalogue_filters.CatalogueError) as raised:
+        specs(services, **kwargs)
+    return str(raised.value)
+
+
+@pytest.mark.parametrize(("services", "message"), [
+    ([{"name": "a", "recipe": "llama-qwen3-8b-gguf"}, {"name": "b", "recipe": "vllm-qwen3-8b",
+                                                       "memory_share": 0.3}],
+     "thor01: service b: field port: 8000 is already the port of service a"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b"}, {"name": "b", "recipe": "sglang-qwen3-8b-fp8",
+                                                 "port": 8001}],
+     "thor01: field memory_share: the services take 1.78 of unified memory (a 0.9, b 0.88), "
+     "above the budget of 0.9"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b", "extra_args": ["--hf-overrides", "{rope: 1"]}],
+     "thor01: service a: field extra_args: --hf-overrides takes JSON"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b",
+       "extra_args": ["--override-generation-config={'t': 1}"]}],
+     "thor01: service a: field extra_args: --override-generation-config takes JSON"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b", "extra_args": "--enforce-eager"}],
+     "thor01: service a: field extra_args: a list of strings"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b", "port": 80000}],
+     "thor01: service a: field port: 80000 is not a port"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b", "memory_share": 1.5}],
+     "thor01: service a: field memory_share: 1.5 is not a share"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b"}, {"name": "a", "recipe": "vllm-qwen3-8b",
+                                                 "port": 8001}],
+     "thor01: service a: field name: two services are named a"),
+    ([{"name": "a", "recipe": "vllm-qwen9"}], "thor01: service a: field recipe: unknown recipe"),
+])
+def test_each_bad_service_is_refused_naming_host_service_and_field(services, message):
+    assert message in error(services)
+
+
+def test_a_budget_of_the_hosts_own_is_honoured():
+    services = [{"name": "a", "recipe": "llama-qwen3-coder-30b-gguf"}]
+    assert specs(services, memory_budget=0.5)
+    assert "above the budget of 0.3" in error(services, memory_budget=0.3)
+
+
+def test_an_unknown_engine_is_refused():
+    extra = {"recipes": {"tgi-qwen": {"engine": "tgi", "model": "Qwen/Qwen3-8B",
+                                      "served_name": "qwen3"}}}
+    merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
+    with pytest.raises(catalogue_filters.CatalogueError) as raised:
+        catalogue_filters.service_specs([{"name": "a", "recipe": "tgi-qwen"}], merged,
+                                        host="thor01")
+    assert "thor01: service a: recipe tgi-qwen: field engine: unknown engine 'tgi'" in str(
+        raised.value)
