@@ -49,6 +49,7 @@ FIRST_HOST_OCTET = 11
 MAX_HOSTS = 8
 
 SUITE = "bookworm"
+HOST_PYTHON = "3.11"  # bookworm's, for the wheels the hosts install
 # Everything a host needs that a real Thor ships or that the roles install: baking it in
 # keeps CI off the network for most runs, while the roles' apt tasks stay real (NAT
 # gives hosts a route to the Debian registry for anything missing).
@@ -528,12 +529,12 @@ class Lab:
                                   .read_text())
         wanted = defaults["model_store_pip_packages"]
         cached = self.cache / "wheels" / hashlib.sha256(
-            "\n".join([*wanted, sys.version.split()[0]]).encode()).hexdigest()[:12]
+            "\n".join([*wanted, HOST_PYTHON]).encode()).hexdigest()[:12]
         if not (cached / "thorfleet-complete").exists():
             log(f"fetching wheels for the hosts: {' '.join(wanted)}")
             cached.mkdir(parents=True, exist_ok=True)
             run([sys.executable, "-m", "pip", "download", "-q", "--only-binary", ":all:",
-                 "-d", str(cached), *wanted])
+                 "--python-version", HOST_PYTHON, "-d", str(cached), *wanted])
             (cached / "thorfleet-complete").write_text("\n".join(wanted) + "\n")
         target.mkdir(parents=True, exist_ok=True)
         for wheel in cached.glob("*.whl"):
