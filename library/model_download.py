@@ -301,7 +301,7 @@ class HuggingFace:
             return "the repository is gated: set a token that has access (thorfleet_hf_token)"
         if isinstance(error, errors.RevisionNotFoundError):
             return f"revision {revision} not found"
-        if isinstance(error, errors.RepositoryNotFoundError | errors.HfHubHTTPError):
+        if isinstance(error, errors.HfHubHTTPError):  # RepositoryNotFoundError among them
             status = getattr(getattr(error, "response", None), "status_code", None)
             if revision != "main" and self._exists(repo_id):
                 return f"revision {revision} not found"

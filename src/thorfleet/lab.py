@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from thorfleet import lab_hub, lab_thor
+from thorfleet.lab_hub import GIT_IDENTITY
 
 NETWORK = ipaddress.ip_network("10.213.0.0/24")
 GATEWAY = "10.213.0.1"
@@ -123,12 +124,6 @@ SOURCES = {
     "llama.cpp": Source("llama-cpp-python==0.3.36", "vendor/llama.cpp", "b11312"),
     # pywhispercpp 1.5.1 vendors whisper.cpp 1.8.5.
     "whisper.cpp": Source("pywhispercpp==1.5.1", "whisper.cpp", "v1.8.5"),
-}
-# Fixed identity and dates, so a source repository has the same commit on every machine.
-GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "thorfleet lab", "GIT_AUTHOR_EMAIL": "lab@thorfleet.invalid",
-    "GIT_COMMITTER_NAME": "thorfleet lab", "GIT_COMMITTER_EMAIL": "lab@thorfleet.invalid",
-    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
 }
 
 

@@ -23,7 +23,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 # A token the ModelScope stand-in requires for its gated repository (lab only).
@@ -32,6 +33,8 @@ BIG_FILE_SIZE = 256 * 1024 * 1024
 MODELSCOPE_RATE = 32 * 1024 * 1024  # bytes per second the stand-in serves a download at
 
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n"
+# Every repository the lab makes is committed with this identity and date, so it has the
+# same commits on every machine.
 GIT_IDENTITY = {
     "GIT_AUTHOR_NAME": "thorfleet lab", "GIT_AUTHOR_EMAIL": "lab@thorfleet.invalid",
     "GIT_COMMITTER_NAME": "thorfleet lab", "GIT_COMMITTER_EMAIL": "lab@thorfleet.invalid",
@@ -72,7 +75,6 @@ class Repo:
     commits: list[Commit]
     branch: str = "main"
     lfs_over: int = 1024  # files larger than this are committed as LFS pointers
-    notes: str = field(default="", compare=False)
 
 
 def _json(text: str) -> bytes:
@@ -91,9 +93,9 @@ class LabHub:
         return self.root / hub
 
     def repositories(self) -> list[Repo]:
-        gguf = lambda: self.source("llama.cpp", "b11312", "models/ggml-vocab-qwen2.gguf")  # noqa: E731
-        whisper_tiny = lambda: self.source(  # noqa: E731
-            "whisper.cpp", "v1.8.5", "models/for-tests-ggml-tiny.bin")
+        gguf = partial(self.source, "llama.cpp", "b11312", "models/ggml-vocab-qwen2.gguf")
+        whisper_tiny = partial(self.source, "whisper.cpp", "v1.8.5",
+                               "models/for-tests-ggml-tiny.bin")
         config = _json('{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"}')
         return [
             # --- for tests of the download module and role
