@@ -40,7 +40,7 @@ def _service_errors(host, services, recipes):
     """Each service checked on its own and against the others on the host."""
     if not isinstance(services, list):
         raise CatalogueError(f"{host}: thorfleet_services must be a list of services")
-    seen = {}
+    seen = set()
     for index, service in enumerate(services):
         where = f"{host}: thorfleet_services[{index}]"
         if not isinstance(service, dict):
@@ -56,7 +56,7 @@ def _service_errors(host, services, recipes):
                                  f"has {', '.join(sorted(SERVICE_FIELDS))}")
         if name in seen:
             raise CatalogueError(f"{where}: field name: two services are named {name}")
-        seen[name] = service
+        seen.add(name)
         recipe = service.get("recipe")
         if recipe not in recipes:
             raise CatalogueError(f"{where}: field recipe: unknown recipe {recipe!r}; known: "
