@@ -7,6 +7,7 @@ changes: every error names the host, the service and the field.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import posixpath
 import re
@@ -15,7 +16,9 @@ from ansible.errors import AnsibleFilterError
 
 SOURCES = ("huggingface", "modelscope")
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-SERVICE_FIELDS = {"name", "recipe", "port", "served_name", "memory_share", "extra_args", "source"}
+SERVICE_FIELDS = {"name", "recipe", "port", "served_name", "memory_share", "extra_args", "source",
+                  "bind_address", "api_key"}
+GUIDE_BIND = "0.0.0.0"  # the guide serves every engine on all addresses
 
 
 class CatalogueError(AnsibleFilterError):
@@ -196,13 +199,15 @@ JSON_FLAGS = ("--override-generation-config", "--preferred-sampling-params", "--
               "--limit-mm-per-prompt", "--json-model-override-args")
 
 
-def _vllm(model, name, port, share, recipe, args, template):
-    """vllm serve <model> as the guide writes it; port and share only where given."""
+def _vllm(model, name, bind, port, share, recipe, args, template):
+    """vllm serve <model> as the guide writes it; address, port, share only where given."""
     argv = ["vllm", "serve", model, "--served-model-name", name, *args]
     if recipe.get("sampling"):
         argv += ["--override-generation-config", json.dumps(recipe["sampling"])]
     if template:
         argv += ["--chat-template", template]
+    if bind != GUIDE_BIND:
+        argv += ["--host", bind]
     if port != 8000:
         argv += ["--port", str(port)]
     if share is not None:
@@ -210,9 +215,9 @@ def _vllm(model, name, port, share, recipe, args, template):
     return argv
 
 
-def _sglang(model, name, port, share, recipe, args, template):
+def _sglang(model, name, bind, port, share, recipe, args, template):
     argv = ["python", "-m", "sglang.launch_server", "--model-path", model,
-            "--served-model-name", name, "--host", "0.0.0.0", "--port", str(port), *args]
+            "--served-model-name", name, "--host", bind, "--port", str(port), *args]
     if recipe.get("sampling"):
         argv += ["--preferred-sampling-params", json.dumps(recipe["sampling"])]
     if template:
@@ -222,18 +227,17 @@ def _sglang(model, name, port, share, recipe, args, template):
     return argv
 
 
-def _llama_server(model, name, port, share, recipe, args, template):
-    return ["llama-server", "--model", model, "--alias", name, "--host", "0.0.0.0",
+def _llama_server(model, name, bind, port, share, recipe, args, template):
+    return ["llama-server", "--model", model, "--alias", name, "--host", bind,
             "--port", str(port), *args]
 
 
-def _whisper_server(model, name, port, share, recipe, args, template):
-    return ["whisper-server", "--model", model, "--host", "0.0.0.0", "--port", str(port),
-            *args]
+def _whisper_server(model, name, bind, port, share, recipe, args, template):
+    return ["whisper-server", "--model", model, "--host", bind, "--port", str(port), *args]
 
 
-# One adapter per engine: (model path, served name, port, memory share or None, recipe,
-# recipe flags, chat template path or None) -> the engine's argv.
+# One adapter per engine: (model path, served name, bind address, port, memory share or
+# None, recipe, recipe flags, chat template path or None) -> the engine's argv.
 ADAPTERS = {"vllm": _vllm, "sglang": _sglang, "llama-server": _llama_server,
             "whisper-server": _whisper_server}
 
@@ -248,6 +252,17 @@ def _check_overrides(where, service):
                               or not 0 < share <= 1):
         raise CatalogueError(f"{where}: field memory_share: {share!r} is not a share of "
                              "unified memory (above 0, at most 1)")
+    bind = service.get("bind_address")
+    if bind is not None:
+        try:
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise CatalogueError(f"{where}: field bind_address: {bind!r} is not an IP "
+                                 "address") from None
+    key = service.get("api_key")
+    if key is not None and (not isinstance(key, str) or not key or any(c.isspace() for c in key)):
+        raise CatalogueError(f"{where}: field api_key: an API key is a non-empty string "
+                             "without spaces")
     served = service.get("served_name")
     if served is not None and (not isinstance(served, str) or not served.strip()):
         raise CatalogueError(f"{where}: field served_name: {served!r} is not a name")
@@ -273,9 +288,10 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
 
     A spec: name, unit, recipe, engine, kind (container or native), modality, port,
     served_name (the service's, else the recipe's, else the service name), memory_share
-    (given, or what the engine takes by default), model (the path the engine loads), argv
-    (the engine's command), env, and image (container engines, by tag) or binary (native
-    engines, from the `current` build).
+    (given, or what the engine takes by default), model (the path the engine loads),
+    model_dir (the downloaded repository it is in), argv (the engine's command), env,
+    api_key_env/api_key_flag (how the engine takes an API key, if it does), and image
+    (container engines, by tag) or binary (native engines, from the `current` build).
     """
     services = services or []
     plan = model_plan(services, catalogue, models_root, default_source, host)
@@ -306,20 +322,30 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
         template = files.get(recipe.get("chat_template"))
         given_share = service.get("memory_share")
         served_name = service.get("served_name") or recipe.get("served_name") or name
+        if service.get("api_key") and not (engine.get("api_key_env")
+                                           or engine.get("api_key_flag")):
+            raise CatalogueError(f"{where}: field api_key: {recipe['engine']} takes no API "
+                                 "key; restrict who reaches it with bind_address instead")
         argv = ADAPTERS[recipe["engine"]](
-            model_path, served_name, port, given_share, recipe, args, template) \
-            + list(service.get("extra_args") or [])
+            model_path, served_name, service.get("bind_address") or GUIDE_BIND, port,
+            given_share, recipe, args, template) + list(service.get("extra_args") or [])
         env = {}
         if engine.get("modelscope_env") and model["source"] == "modelscope":
             env[engine["modelscope_env"]] = "true"
         spec = {
             "name": name, "unit": f"thorfleet-{name}.service", "recipe": service["recipe"],
             "engine": recipe["engine"], "kind": engine["kind"],
-            "modality": recipe.get("modality", "chat"), "port": port,
+            "modality": recipe.get("modality", "chat"),
+            "bind_address": service.get("bind_address") or GUIDE_BIND, "port": port,
             "served_name": served_name,
             "memory_share": given_share if given_share is not None else
             recipe.get("memory_share", engine.get("memory_share", 0)),
-            "model": model_path, "source": model["source"], "argv": argv, "env": env}
+            "model": model_path, "model_dir": model["dest"], "source": model["source"],
+            "argv": argv, "env": env,
+            # Where the engine takes an API key: an environment variable it reads, else a
+            # flag; the key itself stays out of specs (they are printed) and of argv.
+            "api_key_env": engine.get("api_key_env"),
+            "api_key_flag": engine.get("api_key_flag")}
         if engine["kind"] == "container":
             spec["image"] = engine["image"]
         else:
@@ -336,6 +362,91 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
     return specs
 
 
+# --- images: the tags services use, resolved to digests -----------------------------------
+
+def image_plan(specs, lock_images=None, registry_mirror="", refresh=False):
+    """The container images a host's services run, each once.
+
+    An entry: ref (the catalogue's reference, the lock's key, e.g.
+    nvcr.io/nvidia/vllm:25.10-py3), repository (where it is pulled from: nvcr.io, or the
+    registry mirror with the same path), tag, digest (the lock's, "" when the tag is to be
+    resolved, as with refresh), image (repository@digest, what units run; the tag before
+    it is resolved) and services.
+    """
+    lock_images = lock_images or {}
+    plan = {}
+    for spec in specs or []:
+        if spec.get("kind") != "container":
+            continue
+        ref = spec["image"]
+        entry = plan.get(ref)
+        if entry is None:
+            name, tag = _split_reference(ref)
+            repository = name
+            if registry_mirror and name.startswith("nvcr.io/"):
+                repository = f"{registry_mirror.rstrip('/')}/{name.removeprefix('nvcr.io/')}"
+            digest = "" if refresh else str(lock_images.get(ref) or "")
+            entry = plan[ref] = {
+                "ref": ref, "repository": repository, "tag": tag, "digest": digest,
+                "image": f"{repository}@{digest}" if digest else f"{repository}:{tag}",
+                "services": []}
+        entry["services"].append(spec["name"])
+    return sorted(plan.values(), key=lambda e: e["ref"])
+
+
+def _split_reference(ref):
+    """(name, tag) of an image reference; the tag is what follows the last ':' after the
+    last '/', so a registry's port is not taken for one."""
+    name, _, tag = ref.rpartition(":")
+    if not name or "/" in tag:
+        raise CatalogueError(f"image {ref!r}: field image: name it with a tag "
+                             "(nvcr.io/nvidia/vllm:25.10-py3)")
+    return name, tag
+
+
+def image_digests(results):
+    """{ref: digest} of images pulled by tag, from the docker_image_pull results registered
+    on each host (a list, one per host); the digest is the one the pulled repository gives."""
+    digests = {}
+    for result in results or []:
+        for item in (result or {}).get("results", []):
+            if item.get("failed") or item.get("skipped"):
+                continue
+            entry = item.get("item") or {}
+            for repo_digest in (item.get("image") or {}).get("RepoDigests") or []:
+                repository, _, digest = repo_digest.partition("@")
+                if repository == entry.get("repository"):
+                    digests.setdefault(entry["ref"], digest)
+    return digests
+
+
+def image_history(plan, history=None, resolved=None, keep=2):
+    """Digests each repository ran, newest first, at most `keep`: the plan's digests (from
+    the lock, else just resolved) put in front of what the host ran before."""
+    updated = {repository: list(digests) for repository, digests in (history or {}).items()}
+    for entry in plan or []:
+        digest = entry["digest"] or (resolved or {}).get(entry["ref"])
+        if not digest:
+            continue  # check mode: not resolved
+        before = updated.get(entry["repository"], [])
+        updated[entry["repository"]] = ([digest] + [d for d in before if d != digest])[:keep]
+    return updated
+
+
+def images_to_prune(results, keep):
+    """Images to remove, from docker_host_info results per repository (registered in a
+    loop over `keep`'s repositories): those whose digest in that repository is not kept."""
+    prune = {}
+    for result in results or []:
+        repository = result.get("item")
+        for image in result.get("images") or []:
+            digests = [d.partition("@")[2] for d in image.get("RepoDigests") or []
+                       if d.partition("@")[0] == repository]
+            if digests and not set(digests) & set(keep.get(repository, [])):
+                prune[image["Id"]] = image
+    return list(prune.values())
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -343,4 +454,8 @@ class FilterModule:
             "thorfleet_model_plan": model_plan,
             "thorfleet_lock_entries": lock_entries,
             "thorfleet_service_specs": service_specs,
+            "thorfleet_image_plan": image_plan,
+            "thorfleet_image_digests": image_digests,
+            "thorfleet_image_history": image_history,
+            "thorfleet_images_to_prune": images_to_prune,
         }

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -33,7 +32,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from thorfleet import lab_hub, lab_thor
+from thorfleet import lab_hub, lab_images, lab_thor
 from thorfleet.lab_hub import GIT_IDENTITY
 
 NETWORK = ipaddress.ip_network("10.213.0.0/24")
@@ -41,6 +40,10 @@ GATEWAY = "10.213.0.1"
 BRIDGE = "thorlab0"
 REGISTRY_PORT = 5000
 REGISTRY = f"{GATEWAY}:{REGISTRY_PORT}"
+# NGC's login: the user is literally `$oauthtoken`, the password an API key; the lab's
+# registry wants the same, with this lab-only key.
+REGISTRY_USER = "$oauthtoken"
+REGISTRY_PASSWORD = "thorfleet-lab-ngc-api-key"
 SOURCE_MIRROR = f"git://{GATEWAY}"
 HF_MIRROR = f"http://{GATEWAY}:8090"  # olah, offline, serving the lab's repositories
 MODELSCOPE = f"http://{GATEWAY}:8091"  # the ModelScope API stand-in
@@ -56,7 +59,7 @@ HOST_PYTHON = "3.11"  # bookworm's, for the wheels the hosts install
 # gives hosts a route to the Debian registry for anything missing).
 ROOTFS_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", "iproute2",
-    "python3", "python3-apt", "ca-certificates", "curl",
+    "python3", "python3-apt", "python3-requests", "ca-certificates", "curl",
     "docker.io",
     "build-essential", "cmake", "git", "ccache",
 )
@@ -69,6 +72,8 @@ MACHINE_PACKAGES = {
     "systemd-nspawn": "systemd-container",
     "debootstrap": "debootstrap",
     "docker-registry": "docker-registry",
+    "htpasswd": "apache2-utils",
+    "openssl": "openssl",
     "iptables": "iptables",
     "ip": "iproute2",
     "ssh": "openssh-client",
@@ -85,13 +90,16 @@ NSPAWN_ARGS = (
 )
 NSPAWN_ENV = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}  # cgroup v2 for Docker inside
 
-# What thor01 runs in the lab: the catalogue's recipes, from both hubs.
+# What thor01 runs in the lab: a service of each engine, recipes of the catalogue, models
+# from both hubs.
 LAB_SERVICES = [
     {"name": "qwen3", "recipe": "llama-qwen3-8b-gguf-nothink"},
     {"name": "qwen3-vllm", "recipe": "vllm-qwen3-8b-nothink", "port": 8001,
      "memory_share": 0.3},
     {"name": "whisper-vllm", "recipe": "vllm-whisper-small", "port": 8002,
      "memory_share": 0.2, "source": "modelscope"},
+    {"name": "qwen3-sglang", "recipe": "sglang-qwen3-8b-nothink", "port": 8003,
+     "memory_share": 0.2},
     {"name": "whisper", "recipe": "whisper-large-v3-turbo"},
 ]
 
@@ -214,6 +222,7 @@ class Lab:
             self._ensure_key()
             self._ensure_network()
             self._ensure_registry(log)
+            self._ensure_images(log)
             self._ensure_sources(log)
             self._ensure_hubs(log)
             for index in range(hosts + 1, MAX_HOSTS + 1):
@@ -395,10 +404,15 @@ class Lab:
     # ---------------------------------------------------------- the registry
 
     def _ensure_registry(self, log) -> None:
+        """The lab registry, as nvcr.io is: TLS (a lab CA the hosts trust) and a login."""
         if self._pid("registry") is not None:
             return
         home = self.state / "registry"
         (home / "data").mkdir(parents=True, exist_ok=True)
+        self._ensure_lab_ca(home)
+        htpasswd = home / "htpasswd"
+        htpasswd.write_text(run(["htpasswd", "-nbB", REGISTRY_USER,
+                                 REGISTRY_PASSWORD]).stdout.strip() + "\n")
         config = home / "config.yml"
         config.write_text(
             "version: 0.1\n"
@@ -407,17 +421,61 @@ class Lab:
             f"  filesystem:\n    rootdirectory: {home / 'data'}\n"
             "  delete:\n    enabled: true\n"
             f"http:\n  addr: {REGISTRY}\n"
+            f"  tls:\n    certificate: {home / 'registry.crt'}\n    key: {home / 'registry.key'}\n"
+            f"auth:\n  htpasswd:\n    realm: thorfleet-lab\n    path: {htpasswd}\n"
         )
         self._start_process("registry", ["docker-registry", "serve", str(config)])
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), \
-                    urllib.request.urlopen(f"http://{REGISTRY}/v2/", timeout=2) as response:
-                if response.status == 200:
-                    log(f"registry answers on {REGISTRY}")
-                    return
-            time.sleep(0.3)
-        raise LabError(f"the lab registry did not answer on {REGISTRY}: see {home}.log")
+        if not lab_hub.answers_http(f"https://{REGISTRY}/v2/",
+                                    lambda: self._pid("registry") is not None,
+                                    cafile=self.lab_ca):
+            raise LabError(f"the lab registry did not answer on {REGISTRY}: see "
+                           f"{self.state / 'run' / 'registry'}.log")
+        log(f"registry answers on {REGISTRY} (TLS, login {REGISTRY_USER})")
+
+    @property
+    def lab_ca(self) -> Path:
+        """The lab's certificate authority, which the hosts' Docker trusts."""
+        return self.state / "registry" / "ca.crt"
+
+    def _ensure_lab_ca(self, home: Path) -> None:
+        if (home / "registry.crt").exists():
+            return
+        days = ["-days", "3650"]
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+             str(home / "ca.key"), "-out", str(home / "ca.crt"), *days,
+             "-subj", "/CN=thorfleet lab CA"])
+        run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout",
+             str(home / "registry.key"), "-out", str(home / "registry.csr"),
+             "-subj", f"/CN={GATEWAY}"])
+        (home / "san.ext").write_text(f"subjectAltName=IP:{GATEWAY}\n")
+        run(["openssl", "x509", "-req", "-in", str(home / "registry.csr"), "-CA",
+             str(home / "ca.crt"), "-CAkey", str(home / "ca.key"), "-CAcreateserial",
+             "-out", str(home / "registry.crt"), *days, "-extfile", str(home / "san.ext")])
+
+    def registry(self) -> lab_images.Registry:
+        return lab_images.Registry(REGISTRY, REGISTRY_USER, REGISTRY_PASSWORD, self.lab_ca)
+
+    def push_standin(self, engine: str, tag: str, version: str | None = None) -> str:
+        """Push the stand-in of `engine` ("vllm", "sglang") as nvidia/<engine>:<tag>.
+
+        `version` labels the image (default: the tag), so one tag can be moved to a
+        different image, as a publisher moving a tag would. Returns the digest.
+        """
+        layer = lab_images.build_layer(self._ensure_rootfs(lambda _msg: None))
+        parts = lab_images.image(layer, engine, version or tag)
+        return self.registry().push(f"nvidia/{engine}", tag, parts)
+
+    def _ensure_images(self, log) -> None:
+        """The stand-ins, under the paths and tags of the catalogue's NGC images."""
+        catalogue = yaml.safe_load((self.project / "roles/thorfleet/vars/main.yml").read_text())
+        for engine, spec in catalogue["thorfleet_catalogue"]["engines"].items():
+            if spec["kind"] != "container":
+                continue
+            repository, tag = spec["image"].removeprefix("nvcr.io/").rsplit(":", 1)
+            if repository != f"nvidia/{engine}":
+                raise LabError(f"the lab has no stand-in for {spec['image']}")
+            digest = self.push_standin(engine, tag)
+            log(f"stand-in pushed as {REGISTRY}/{repository}:{tag} ({digest[:19]})")
 
     # ----------------------------------------------------------- the sources
 
@@ -586,8 +644,9 @@ class Lab:
         authorized.chmod(0o600)
         run(["ssh-keygen", "-A", "-f", str(root)])
         docker = root / "etc/docker"
-        docker.mkdir(parents=True, exist_ok=True)
-        (docker / "daemon.json").write_text(json.dumps(lab_thor.daemon_config(REGISTRY, False),
+        (docker / "certs.d" / REGISTRY).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.lab_ca, docker / "certs.d" / REGISTRY / "ca.crt")
+        (docker / "daemon.json").write_text(json.dumps(lab_thor.daemon_config(False),
                                                        indent=2) + "\n")
 
     def _wait_for_host(self, name: str, address: str, log, timeout: float = 120) -> None:
@@ -630,7 +689,7 @@ class Lab:
     def _set_as_thor(self, name: str, on: bool) -> None:
         lab_thor.apply(self._root(name), on)
         daemon = self._root(name) / "etc/docker/daemon.json"
-        config = json.dumps(lab_thor.daemon_config(REGISTRY, on), indent=2) + "\n"
+        config = json.dumps(lab_thor.daemon_config(on), indent=2) + "\n"
         if self._read(daemon) != config:
             daemon.write_text(config)
             # Docker's unit allows 3 starts a minute; switching back and forth is no crash.
@@ -661,6 +720,8 @@ class Lab:
             "thorfleet_lab: true\n"
             "# No NVIDIA container runtime without a GPU; Docker's default stands in.\n"
             "thorfleet_container_runtime: runc\n"
+            "# nspawn mounts /proc/sys read-only: no page-cache flush before a service starts.\n"
+            "inference_services_drop_caches: false\n"
             "# The lab's git server mirrors the engines' sources.\n"
             f"thorfleet_source_mirror: {SOURCE_MIRROR}\n"
             "# Hubs: a real Hugging Face mirror (olah) and the ModelScope API stand-in,\n"
@@ -668,6 +729,10 @@ class Lab:
             f"thorfleet_hf_endpoint: {HF_MIRROR}\n"
             f"thorfleet_modelscope_endpoint: {MODELSCOPE}\n"
             f"thorfleet_file_mirror: {FILE_MIRROR}\n"
+            "# NGC's images from the lab registry (stand-ins for vLLM and SGLang under\n"
+            "# NGC's paths), with a login as nvcr.io wants; a lab-only key, no secret.\n"
+            f"thorfleet_registry_mirror: {REGISTRY}\n"
+            f"thorfleet_ngc_api_key: {REGISTRY_PASSWORD}\n"
             "# The hub clients from the lab's wheel mirror, as on an air-gapped site.\n"
             f"model_store_pip_extra_args: --no-index --find-links {FILE_MIRROR}/wheels/ "
             f"--trusted-host {GATEWAY}\n"

@@ -18,6 +18,7 @@ import hashlib
 import os
 import random
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+
+from thorfleet import lab_gguf
 
 # A token the ModelScope stand-in requires for its gated repository (lab only).
 GATED_TOKEN = "ms-lab-gated-0a1b2c3d4e5f"
@@ -93,7 +96,7 @@ class LabHub:
         return self.root / hub
 
     def repositories(self) -> list[Repo]:
-        gguf = partial(self.source, "llama.cpp", "b11312", "models/ggml-vocab-qwen2.gguf")
+        vocab = partial(self.source, "llama.cpp", "b11312", "models/ggml-vocab-qwen2.gguf")
         whisper_tiny = partial(self.source, "whisper.cpp", "v1.8.5",
                                "models/for-tests-ggml-tiny.bin")
         config = _json('{"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3"}')
@@ -125,8 +128,8 @@ class LabHub:
                         "model.safetensors": pseudo_random(32 * 1024, "qwen3-8b")}),
             ]),
             Repo("huggingface", "Qwen/Qwen3-8B-GGUF", [
-                # Vocabulary-only GGUF from llama.cpp's tests, under the catalogue's name.
-                Commit({"Qwen3-8B-Q5_K_M.gguf": gguf,
+                # A one-layer Qwen3 that llama-server loads and generates with.
+                Commit({"Qwen3-8B-Q5_K_M.gguf": lambda: lab_gguf.tiny_qwen3(vocab()),
                         "Qwen3-8B-Q4_K_M.gguf": pseudo_random(16 * 1024, "q4")}),
             ]),
             Repo("huggingface", "ggerganov/whisper.cpp", [
@@ -171,12 +174,14 @@ class LabHub:
         return path
 
 
-def answers_http(url: str, alive: Callable[[], bool], timeout: float = 60) -> bool:
+def answers_http(url: str, alive: Callable[[], bool], timeout: float = 60,
+                 cafile: Path | None = None) -> bool:
     """Whether a server answers HTTP at url (any status) before timeout, while alive()."""
     deadline = time.monotonic() + timeout
+    context = ssl.create_default_context(cafile=str(cafile)) if cafile else None
     while time.monotonic() < deadline and alive():
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with urllib.request.urlopen(url, timeout=2, context=context):
                 return True
         except urllib.error.HTTPError:
             return True

@@ -68,9 +68,9 @@ FILES = {
 }
 
 
-def daemon_config(registry: str, as_thor: bool) -> dict:
-    """Docker's daemon.json for a lab host: the lab registry, and on a Thor the runtime."""
-    config: dict = {"insecure-registries": [registry]}
+def daemon_config(as_thor: bool) -> dict:
+    """Docker's daemon.json for a lab host: on a Thor, the nvidia runtime."""
+    config: dict = {}
     if as_thor:
         config["runtimes"] = {"nvidia": {"path": "/usr/bin/nvidia-container-runtime"}}
     return config

@@ -163,7 +163,7 @@ def test_a_spec_names_its_unit_image_or_binary_and_memory_share():
 def test_the_sample_and_lab_fleets_resolve():
     from thorfleet.lab import LAB_SERVICES
 
-    assert [s["port"] for s in specs(LAB_SERVICES)] == [8000, 8001, 8002, 8080]
+    assert [s["port"] for s in specs(LAB_SERVICES)] == [8000, 8001, 8002, 8003, 8080]
     for host_vars in sorted((ROOT / "inventory/sample/host_vars").glob("*.yml")):
         assert specs(yaml.safe_load(host_vars.read_text())["thorfleet_services"])
 

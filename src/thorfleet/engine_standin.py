@@ -1,0 +1,139 @@
+"""Lab stand-in for the vLLM and SGLang engines (GPU-only, so they cannot run in the lab).
+
+A test stand-in, nothing more: the lab pushes it to its registry under the NGC image
+names (``nvidia/vllm:25.10-py3``, ``nvidia/sglang:25.10-py3``), so that pulling, digest
+pinning, units, argv and restarts run for real. It is started with the engine's own
+command (``vllm serve <model> ...`` or ``python -m sglang.launch_server ...``), parses
+the flags the catalogue's recipes use with the engine's meaning (an unknown flag, a flag
+without its value or JSON that does not parse stops it, as the engine would stop), checks
+that the model and chat template exist, and then answers ``/health``, ``/v1/models`` and
+``/thorfleet-standin/argv`` (the command it was started with, for tests to compare with
+the guide's). With an API key (``VLLM_API_KEY``, or ``--api-key``) the ``/v1`` routes
+want ``Authorization: Bearer <key>``, as the engines do.
+
+Standard library only: the image carries a bare Python and this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STANDIN = "thorfleet lab stand-in"
+
+
+def _json(value: str):
+    try:
+        return json.loads(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {error}") from None
+
+
+def vllm_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vllm serve", description=STANDIN)
+    parser.add_argument("model")
+    parser.add_argument("--served-model-name", nargs="+")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key")
+    parser.add_argument("--chat-template")
+    parser.add_argument("--override-generation-config", type=_json)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    parser.add_argument("--max-model-len", type=int)
+    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--allowed-local-media-path")
+    return parser
+
+
+def sglang_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m sglang.launch_server", description=STANDIN)
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--served-model-name")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=30000)
+    parser.add_argument("--api-key")
+    parser.add_argument("--chat-template")
+    parser.add_argument("--preferred-sampling-params", type=_json)
+    parser.add_argument("--mem-fraction-static", type=float)
+    parser.add_argument("--cuda-graph-bs", type=int, nargs="+")
+    parser.add_argument("--max-running-requests", type=int)
+    parser.add_argument("--max-total-tokens", type=int)
+    parser.add_argument("--disable-cuda-graph", action="store_true")
+    parser.add_argument("--quantization")
+    return parser
+
+
+def configure(engine: str, argv: list[str]) -> dict:
+    """The engine's settings from its command line, or exit 2 as the engine would."""
+    if engine == "vllm":
+        if argv[:1] != ["serve"]:
+            sys.exit("usage: vllm serve <model> [options]")
+        args = vllm_parser().parse_args(argv[1:])
+        model, served = args.model, (args.served_model_name or [args.model])[0]
+        api_key = args.api_key or os.environ.get("VLLM_API_KEY")
+    else:
+        args = sglang_parser().parse_args(argv)
+        model, served = args.model_path, args.served_model_name or args.model_path
+        api_key = args.api_key
+    for what, path in (("model", model), ("chat template", args.chat_template)):
+        if path and not os.path.exists(path):
+            sys.exit(f"{engine}: {what} {path} does not exist")
+    return {"engine": engine, "model": model, "served_name": served, "host": args.host,
+            "port": args.port, "api_key": api_key}
+
+
+def make_handler(settings: dict, command: list[str]):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = f"{settings['engine']}-standin"
+
+        def do_GET(self):  # noqa: N802 (the standard library's name)
+            if self.path == "/health":
+                return self._send(HTTPStatus.OK, {})
+            if self.path == "/thorfleet-standin/argv":
+                return self._send(HTTPStatus.OK, {"engine": settings["engine"],
+                                                  "argv": command})
+            if self.path == "/v1/models":
+                if not self._authorised():
+                    return None
+                return self._send(HTTPStatus.OK, {"object": "list", "data": [{
+                    "id": settings["served_name"], "object": "model",
+                    "owned_by": settings["engine"], "root": settings["model"]}]})
+            return self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+
+        def _authorised(self) -> bool:
+            key = settings["api_key"]
+            if key and self.headers.get("Authorization") != f"Bearer {key}":
+                self._send(HTTPStatus.UNAUTHORIZED, {"error": "Unauthorized"})
+                return False
+            return True
+
+        def _send(self, status: HTTPStatus, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, fmt, *args):
+            print(f"{self.address_string()} {fmt % args}", flush=True)
+
+    return Handler
+
+
+def main(engine: str, command: list[str]) -> None:
+    """Serve as `engine` ("vllm" or "sglang"), started with `command` (the full argv)."""
+    skip = 1 if engine == "vllm" else 3  # "vllm" | "python -m sglang.launch_server"
+    settings = configure(engine, command[skip:])
+    # PID 1 of a container gets no default signal handlers: `docker stop` must still stop it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = ThreadingHTTPServer((settings["host"], settings["port"]),
+                                 make_handler(settings, command))
+    print(f"{STANDIN} for {engine}: serving {settings['served_name']} "
+          f"on {settings['host']}:{settings['port']}; started as {command}", flush=True)
+    server.serve_forever()
