@@ -141,6 +141,26 @@ def test_allowed_differences_port_served_name_share_and_model_root():
     assert vl["argv"][-2:] == ["--allowed-local-media-path", "/data"]
 
 
+def test_a_bind_address_replaces_the_guides_and_is_a_listed_difference():
+    whisper = one("whisper-large-v3-turbo", bind_address="127.0.0.1")
+    expected = guide("whisper-large-v3-turbo")
+    expected[expected.index("--host") + 1] = "127.0.0.1"
+    assert whisper["argv"] == expected and whisper["bind_address"] == "127.0.0.1"
+    # vLLM's default address is the guide's; it gets --host only when moved.
+    assert one("vllm-qwen3-8b", bind_address="10.0.0.5")["argv"][-2:] == ["--host", "10.0.0.5"]
+    assert one("vllm-qwen3-8b")["bind_address"] == "0.0.0.0"
+
+
+def test_each_engine_says_how_it_takes_an_api_key_and_the_key_is_in_no_spec():
+    ways = {recipe: (one(recipe, api_key="secret-key")["api_key_env"],
+                     one(recipe, api_key="secret-key")["api_key_flag"])
+            for recipe in ("vllm-qwen3-8b", "sglang-qwen3-8b", "llama-qwen3-8b-gguf")}
+    assert ways == {"vllm-qwen3-8b": ("VLLM_API_KEY", None),
+                    "sglang-qwen3-8b": (None, "--api-key"),
+                    "llama-qwen3-8b-gguf": ("LLAMA_API_KEY", None)}
+    assert "secret-key" not in json.dumps(one("sglang-qwen3-8b", api_key="secret-key"))
+
+
 def test_extra_args_come_last():
     spec = one("llama-qwen3-8b-gguf", extra_args=["--threads", "8"])
     assert spec["argv"][-3:] == ["0", "--threads", "8"]
@@ -197,6 +217,15 @@ def error(services, **kwargs):
                                                  "port": 8001}],
      "thor01: service a: field name: two services are named a"),
     ([{"name": "a", "recipe": "vllm-qwen9"}], "thor01: service a: field recipe: unknown recipe"),
+    ([{"name": "a", "recipe": "whisper-large-v3-turbo", "api_key": "k"}],
+     "thor01: service a: field api_key: whisper-server takes no API key; restrict who reaches "
+     "it with bind_address instead"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b", "api_key": "two words"}],
+     "thor01: service a: field api_key: an API key is a non-empty string without spaces"),
+    ([{"name": "a", "recipe": "whisper-large-v3-turbo", "bind_address": "localhost"}],
+     "thor01: service a: field bind_address: 'localhost' is not an IP address"),
+    ([{"name": "a", "recipe": "vllm-qwen3-8b", "model_path": "/srv/qwen"}],
+     "thor01: service a: unknown field(s) model_path"),
 ])
 def test_each_bad_service_is_refused_naming_host_service_and_field(services, message):
     assert message in error(services)

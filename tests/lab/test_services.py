@@ -1,0 +1,253 @@
+"""Services on the lab fleet: one systemd unit per service of thor01, each engine started
+with the guide's command, images pinned by digest, restarts only where inputs changed.
+
+vLLM and SGLang are the lab's stand-in images (they record the command they were started
+with); llama-server and whisper-server are the real builds serving tiny real models.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.lab.conftest import ROOT, Playbook
+from tests.unit.test_service_specs import CATALOGUE, guide, same_tokens
+from thorfleet.lab import LAB_SERVICES, REGISTRY
+
+SERVICES = {s["name"]: s for s in LAB_SERVICES}
+PORTS = {"qwen3": 8000, "qwen3-vllm": 8001, "whisper-vllm": 8002, "qwen3-sglang": 8003,
+         "whisper": 8080}
+VLLM_SERVICES = {"qwen3-vllm", "whisper-vllm"}
+VLLM_REF = "nvcr.io/nvidia/vllm:25.10-py3"
+LOCK = ROOT / "inventory/lab/thorfleet.lock.yml"
+KEY = "lab-client-key-7f3a"
+
+
+def site(*args: str) -> Playbook:
+    return Playbook("site.yml", "-l", "thor01", *args)
+
+
+def with_vllm_image(image: str) -> str:
+    """-e JSON that points the catalogue's vLLM engine at another image, as a user would."""
+    engine = {**CATALOGUE["engines"]["vllm"], "image": image}
+    return json.dumps({"thorfleet_catalogue_extra": {"engines": {"vllm": engine}}})
+
+
+def lock_images() -> dict:
+    return yaml.safe_load(LOCK.read_text()).get("images", {})
+
+
+def main_pids(host) -> dict[str, str]:
+    return {name: host.check_output(f"systemctl show -p MainPID --value thorfleet-{name}")
+            for name in PORTS}
+
+
+def get(host, port: int, path: str, key: str = "") -> tuple[int, str]:
+    auth = f"-H 'Authorization: Bearer {key}'" if key else ""
+    out = host.check_output(f"curl -s {auth} -w '\\n%{{http_code}}' http://127.0.0.1:{port}{path}")
+    body, _, status = out.rpartition("\n")
+    return int(status), body
+
+
+def container(host, name: str) -> dict:
+    return json.loads(host.check_output(f"docker inspect thorfleet-{name}"))[0]
+
+
+def native_argv(host, name: str) -> list[str]:
+    pid = host.check_output(f"systemctl show -p MainPID --value thorfleet-{name}")
+    return host.check_output(f"tr '\\0' '\\n' < /proc/{pid}/cmdline").splitlines()
+
+
+def recorded_argv(host, name: str) -> list[str]:
+    return json.loads(get(host, PORTS[name], "/thorfleet-standin/argv")[1])["argv"]
+
+
+@pytest.fixture(scope="module")
+def thor01(lab, hosts):
+    run = site()
+    assert run.rc == 0, run
+    return hosts["thor01"]
+
+
+def test_every_service_is_an_enabled_unit_answering_health(thor01):
+    for name, port in PORTS.items():
+        unit = thor01.service(f"thorfleet-{name}")
+        assert unit.is_running and unit.is_enabled, name
+        assert get(thor01, port, "/health")[0] == 200, name
+
+
+def test_a_second_run_changes_and_restarts_nothing(thor01):
+    before = main_pids(thor01)
+    again = site()
+    assert again.rc == 0, again
+    assert again.recap["thor01"]["changed"] == 0, again
+    assert main_pids(thor01) == before
+
+
+def test_each_engine_runs_the_guides_command(thor01):
+    # The differences each service's settings allow (port, memory share), nothing else.
+    expected = {
+        "qwen3-vllm": guide("vllm-qwen3-8b-nothink")
+        + ["--port", "8001", "--gpu-memory-utilization", "0.3"],
+        "qwen3-sglang": [*guide("sglang-qwen3-8b-nothink")],
+        "qwen3": guide("llama-qwen3-8b-gguf-nothink"),
+        "whisper": guide("whisper-large-v3-turbo"),
+    }
+    sglang = expected["qwen3-sglang"]
+    sglang[sglang.index("--port") + 1] = "8003"
+    sglang += ["--mem-fraction-static", "0.2"]
+    got = {"qwen3-vllm": recorded_argv(thor01, "qwen3-vllm"),
+           "qwen3-sglang": recorded_argv(thor01, "qwen3-sglang"),
+           "qwen3": native_argv(thor01, "qwen3"),
+           "whisper": native_argv(thor01, "whisper")}
+    for name, argv in got.items():
+        assert same_tokens(argv, expected[name]), f"{name}: {argv}\n!=\n{expected[name]}"
+
+
+def test_containers_run_as_the_guide_runs_them_by_digest(thor01):
+    digest = lock_images()[VLLM_REF]
+    for name in ("qwen3-vllm", "whisper-vllm", "qwen3-sglang"):
+        info = container(thor01, name)
+        host_config = info["HostConfig"]
+        assert (host_config["NetworkMode"], host_config["IpcMode"]) == ("host", "host")
+        assert host_config["AutoRemove"] is True
+        assert host_config["RestartPolicy"]["Name"] in ("", "no")  # systemd restarts
+        # The lab's one allowed difference: Docker's default runtime for `nvidia`.
+        assert host_config["Runtime"] == "runc"
+        assert "/models:/models" in host_config["Binds"]
+        assert "@sha256:" in info["Config"]["Image"]
+    assert container(thor01, "qwen3-vllm")["Config"]["Image"] == \
+        f"{REGISTRY}/nvidia/vllm@{digest}"
+    # A model from ModelScope tells vLLM so.
+    assert "VLLM_USE_MODELSCOPE=true" in container(thor01, "whisper-vllm")["Config"]["Env"]
+
+
+def test_stopping_a_unit_stops_its_container(thor01):
+    thor01.check_output("systemctl stop thorfleet-qwen3-sglang")
+    assert thor01.run("docker inspect thorfleet-qwen3-sglang").rc != 0
+    thor01.check_output("systemctl start thorfleet-qwen3-sglang")
+    assert get(thor01, 8003, "/health")[0] == 200
+
+
+def test_units_pass_systemd_analyze_and_native_units_are_hardened(thor01):
+    for name in PORTS:
+        verify = thor01.run(f"systemd-analyze verify /etc/systemd/system/thorfleet-{name}.service")
+        assert verify.rc == 0 and verify.stderr.strip() == "", (name, verify.stderr)
+    for name in ("qwen3", "whisper"):
+        report = thor01.check_output(f"systemd-analyze security --no-pager thorfleet-{name}")
+        exposure = float(report.rsplit("Overall exposure level for", 1)[1].split(":")[1].split()[0])
+        assert exposure <= 2.5, (name, exposure)
+        # The engine runs as a user of its own, allocated by systemd, not root.
+        pid = thor01.check_output(f"systemctl show -p MainPID --value thorfleet-{name}")
+        assert 61184 <= int(thor01.check_output(f"stat -c %u /proc/{pid}")) <= 65519
+
+
+@pytest.fixture
+def api_key(thor01):
+    run = site("-e", f"thorfleet_api_key={KEY}")
+    assert run.rc == 0, run
+    yield thor01
+    back = site()
+    assert back.rc == 0, back
+
+
+def test_an_api_key_is_required_and_kept_in_root_only_files(api_key):
+    host = api_key
+    for name in ("qwen3-vllm", "qwen3-sglang", "qwen3"):
+        port = PORTS[name]
+        assert get(host, port, "/v1/models")[0] == 401, name
+        status, body = get(host, port, "/v1/models", KEY)
+        assert status == 200 and "qwen3" in body, name
+        assert get(host, port, "/health")[0] == 200, name  # probes need no key
+    # whisper-server takes no key: it answers as before.
+    assert get(host, 8080, "/health")[0] == 200
+    for name in PORTS:
+        env = host.file(f"/etc/thorfleet/services/{name}.env")
+        assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
+        assert KEY not in host.file(f"/etc/systemd/system/thorfleet-{name}.service").content_string
+    # vLLM and llama-server read it from their environment, never argv.
+    assert KEY not in " ".join(recorded_argv(host, "qwen3-vllm") + native_argv(host, "qwen3"))
+    assert "VLLM_API_KEY" in host.file("/etc/thorfleet/services/qwen3-vllm.env").content_string
+
+
+def test_a_refused_registry_login_names_the_key_and_changes_nothing(thor01):
+    before = main_pids(thor01)
+    run = site("--tags", "images", "-e", "thorfleet_ngc_api_key=not-the-key")
+    assert run.rc != 0, run
+    assert "check thorfleet_ngc_api_key" in run.output
+    assert "not-the-key" not in run.output
+    assert main_pids(thor01) == before
+
+
+@pytest.fixture
+def vllm_bumps(lab, thor01):
+    """Two newer vLLM stand-ins in the lab registry; thor01 back on the catalogue's after."""
+    digests = {tag: lab.push_standin("vllm", tag) for tag in ("25.11-py3", "25.12-py3")}
+    locked = LOCK.read_text()
+    yield digests
+    LOCK.write_text(locked)
+    back = site()
+    assert back.rc == 0, back
+
+
+def test_bumping_the_vllm_tag_restarts_only_its_services_and_prunes_behind(
+        thor01, vllm_bumps):
+    first = lock_images()[VLLM_REF]
+    before = main_pids(thor01)
+    bumped_ref = "nvcr.io/nvidia/vllm:25.11-py3"
+
+    preview = site("--check", "--diff", "-e", with_vllm_image(bumped_ref))
+    assert preview.rc == 0, preview
+    assert f"-    {REGISTRY}/nvidia/vllm@{first}" in preview.output
+    assert f"+    {REGISTRY}/nvidia/vllm:25.11-py3" in preview.output
+    assert main_pids(thor01) == before and bumped_ref not in lock_images()
+
+    bump = site("-e", with_vllm_image(bumped_ref))
+    assert bump.rc == 0, bump
+    assert lock_images()[bumped_ref] == vllm_bumps["25.11-py3"]
+    after = main_pids(thor01)
+    restarted = {name for name in PORTS if after[name] != before[name]}
+    assert restarted == VLLM_SERVICES
+    for name in VLLM_SERVICES:
+        assert container(thor01, name)["Config"]["Image"].endswith(vllm_bumps["25.11-py3"])
+    images = thor01.check_output(f"docker images --digests --format '{{{{.Digest}}}}' "
+                                 f"{REGISTRY}/nvidia/vllm").split()
+    assert first in images  # the previous one, for rollback
+
+    again = site("-e", with_vllm_image("nvcr.io/nvidia/vllm:25.12-py3"))
+    assert again.rc == 0, again
+    images = thor01.check_output(f"docker images --digests --format '{{{{.Digest}}}}' "
+                                 f"{REGISTRY}/nvidia/vllm").split()
+    assert sorted(images) == sorted([vllm_bumps["25.12-py3"], vllm_bumps["25.11-py3"]])
+
+
+def test_a_tag_moved_upstream_changes_no_host(lab, thor01):
+    pinned = lock_images()[VLLM_REF]
+    before = main_pids(thor01)
+    moved = lab.push_standin("vllm", "25.10-py3", version="25.10-py3-rebuilt")
+    try:
+        assert moved != pinned
+        run = site()
+        assert run.rc == 0, run
+        assert run.recap["thor01"]["changed"] == 0, run
+        assert main_pids(thor01) == before and lock_images()[VLLM_REF] == pinned
+    finally:
+        # The stand-in is reproducible: pushing it again restores the original digest.
+        assert lab.push_standin("vllm", "25.10-py3") == pinned
+
+
+def test_a_service_taken_out_is_stopped_and_its_unit_removed(thor01):
+    kept = [s for s in LAB_SERVICES if s["name"] != "qwen3-sglang"]
+    try:
+        run = site("-e", json.dumps({"thorfleet_services": kept}))
+        assert run.rc == 0, run
+        assert not thor01.file("/etc/systemd/system/thorfleet-qwen3-sglang.service").exists
+        assert not thor01.file("/etc/thorfleet/services/qwen3-sglang.env").exists
+        assert thor01.run("docker inspect thorfleet-qwen3-sglang").rc != 0
+        assert thor01.service("thorfleet-qwen3").is_running
+    finally:
+        back = site()
+        assert back.rc == 0, back
+    assert thor01.service("thorfleet-qwen3-sglang").is_running
