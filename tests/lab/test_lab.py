@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.lab.conftest import HOSTS, thorfleet
+from thorfleet.lab import REGISTRY, REGISTRY_PASSWORD, REGISTRY_USER
 
 
 def test_hosts_are_booted_systemd_machines_reached_over_ssh(hosts):
@@ -25,9 +26,15 @@ def test_each_host_has_its_own_network_namespace_and_address(hosts):
     assert hosts["thor01"].run("bash -c '</dev/tcp/10.213.0.12/22'").rc == 0
 
 
+def login(host) -> None:
+    host.check_output(f"echo {REGISTRY_PASSWORD} | docker login --username '{REGISTRY_USER}' "
+                      f"--password-stdin {REGISTRY}")
+
+
 def test_an_image_pushed_by_one_host_is_pulled_by_digest_on_another(hosts):
     builder, puller = hosts["thor01"], hosts["thor02"]
     image = "10.213.0.1:5000/lab/echo:1"
+    login(builder)
     builder.check_output(
         "rm -rf /tmp/img && mkdir /tmp/img && "
         "cp --parents /usr/bin/echo $(ldd /usr/bin/echo | grep -o '/[^ ]*') /tmp/img && "
@@ -36,6 +43,11 @@ def test_an_image_pushed_by_one_host_is_pulled_by_digest_on_another(hosts):
         f"docker inspect --format '{{{{index .RepoDigests 0}}}}' {image}")
     assert digest.startswith("10.213.0.1:5000/lab/echo@sha256:")
     puller.run(f"docker rmi {digest}")
+    # The registry wants a login, over TLS the hosts trust through the lab CA.
+    puller.run(f"docker logout {REGISTRY}")
+    refused = puller.run(f"docker pull {digest}")
+    assert refused.rc != 0 and "no basic auth credentials" in refused.stderr, refused.stderr
+    login(puller)
     assert puller.check_output(f"docker run --rm --network host {digest} "
                                "/usr/bin/echo pulled") == "pulled"
 
