@@ -25,6 +25,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STANDIN = "thorfleet lab stand-in"
+BROKEN = "THORFLEET_STANDIN_BROKEN"
 
 
 def _json(value: str):
@@ -130,6 +131,10 @@ def main(engine: str, command: list[str]) -> None:
     """Serve as `engine` ("vllm" or "sglang"), started with `command` (the full argv)."""
     skip = 1 if engine == "vllm" else 3  # "vllm" | "python -m sglang.launch_server"
     settings = configure(engine, command[skip:])
+    if os.environ.get(BROKEN):
+        # An image that cannot serve, as one whose engine cannot load its model: for tests
+        # of a rollout that fails.
+        sys.exit(f"{STANDIN}: this image is built broken ({BROKEN})")
     # PID 1 of a container gets no default signal handlers: `docker stop` must still stop it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = ThreadingHTTPServer((settings["host"], settings["port"]),

@@ -455,14 +455,16 @@ class Lab:
     def registry(self) -> lab_images.Registry:
         return lab_images.Registry(REGISTRY, REGISTRY_USER, REGISTRY_PASSWORD, self.lab_ca)
 
-    def push_standin(self, engine: str, tag: str, version: str | None = None) -> str:
+    def push_standin(self, engine: str, tag: str, version: str | None = None,
+                     broken: bool = False) -> str:
         """Push the stand-in of `engine` ("vllm", "sglang") as nvidia/<engine>:<tag>.
 
         `version` labels the image (default: the tag), so one tag can be moved to a
-        different image, as a publisher moving a tag would. Returns the digest.
+        different image, as a publisher moving a tag would; a `broken` one exits at start.
+        Returns the digest.
         """
         layer = lab_images.build_layer(self._ensure_rootfs(lambda _msg: None))
-        parts = lab_images.image(layer, engine, version or tag)
+        parts = lab_images.image(layer, engine, version or tag, broken)
         return self.registry().push(f"nvidia/{engine}", tag, parts)
 
     def _ensure_images(self, log) -> None:

@@ -148,14 +148,16 @@ def build_layer(root: Path) -> bytes:
     return layer.bytes()
 
 
-def image(layer: bytes, engine: str, version: str) -> tuple[bytes, bytes, bytes]:
-    """(compressed layer, config, manifest) of a stand-in image."""
+def image(layer: bytes, engine: str, version: str,
+          broken: bool = False) -> tuple[bytes, bytes, bytes]:
+    """(compressed layer, config, manifest) of a stand-in image; a broken one exits at start."""
     compressed = gzip.compress(layer, mtime=0)
     arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
     config = json.dumps({
         "architecture": arch, "os": "linux",
         "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+            + ([f"{engine_standin.BROKEN}=1"] if broken else []),
             "Labels": {"org.thorfleet.standin": engine, "org.thorfleet.version": version},
         },
         "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},

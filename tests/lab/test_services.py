@@ -182,14 +182,19 @@ def test_a_refused_registry_login_names_the_key_and_changes_nothing(thor01):
 
 
 @pytest.fixture
-def vllm_bumps(lab, thor01):
-    """Two newer vLLM stand-ins in the lab registry; thor01 back on the catalogue's after."""
-    digests = {tag: lab.push_standin("vllm", tag) for tag in ("25.11-py3", "25.12-py3")}
+def restored(thor01):
+    """thor01 back on the catalogue's images, and the lock as it was, after the test."""
     locked = LOCK.read_text()
-    yield digests
+    yield
     LOCK.write_text(locked)
     back = site()
     assert back.rc == 0, back
+
+
+@pytest.fixture
+def vllm_bumps(lab, restored):
+    """Two newer vLLM stand-ins in the lab registry."""
+    return {tag: lab.push_standin("vllm", tag) for tag in ("25.11-py3", "25.12-py3")}
 
 
 def test_bumping_the_vllm_tag_restarts_only_its_services_and_prunes_behind(
@@ -221,6 +226,23 @@ def test_bumping_the_vllm_tag_restarts_only_its_services_and_prunes_behind(
     images = thor01.check_output(f"docker images --digests --format '{{{{.Digest}}}}' "
                                  f"{REGISTRY}/nvidia/vllm").split()
     assert sorted(images) == sorted([vllm_bumps["25.12-py3"], vllm_bumps["25.11-py3"]])
+
+
+def test_a_rollout_that_fails_leaves_the_last_good_services_running(lab, thor01, restored):
+    good = lock_images()[VLLM_REF]
+    lab.push_standin("vllm", "25.13-py3", broken=True)
+    before = main_pids(thor01)
+    run = site("-e", with_vllm_image("nvcr.io/nvidia/vllm:25.13-py3"))
+    assert run.rc != 0, run
+    assert ("thorfleet-qwen3-vllm.service, thorfleet-whisper-vllm.service did not start on "
+            "new inputs") in run.output
+    for name in VLLM_SERVICES:
+        assert get(thor01, PORTS[name], "/health")[0] == 200, name
+        assert container(thor01, name)["Config"]["Image"] == f"{REGISTRY}/nvidia/vllm@{good}"
+        unit = thor01.file(f"/etc/systemd/system/thorfleet-{name}.service").content_string
+        assert good in unit and "25.13" not in unit
+    after = main_pids(thor01)
+    assert {name for name in PORTS if after[name] != before[name]} == VLLM_SERVICES
 
 
 def test_a_tag_moved_upstream_changes_no_host(lab, thor01):
