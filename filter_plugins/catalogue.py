@@ -282,6 +282,23 @@ def _check_overrides(where, service):
                                  f"{value!r}") from None
 
 
+def _probe_address(bind):
+    """Where the host itself reaches a service bound to `bind` (URL form)."""
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}
+    if bind in wildcard:
+        return wildcard[bind]
+    return f"[{bind}]" if ":" in bind else bind
+
+
+def _flag_value(argv, flag):
+    for index, token in enumerate(argv):
+        if token == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith(flag + "="):
+            return token.split("=", 1)[1]
+    return None
+
+
 def service_specs(services, catalogue, models_root="/models", default_source="huggingface",
                   host="host", memory_budget=0.9, builds_root="/opt/thorfleet"):
     """Each service resolved to what its unit runs, every service checked first.
@@ -289,7 +306,9 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
     A spec: name, unit, recipe, engine, kind (container or native), modality, port,
     served_name (the service's, else the recipe's, else the service name), memory_share
     (given, or what the engine takes by default), model (the path the engine loads),
-    model_dir (the downloaded repository it is in), argv (the engine's command), env,
+    model_dir (the downloaded repository it is in), chat_template (its path, or None),
+    bind_address and probe_address (where
+    the host reaches it), nonthinking, argv (the engine's command), env,
     api_key_env/api_key_flag (how the engine takes an API key, if it does), and image
     (container engines, by tag) or binary (native engines, from the `current` build).
     """
@@ -337,10 +356,14 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
             "engine": recipe["engine"], "kind": engine["kind"],
             "modality": recipe.get("modality", "chat"),
             "bind_address": service.get("bind_address") or GUIDE_BIND, "port": port,
+            "probe_address": _probe_address(service.get("bind_address") or GUIDE_BIND),
+            # Nonthinking: a template that blocks thinking, or llama.cpp's zero budget.
+            "nonthinking": bool(template) or _flag_value(argv, "--reasoning-budget") == "0",
             "served_name": served_name,
             "memory_share": given_share if given_share is not None else
             recipe.get("memory_share", engine.get("memory_share", 0)),
             "model": model_path, "model_dir": model["dest"], "source": model["source"],
+            "chat_template": template,
             "argv": argv, "env": env,
             # Where the engine takes an API key: an environment variable it reads, else a
             # flag; the key itself stays out of specs (they are printed) and of argv.

@@ -8,8 +8,15 @@ the flags the catalogue's recipes use with the engine's meaning (an unknown flag
 without its value or JSON that does not parse stops it, as the engine would stop), checks
 that the model and chat template exist, and then answers ``/health``, ``/v1/models`` and
 ``/thorfleet-standin/argv`` (the command it was started with, for tests to compare with
-the guide's). With an API key (``VLLM_API_KEY``, or ``--api-key``) the ``/v1`` routes
-want ``Authorization: Bearer <key>``, as the engines do.
+the guide's), ``POST /v1/chat/completions`` and ``POST /v1/audio/transcriptions``. With an
+API key (``VLLM_API_KEY``, or ``--api-key``) the ``/v1`` routes want ``Authorization:
+Bearer <key>``, as the engines do.
+
+Its chat answers are canned, but they think as a Qwen3 does: a ``<think>`` block first,
+unless the chat template pre-fills an empty one (what the nonthinking template does), so
+a wrong template on a host shows in verification. Images in a chat are checked as vLLM
+checks them (``file://`` only under ``--allowed-local-media-path``). A transcription
+answers with text naming the file it got; a real model is not there to listen.
 
 Standard library only: the image carries a bare Python and this file.
 """
@@ -17,14 +24,19 @@ Standard library only: the image carries a bare Python and this file.
 from __future__ import annotations
 
 import argparse
+import email
+import email.policy
 import json
 import os
 import signal
 import sys
+import urllib.request
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STANDIN = "thorfleet lab stand-in"
+# The nonthinking template ends its generation prompt with an empty think block.
+EMPTY_THINK = "<think>\n\n</think>"
 BROKEN = "THORFLEET_STANDIN_BROKEN"
 
 
@@ -84,8 +96,60 @@ def configure(engine: str, argv: list[str]) -> dict:
     for what, path in (("model", model), ("chat template", args.chat_template)):
         if path and not os.path.exists(path):
             sys.exit(f"{engine}: {what} {path} does not exist")
+    template = ""
+    if args.chat_template:
+        with open(args.chat_template) as source:
+            template = source.read()
     return {"engine": engine, "model": model, "served_name": served, "host": args.host,
-            "port": args.port, "api_key": api_key}
+            "port": args.port, "api_key": api_key,
+            "thinks": EMPTY_THINK not in template,
+            "media_path": getattr(args, "allowed_local_media_path", None)}
+
+
+def chat_answer(settings: dict, request: dict) -> tuple[HTTPStatus, dict]:
+    """A chat completion as the engine would shape it, or the engine's error."""
+    if request.get("model") != settings["served_name"]:
+        return HTTPStatus.NOT_FOUND, {"error": {"message": f"The model `{request.get('model')}`"
+                                                           " does not exist."}}
+    messages = request.get("messages") or []
+    if not messages:
+        return HTTPStatus.BAD_REQUEST, {"error": {"message": "messages is required"}}
+    for part in _content_parts(messages):
+        if part.get("type") == "image_url":
+            url = (part.get("image_url") or {}).get("url", "")
+            problem = _image_problem(url, settings["media_path"])
+            if problem:
+                return HTTPStatus.BAD_REQUEST, {"error": {"message": problem}}
+    answer = f"{STANDIN} ({settings['engine']}) answers {len(messages)} message(s)."
+    if settings["thinks"]:
+        answer = f"<think>\nThe user wrote something; I should answer.\n</think>\n\n{answer}"
+    return HTTPStatus.OK, {
+        "id": "chatcmpl-standin", "object": "chat.completion", "model": settings["served_name"],
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": answer}}],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 12, "total_tokens": 20}}
+
+
+def _content_parts(messages):
+    for message in messages:
+        if isinstance(message.get("content"), list):
+            yield from message["content"]
+
+
+def _image_problem(url: str, media_path: str | None) -> str:
+    if url.startswith("file://"):
+        path = os.path.realpath(url.removeprefix("file://"))
+        if not media_path or not path.startswith(os.path.realpath(media_path) + "/"):
+            return f"Cannot load local files without `--allowed-local-media-path`: {url}"
+        return "" if os.path.isfile(path) else f"No such file: {path}"
+    if url.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                response.read(1)
+        except OSError as error:
+            return f"Failed to fetch image {url}: {error}"
+        return ""
+    return f"Unsupported image URL: {url[:40]}"
 
 
 def make_handler(settings: dict, command: list[str]):
@@ -104,6 +168,35 @@ def make_handler(settings: dict, command: list[str]):
                 return self._send(HTTPStatus.OK, {"object": "list", "data": [{
                     "id": settings["served_name"], "object": "model",
                     "owned_by": settings["engine"], "root": settings["model"]}]})
+            return self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+
+        def do_POST(self):  # noqa: N802
+            if not self.path.startswith("/v1/"):
+                return self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+            if not self._authorised():
+                return None
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path == "/v1/chat/completions":
+                try:
+                    request = json.loads(body)
+                except ValueError:
+                    return self._send(HTTPStatus.BAD_REQUEST, {"error": "body is not JSON"})
+                return self._send(*chat_answer(settings, request))
+            if self.path == "/v1/audio/transcriptions":
+                form = email.message_from_bytes(
+                    b"Content-Type: " + self.headers.get("Content-Type", "").encode()
+                    + b"\r\n\r\n" + body, policy=email.policy.HTTP)
+                fields = {part.get_param("name", header="content-disposition"): part
+                          for part in form.iter_parts()} if form.is_multipart() else {}
+                audio = fields.get("file")
+                if audio is None or not audio.get_payload(decode=True):
+                    return self._send(HTTPStatus.BAD_REQUEST, {"error": "file is required"})
+                model = fields.get("model")
+                if model is None or model.get_content().strip() != settings["served_name"]:
+                    return self._send(HTTPStatus.NOT_FOUND, {"error": "no such model"})
+                size = len(audio.get_payload(decode=True))
+                return self._send(HTTPStatus.OK, {
+                    "text": f"{STANDIN} heard {audio.get_filename()} ({size} bytes)"})
             return self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
 
         def _authorised(self) -> bool:

@@ -540,6 +540,9 @@ class Lab:
         hub = self.hub()
         hub.ensure()
         hub.write_file_server(self.state / "www")
+        # The image the verify phase's vision check sends by URL, as a LAN copy would be.
+        shutil.copyfile(self.project / "roles/service_verify/files/verify.png",
+                        self.state / "www" / "verify.png")
         self._ensure_wheels(self.state / "www" / "wheels", log)
         home = self.state / "hub"
         if self._pid("hf-mirror") is None:
@@ -735,6 +738,10 @@ class Lab:
             "# NGC's paths), with a login as nvcr.io wants; a lab-only key, no secret.\n"
             f"thorfleet_registry_mirror: {REGISTRY}\n"
             f"thorfleet_ngc_api_key: {REGISTRY_PASSWORD}\n"
+            "# whisper.cpp's test model has random weights: it answers, but hears nothing.\n"
+            "service_verify_require_transcript_text: false\n"
+            "# The vision check's image from the file mirror: no internet here.\n"
+            f"service_verify_image_url: {FILE_MIRROR}/verify.png\n"
             "# The hub clients from the lab's wheel mirror, as on an air-gapped site.\n"
             f"model_store_pip_extra_args: --no-index --find-links {FILE_MIRROR}/wheels/ "
             f"--trusted-host {GATEWAY}\n"

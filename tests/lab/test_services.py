@@ -127,7 +127,8 @@ def test_containers_run_as_the_guide_runs_them_by_digest(thor01):
 def test_stopping_a_unit_stops_its_container(thor01):
     thor01.check_output("systemctl stop thorfleet-qwen3-sglang")
     assert thor01.run("docker inspect thorfleet-qwen3-sglang").rc != 0
-    thor01.check_output("systemctl start thorfleet-qwen3-sglang")
+    thor01.check_output("systemctl reset-failed thorfleet-qwen3-sglang; "
+                        "systemctl start thorfleet-qwen3-sglang")
     assert get(thor01, 8003, "/health")[0] == 200
 
 

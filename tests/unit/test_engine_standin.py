@@ -3,6 +3,13 @@ recipe of the catalogue is accepted, and what an engine would refuse is refused.
 
 from __future__ import annotations
 
+import io
+import json
+import threading
+import urllib.error
+import urllib.request
+from http.server import ThreadingHTTPServer
+
 import pytest
 
 from tests.unit.test_service_specs import CATALOGUE, guide, one
@@ -19,8 +26,9 @@ def parse(engine, argv):
 
 @pytest.fixture
 def models(monkeypatch):
-    """Every path exists: the parse is what is under test here."""
+    """Every path exists, every template is empty: the parse is what is under test here."""
     monkeypatch.setattr(engine_standin.os.path, "exists", lambda _path: True)
+    monkeypatch.setattr(engine_standin, "open", lambda *_args: io.StringIO(""), raising=False)
 
 
 @pytest.mark.parametrize("recipe", CONTAINER_RECIPES)
@@ -56,3 +64,77 @@ def test_a_missing_model_stops_it_naming_the_path(tmp_path):
     with pytest.raises(SystemExit) as refused:
         parse("vllm", ["vllm", "serve", str(tmp_path / "absent")])
     assert "model" in str(refused.value.code) and "absent" in str(refused.value.code)
+
+
+@pytest.fixture
+def standin(tmp_path):
+    """The stand-in serving on loopback: vLLM started with the nonthinking template."""
+    template = tmp_path / "qwen3_nonthinking.jinja"
+    template.write_text("{{ x }}<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "cat.png").write_bytes(b"\x89PNG")
+    command = ["vllm", "serve", str(tmp_path), "--served-model-name", "qwen3", "--port", "0",
+               "--chat-template", str(template), "--allowed-local-media-path",
+               str(tmp_path / "media")]
+
+    def start(argv):
+        settings = engine_standin.configure("vllm", argv[1:])
+        server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                     engine_standin.make_handler(settings, argv))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    servers = []
+
+    def serve(argv=command):
+        servers.append(start(argv))
+        return f"http://127.0.0.1:{servers[-1].server_address[1]}"
+    yield serve, tmp_path
+    for server in servers:
+        server.shutdown()
+
+
+def post(url, body, headers=None):
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def chat(base, content, model="qwen3"):
+    return post(f"{base}/v1/chat/completions",
+                json.dumps({"model": model, "messages": [{"role": "user", "content": content}]})
+                .encode(), {"Content-Type": "application/json"})
+
+
+def test_chat_thinks_unless_the_template_prefills_an_empty_think_block(standin):
+    serve, root = standin
+    status, body = chat(serve(), "hello")
+    assert status == 200 and "<think>" not in body["choices"][0]["message"]["content"]
+    thinking = serve(["vllm", "serve", str(root), "--served-model-name", "qwen3"])
+    assert "<think>" in chat(thinking, "hello")[1]["choices"][0]["message"]["content"]
+    assert chat(thinking, "hello", model="other")[0] == 404
+
+
+def test_images_by_file_url_only_under_the_allowed_media_path(standin):
+    serve, root = standin
+    base = serve()
+    inside = [{"type": "image_url", "image_url": {"url": f"file://{root}/media/cat.png"}}]
+    outside = [{"type": "image_url", "image_url": {"url": f"file://{root}/x.jinja"}}]
+    assert chat(base, inside)[0] == 200
+    status, body = chat(base, outside)
+    assert status == 400 and "allowed-local-media-path" in body["error"]["message"]
+
+
+def test_a_transcription_names_the_file_it_got(standin):
+    serve, _root = standin
+    boundary = "standin-boundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
+            f"filename=\"jfk.wav\"\r\nContent-Type: audio/wav\r\n\r\nRIFFdata\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nqwen3\r\n"
+            f"--{boundary}--\r\n").encode()
+    status, answer = post(f"{serve()}/v1/audio/transcriptions", body,
+                          {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status == 200 and "jfk.wav (8 bytes)" in answer["text"]

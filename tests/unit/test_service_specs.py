@@ -246,3 +246,12 @@ def test_an_unknown_engine_is_refused():
                                         host="thor01")
     assert "thor01: service a: recipe tgi-qwen: field engine: unknown engine 'tgi'" in str(
         raised.value)
+
+
+def test_nonthinking_recipes_are_marked_and_the_host_reaches_each_bind_address():
+    marked = {recipe for recipe in GUIDE if one(recipe)["nonthinking"]}
+    assert marked == {recipe for recipe in GUIDE if recipe.endswith("-nothink")}
+    assert one("vllm-qwen3-8b")["probe_address"] == "127.0.0.1"
+    assert one("whisper-large-v3-turbo", bind_address="10.0.0.5")["probe_address"] == "10.0.0.5"
+    assert one("whisper-large-v3-turbo", bind_address="::")["probe_address"] == "[::1]"
+    assert one("whisper-large-v3-turbo", bind_address="fd00::5")["probe_address"] == "[fd00::5]"

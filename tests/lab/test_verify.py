@@ -1,0 +1,81 @@
+"""The verify phase on the lab fleet: thor01's services answer the guide's requests (real
+llama-server and whisper-server, the vLLM and SGLang stand-ins), and each check fails on
+what it exists to catch, naming the service, the request and the response."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.lab.conftest import Playbook
+
+TEMPLATE = "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja"
+STANDINS = "thorfleet-qwen3-vllm thorfleet-qwen3-sglang"
+RESTART = f"systemctl reset-failed {STANDINS}; systemctl restart {STANDINS}"
+
+
+def verify(*args: str) -> Playbook:
+    return Playbook("site.yml", "-l", "thor01", "--tags", "verify", *args)
+
+
+@pytest.fixture(scope="module")
+def thor01(lab, hosts):
+    run = Playbook("site.yml", "-l", "thor01")
+    assert run.rc == 0, run
+    return hosts["thor01"]
+
+
+def test_every_service_answers_as_the_guide_shows(thor01):
+    run = verify()
+    assert run.rc == 0, run
+    for check in ("qwen3: chat", "qwen3-vllm: chat", "qwen3-sglang: chat",
+                  "whisper-vllm: transcription", "whisper: transcription"):
+        assert f"(item={check})" in run.output, check
+
+
+@pytest.fixture
+def thinking_template(thor01):
+    """The nonthinking template on thor01 replaced by one that lets the model think."""
+    saved = thor01.file(TEMPLATE).content_string
+    thor01.check_output(f"echo '{{{{ messages }}}}' > {TEMPLATE} && {RESTART}")
+    yield thor01
+    thor01.check_output(f"cat > {TEMPLATE} <<'EOF'\n{saved}EOF\n{RESTART}")
+
+
+def test_a_nonthinking_service_that_thinks_fails_naming_it(thinking_template):
+    run = verify()
+    assert run.rc != 0, run
+    for name in ("qwen3-vllm", "qwen3-sglang"):
+        assert (f"{name} (thorfleet-{name}.service): chat, POST http://127.0.0.1:") in run.output
+    assert "a nonthinking recipe answered with a thinking block" in run.output
+    assert "<think>" in run.output  # the response, quoted
+    assert "qwen3 (thorfleet-qwen3.service)" not in run.output  # llama-server is fine
+
+
+@pytest.fixture
+def stopped(thor01):
+    thor01.check_output("systemctl stop thorfleet-qwen3-sglang")
+    yield thor01
+    thor01.check_output("systemctl reset-failed thorfleet-qwen3-sglang; "
+                        "systemctl start thorfleet-qwen3-sglang")
+
+
+def fails_naming_only(run: Playbook, failure: str, unaffected: str) -> None:
+    assert run.rc != 0, run
+    assert failure in run.output, run
+    assert f"{unaffected} (thorfleet-{unaffected}.service)" not in run.output, run
+
+
+def test_a_service_that_never_answers_health_fails_in_bounded_time(stopped):
+    fails_naming_only(verify("-e", "service_verify_health_timeout=4"),
+                      "qwen3-sglang (thorfleet-qwen3-sglang.service): GET "
+                      "http://127.0.0.1:8003/health did not answer 200 within 4 s",
+                      unaffected="qwen3-vllm")
+
+
+def test_a_transcription_without_text_fails_naming_the_service(thor01):
+    # The lab's whisper.cpp model has random weights: it answers with empty text, which
+    # the check refuses wherever text is required (everywhere but the lab).
+    fails_naming_only(verify("-e", "service_verify_require_transcript_text=true"),
+                      "whisper (thorfleet-whisper.service): transcription, POST "
+                      "http://127.0.0.1:8080/inference: the transcription holds no text",
+                      unaffected="whisper-vllm")

@@ -1,0 +1,115 @@
+"""The verify phase's requests (the guide's curl examples) and its judgement: every check
+fails on the answer it exists to catch."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import load
+from tests.unit.test_service_specs import specs
+
+verify = load("filter_plugins/verify.py")
+
+SERVICES = [{"name": "chat", "recipe": "llama-qwen3-8b-gguf-nothink"},
+            {"name": "think", "recipe": "vllm-qwen3-8b", "port": 8001, "memory_share": 0.2},
+            {"name": "asr", "recipe": "vllm-whisper-small", "port": 8002, "memory_share": 0.2},
+            {"name": "vl", "recipe": "vllm-qwen2.5-vl-7b-awq", "port": 8003,
+             "memory_share": 0.3},
+            {"name": "whisper", "recipe": "whisper-large-v3-turbo",
+             "bind_address": "10.0.0.5"}]
+SPECS = specs(SERVICES)
+CHECKS = verify.verify_requests(SPECS, "hi", 16, "/s/hello.wav", "en",
+                                "http://img/cat.jpg", "/models/v/cat.png")
+
+
+def by(service, check=None):
+    return next(c for c in CHECKS if c["service"] == service and check in (None, c["check"]))
+
+
+def test_each_service_gets_the_guides_request():
+    assert [(c["service"], c["check"]) for c in CHECKS] == [
+        ("chat", "chat"), ("think", "chat"), ("asr", "transcription"),
+        ("vl", "image by URL"), ("vl", "image by file"), ("whisper", "transcription")]
+    chat = by("chat")["argv"]
+    assert chat[chat.index("--config") + 1] == "-"  # headers (the key) from stdin
+    assert chat[-5:-3] == ["http://127.0.0.1:8000/v1/chat/completions", "-H"]
+    assert json.loads(chat[-1]) == {"model": "qwen3", "max_tokens": 16,
+                                    "messages": [{"role": "user", "content": "hi"}]}
+    # The guide's curl --form fields, as it sends them.
+    assert by("asr")["argv"][-9:] == [
+        "http://127.0.0.1:8002/v1/audio/transcriptions", "-F", "file=@/s/hello.wav",
+        "-F", "model=whisper", "-F", "response_format=json", "-F", "language=en"]
+    assert by("whisper")["argv"][-5:] == ["http://10.0.0.5:8080/inference", "-F",
+                                          "file=@/s/hello.wav", "-F", "response_format=json"]
+    image = json.loads(by("vl", "image by file")["argv"][-1])["messages"][0]["content"][0]
+    assert image == {"type": "image_url", "image_url": {"url": "file:///models/v/cat.png"}}
+
+
+def answer(check, status=200, body=None):
+    """What the check's curl printed: the body, then the status on a line of its own."""
+    return {"item": check, "rc": 0, "stdout": f"{json.dumps(body)}\n{status}"}
+
+
+def message(content, reasoning=None):
+    return {"choices": [{"message": {"content": content, "reasoning_content": reasoning}}]}
+
+
+HEALTHY = {"results": [{"spec": s, "status": 200} for s in SPECS]}
+
+
+def failures(*answers, health=HEALTHY):
+    return verify.verify_failures(health, {"results": list(answers)}, 600)
+
+
+def test_good_answers_pass():
+    assert failures(answer(by("chat"), body=message("Hello!")),
+                    answer(by("think"), body=message("<think>hm</think>Hello!")),
+                    answer(by("asr"), body={"text": "Hello from thorfleet."}),
+                    answer(by("whisper"), body={"text": " Hello."})) == []
+
+
+@pytest.mark.parametrize(("result", "expected"), [
+    (answer(by("chat"), body=message("<think>\nhm\n</think>\n\nHello")),
+     "chat (thorfleet-chat.service): chat, POST http://127.0.0.1:8000/v1/chat/completions: "
+     "a nonthinking recipe answered with a thinking block"),
+    (answer(by("chat"), body=message("Hello", reasoning="I think")),
+     "a nonthinking recipe answered with a thinking block"),
+    (answer(by("think"), body=message("")), "answered an empty message"),
+    (answer(by("asr"), body={"text": ""}),
+     "asr (thorfleet-asr.service): transcription, POST "
+     "http://127.0.0.1:8002/v1/audio/transcriptions: the transcription holds no text"),
+    (answer(by("whisper"), body={"error": "no"}), "answered no transcription"),
+    (answer(by("vl", "image by file"), status=400, body={"error": "not allowed"}),
+     'vl (thorfleet-vl.service): image by file, POST http://127.0.0.1:8003/v1/chat/completions: '
+     'answered 400: {"error": "not allowed"}'),
+])
+def test_each_bad_answer_fails_naming_service_request_and_response(result, expected):
+    found = failures(result)
+    assert len(found) == 1 and expected in found[0], found
+
+
+def test_an_empty_transcript_passes_only_where_text_is_not_required():
+    empty = answer(by("whisper"), body={"text": ""})
+    assert verify.verify_failures(HEALTHY, {"results": [empty]}, 600, False) == []
+    assert "holds no text" in verify.verify_failures(HEALTHY, {"results": [empty]}, 600)[0]
+    assert "answered no transcription" in verify.verify_failures(
+        HEALTHY, {"results": [answer(by("whisper"), body={})]}, 600, False)[0]
+
+
+def test_a_request_that_gets_no_answer_fails_with_what_curl_said():
+    found = failures({"item": by("chat"), "rc": 7, "stdout": "",
+                      "stderr": "curl: (7) Failed to connect"})
+    assert found == ["chat (thorfleet-chat.service): chat, POST "
+                     "http://127.0.0.1:8000/v1/chat/completions: curl failed: curl: (7) "
+                     "Failed to connect"]
+
+
+def test_a_service_that_never_answers_health_fails_once_naming_it():
+    health = {"results": [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
+                           "url": f"http://127.0.0.1:{s['port']}/health",
+                           "msg": "Connection refused"} for s in SPECS]}
+    found = failures(answer(by("asr"), status=-1), health=health)
+    assert found == ["asr (thorfleet-asr.service): GET http://127.0.0.1:8002/health did not "
+                     "answer 200 within 600 s: Connection refused"]
