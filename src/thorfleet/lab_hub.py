@@ -137,6 +137,10 @@ class LabHub:
                 Commit({"ggml-large-v3-turbo.bin": whisper_tiny,
                         "ggml-small.bin": pseudo_random(16 * 1024, "small")}),
             ]),
+            Repo("huggingface", "Qwen/Qwen2.5-VL-7B-Instruct-AWQ", [
+                Commit({"config.json": _json('{"model_type": "qwen2_5_vl"}'),
+                        "model.safetensors": pseudo_random(32 * 1024, "qwen2.5-vl")}),
+            ]),
             Repo("modelscope", "openai-mirror/whisper-small", [
                 Commit({"config.json": _json('{"model_type": "whisper"}'),
                         "model.safetensors": pseudo_random(32 * 1024, "whisper-small")}),

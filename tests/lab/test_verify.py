@@ -4,9 +4,12 @@ what it exists to catch, naming the service, the request and the response."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.lab.conftest import Playbook
+from thorfleet.lab import FILE_MIRROR, LAB_SERVICES
 
 TEMPLATE = "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja"
 STANDINS = "thorfleet-qwen3-vllm thorfleet-qwen3-sglang"
@@ -79,3 +82,28 @@ def test_a_transcription_without_text_fails_naming_the_service(thor01):
                       "whisper (thorfleet-whisper.service): transcription, POST "
                       "http://127.0.0.1:8080/inference: the transcription holds no text",
                       unaffected="whisper-vllm")
+
+
+@pytest.fixture
+def vision(thor01):
+    """thor01 with the guide's vision recipe added, and without it again after."""
+    services = [*LAB_SERVICES, {"name": "vl", "recipe": "vllm-qwen2.5-vl-7b-awq",
+                                "port": 8004, "memory_share": 0.05}]
+    extra = json.dumps({"thorfleet_services": services})
+    run = Playbook("site.yml", "-l", "thor01", "-e", extra)
+    assert run.rc == 0, run
+    yield extra
+    back = Playbook("site.yml", "-l", "thor01")
+    assert back.rc == 0, back
+
+
+def test_the_vision_model_gets_an_image_by_url_and_by_file(vision):
+    run = verify("-e", vision)
+    assert run.rc == 0, run
+    for check in ("vl: image by URL", "vl: image by file"):
+        assert f"(item={check})" in run.output, check
+    missing = verify("-e", vision, "-e", f"service_verify_image_url={FILE_MIRROR}/missing.png")
+    fails_naming_only(missing, "vl (thorfleet-vl.service): image by URL, POST "
+                               "http://127.0.0.1:8004/v1/chat/completions: answered 400",
+                      unaffected="qwen3-vllm")
+    assert "404" in missing.output  # what the engine said about the image
