@@ -22,10 +22,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,lab]'
 	touch $@
 
-## demo: boot the lab fleet and run the main job against thor01
+## demo: boot the lab fleet, run the main job against thor01, show its services
 demo: venv
 	$(BIN)/thorfleet lab up --hosts $(LAB_HOSTS)
 	$(BIN)/ansible-playbook site.yml -l thor01
+	$(BIN)/thorfleet status -l thor01
 
 ## test: lint, then unit and lab tests in one pytest run (boots a 2-host lab, tears it down)
 test: lint

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
+from thorfleet import status as fleet
 from thorfleet.lab import Lab, LabError, status_json, status_table
 
 
@@ -40,11 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
     as_thor = lab_commands.add_parser("as-thor", help="make a running host look like a Thor")
     as_thor.add_argument("host")
     as_thor.add_argument("--off", action="store_true", help="make it a plain lab host again")
+
+    state = commands.add_parser(
+        "status", help="per host and service: unit state, health, port, image or build, model")
+    state.add_argument("-i", "--inventory", help="inventory (default: ansible.cfg's, the lab)")
+    state.add_argument("-l", "--limit", help="hosts, as ansible-playbook's --limit")
+    state.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def show_status(args) -> int:
+    """The fleet's services; exit status 1 unless every one is active and answering."""
+    hosts = fleet.fleet_status(project_root(), args.inventory, args.limit)
+    print(json.dumps({"hosts": hosts}, indent=2) if args.json else fleet.table(hosts))
+    return 0 if fleet.healthy(hosts) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return show_status(args)
     try:
         lab = Lab(project_root())
         if args.lab_command == "up":

@@ -1,0 +1,132 @@
+"""``thorfleet status``: per host and service, the unit's state, whether it answers, its
+port and what it runs (image digest or engine build, model and commit).
+
+A quick read over SSH with fabric, one command per host: the hosts and how to reach them
+come from the inventory (``ansible-inventory``), what runs from thorfleet's own units
+(their header names the image or build and the model's commit, written by the services
+phase), health from each unit's own /health probe address.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import subprocess
+from pathlib import Path
+
+import fabric
+
+# Runs on each host with its python3: the host's thorfleet units as JSON.
+REMOTE = r'''
+import glob, json, re, subprocess, urllib.request
+services = []
+for path in sorted(glob.glob("/etc/systemd/system/thorfleet-*.service")):
+    unit = path.rsplit("/", 1)[1]
+    text = open(path).read()
+    shown = subprocess.run(["systemctl", "show", "-p", "ActiveState", "-p", "SubState", unit],
+                           capture_output=True, text=True).stdout
+    state = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+    runs = re.search(r"^#   (?:image|build) (\S+)", text, re.M)
+    model = re.search(r"^#   model (\S+) at (\S+)", text, re.M)
+    probe = re.search(r"(http://\S+?:(\d+)/health)", text)
+    health = "-"
+    if probe:
+        try:
+            with urllib.request.urlopen(probe.group(1), timeout=3) as response:
+                health = "ok" if response.status == 200 else str(response.status)
+        except Exception as error:
+            health = getattr(error, "code", None) and str(error.code) or "down"
+    services.append({
+        "service": unit[len("thorfleet-"):-len(".service")], "unit": unit,
+        "state": state.get("ActiveState", "unknown"), "substate": state.get("SubState", ""),
+        "health": health, "port": int(probe.group(2)) if probe else None,
+        "runs": runs.group(1) if runs else "", "model": model.group(1) if model else "",
+        "commit": model.group(2) if model else ""})
+print(json.dumps(sorted(services, key=lambda s: s["service"])))
+'''
+
+
+def inventory_hosts(project: Path, inventory: str | None, limit: str | None) -> dict:
+    """{host: its variables} of the group `thor`, as Ansible resolves them."""
+    argv = ["ansible-inventory", "--list"]
+    if inventory:
+        argv += ["-i", inventory]
+    if limit:
+        argv += ["--limit", limit]
+    listing = json.loads(subprocess.run(argv, cwd=project, capture_output=True, text=True,
+                                        check=True).stdout)
+    names = listing.get("thor", {}).get("hosts", [])
+    hostvars = listing.get("_meta", {}).get("hostvars", {})
+    return {name: hostvars.get(name, {}) for name in names}
+
+
+def _connection(name: str, hostvars: dict) -> fabric.Connection:
+    connect = {}
+    if hostvars.get("ansible_ssh_private_key_file"):
+        connect["key_filename"] = hostvars["ansible_ssh_private_key_file"]
+    connection = fabric.Connection(hostvars.get("ansible_host", name),
+                                   user=hostvars.get("ansible_user"),
+                                   port=hostvars.get("ansible_port"), connect_kwargs=connect,
+                                   connect_timeout=10)
+    # The inventory's own known_hosts (the lab pins its hosts' keys there).
+    for option in shlex.split(hostvars.get("ansible_ssh_common_args", "")):
+        if option.startswith("UserKnownHostsFile="):
+            connection.client.load_host_keys(option.split("=", 1)[1])
+    return connection
+
+
+def host_status(name: str, hostvars: dict) -> dict:
+    try:
+        with _connection(name, hostvars) as connection:
+            result = connection.run("python3 -", in_stream=io.StringIO(REMOTE), hide=True,
+                                    warn=True)
+    except Exception as error:  # an unreachable host is a row of the report, not a crash
+        return {"host": name, "reachable": False, "error": str(error), "services": []}
+    if result.exited != 0:
+        return {"host": name, "reachable": True, "error": result.stderr.strip(),
+                "services": []}
+    return {"host": name, "reachable": True, "services": json.loads(result.stdout)}
+
+
+def fleet_status(project: Path, inventory: str | None = None,
+                 limit: str | None = None) -> list[dict]:
+    return [host_status(name, hostvars)
+            for name, hostvars in inventory_hosts(project, inventory, limit).items()]
+
+
+def _short(runs: str) -> str:
+    """nvidia/vllm@sha256:458da3c1270c from a full image reference; builds as they are."""
+    name, _, digest = runs.partition("@sha256:")
+    if not digest:
+        return runs
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first):  # a registry's address
+        name = rest
+    return f"{name}@sha256:{digest[:12]}"
+
+
+def healthy(hosts: list[dict]) -> bool:
+    """Every host reached and every service active and answering."""
+    return all(host["reachable"] and not host.get("error")
+               and all(s["state"] == "active" and s["health"] == "ok" for s in host["services"])
+               for host in hosts)
+
+
+def table(hosts: list[dict]) -> str:
+    rows = [("host", "service", "state", "health", "port", "runs", "model")]
+    for host in hosts:
+        if not host["reachable"] or host.get("error"):
+            rows.append((host["host"], "-", "unreachable" if not host["reachable"] else "error",
+                         "-", "-", host.get("error", "")[:60], "-"))
+            continue
+        if not host["services"]:
+            rows.append((host["host"], "-", "no services", "-", "-", "-", "-"))
+        for service in host["services"]:
+            model = service["model"].split("/", 2)[-1] if service["model"] else ""
+            rows.append((host["host"], service["service"], service["state"], service["health"],
+                         str(service["port"] or "-"), _short(service["runs"]),
+                         f"{model}@{service['commit'][:12]}" if model else "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+                     .rstrip() for row in rows)

@@ -1,0 +1,59 @@
+"""`thorfleet status` on the lab fleet: thor01's services as they are, read over SSH."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.lab.conftest import ROOT, Playbook, thorfleet
+
+PORTS = {"qwen3": 8000, "qwen3-vllm": 8001, "whisper-vllm": 8002, "qwen3-sglang": 8003,
+         "whisper": 8080}
+
+
+@pytest.fixture(scope="module")
+def thor01(lab, hosts):
+    run = Playbook("site.yml", "-l", "thor01")
+    assert run.rc == 0, run
+    return hosts["thor01"]
+
+
+def status(*args: str):
+    return thorfleet("status", "-l", "thor01", *args)
+
+
+def test_status_shows_each_service_active_answering_and_what_it_runs(thor01):
+    shown = status("--json")
+    assert shown.returncode == 0, shown.stderr
+    (host,) = json.loads(shown.stdout)["hosts"]
+    assert host["host"] == "thor01" and host["reachable"]
+    services = {s["service"]: s for s in host["services"]}
+    assert {name: s["port"] for name, s in services.items()} == PORTS
+    assert all(s["state"] == "active" and s["health"] == "ok" for s in services.values())
+    lock = yaml.safe_load((ROOT / "inventory/lab/thorfleet.lock.yml").read_text())
+    assert services["qwen3-vllm"]["runs"].endswith(lock["images"]["nvcr.io/nvidia/vllm:25.10-py3"])
+    manifest = json.loads(thor01.file("/models/Qwen/Qwen3-8B-GGUF/thorfleet-manifest.json")
+                          .content_string)
+    assert (services["qwen3"]["model"], services["qwen3"]["commit"]) == (
+        "/models/Qwen/Qwen3-8B-GGUF", manifest["commit"])
+    assert services["qwen3"]["runs"].startswith("build-")
+    table = status()
+    assert table.returncode == 0
+    assert [line.split()[1] for line in table.stdout.splitlines()[1:]] == sorted(PORTS)
+
+
+@pytest.fixture
+def stopped(thor01):
+    thor01.check_output("systemctl stop thorfleet-whisper")
+    yield thor01
+    thor01.check_output("systemctl reset-failed thorfleet-whisper; "
+                        "systemctl start thorfleet-whisper")
+
+
+def test_a_stopped_service_shows_as_such_and_status_fails(stopped):
+    shown = status()
+    assert shown.returncode == 1
+    row = next(line for line in shown.stdout.splitlines() if line.split()[1] == "whisper")
+    assert row.split()[2:5] == ["inactive", "down", "8080"]

@@ -1,0 +1,33 @@
+"""The status table and verdict of `thorfleet status`, from what hosts report."""
+
+from __future__ import annotations
+
+from thorfleet import status
+
+DIGEST = "458da3c1270cef659bbaace85733a8b8e8216bd6145f9adb132ebd51fa755eb6"
+
+
+def service(name, state="active", health="ok", runs=f"10.213.0.1:5000/nvidia/vllm@sha256:{DIGEST}"):
+    return {"service": name, "unit": f"thorfleet-{name}.service", "state": state,
+            "substate": "running", "health": health, "port": 8001, "runs": runs,
+            "model": "/models/Qwen/Qwen3-8B", "commit": "a1af6a7a0be8f3fe51ed"}
+
+
+def test_one_row_per_service_with_short_digests_and_commits():
+    text = status.table([{"host": "thor01", "reachable": True,
+                          "services": [service("qwen3-vllm")]}])
+    header, row = text.splitlines()
+    assert header.split() == ["host", "service", "state", "health", "port", "runs", "model"]
+    assert row.split() == ["thor01", "qwen3-vllm", "active", "ok", "8001",
+                           f"nvidia/vllm@sha256:{DIGEST[:12]}", "Qwen/Qwen3-8B@a1af6a7a0be8"]
+
+
+def test_the_verdict_wants_every_host_reached_and_every_service_answering():
+    good = {"host": "thor01", "reachable": True, "services": [service("a")]}
+    assert status.healthy([good])
+    assert not status.healthy([good, {"host": "thor02", "reachable": False, "error": "timed out",
+                                      "services": []}])
+    assert not status.healthy([{**good, "services": [service("a", health="down")]}])
+    assert not status.healthy([{**good, "services": [service("a", state="failed")]}])
+    assert "unreachable" in status.table([{"host": "thor02", "reachable": False,
+                                           "error": "timed out", "services": []}])
