@@ -8,9 +8,7 @@ import pytest
 import yaml
 
 from tests.lab.conftest import ROOT, Playbook, thorfleet
-
-PORTS = {"qwen3": 8000, "qwen3-vllm": 8001, "whisper-vllm": 8002, "qwen3-sglang": 8003,
-         "whisper": 8080}
+from tests.lab.test_services import PORTS
 
 
 @pytest.fixture(scope="module")
