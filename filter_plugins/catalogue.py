@@ -363,6 +363,8 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
             "memory_share": given_share if given_share is not None else
             recipe.get("memory_share", engine.get("memory_share", 0)),
             "model": model_path, "model_dir": model["dest"], "source": model["source"],
+            "quantization": recipe.get("quantization")
+            or catalogue["models"][recipe["model"]].get("quantization", ""),
             "chat_template": template,
             "argv": argv, "env": env,
             # Where the engine takes an API key: an environment variable it reads, else a

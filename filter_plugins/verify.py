@@ -54,19 +54,25 @@ def verify_requests(specs, prompt, max_tokens, audio, language, image_url, image
     return checks
 
 
-def verify_failures(health, answers, timeout, transcript_text=True):
+def verify_failures(health, answers, timeout, transcript_text=True, logs=None):
     """What failed, one line per service and check, naming the request and the response.
 
     health: uri results of GET /health per spec (looped over specs); answers: command
-    results of the checks' curl (looped over verify_requests).
+    results of the checks' curl (looped over verify_requests); logs: command results of
+    journalctl per service that did not answer (looped over specs), shown after it.
     """
     failures, unhealthy = [], set()
+    log_ends = {result["spec"]["name"]: (result.get("stdout") or "").strip()
+                for result in (logs or {}).get("results", []) if "spec" in result}
     for result in (health or {}).get("results", []):
         spec = result["spec"]
         if result.get("status") != 200:
             unhealthy.add(spec["name"])
-            failures.append(f"{spec['name']} ({spec['unit']}): GET {result.get('url')} did not "
-                            f"answer 200 within {timeout} s: {_said(result)}")
+            failure = (f"{spec['name']} ({spec['unit']}): GET {result.get('url')} did not "
+                       f"answer 200 within {timeout} s: {_said(result)}")
+            if log_ends.get(spec["name"]):
+                failure += " -- its log ends: " + " | ".join(log_ends[spec["name"]].splitlines())
+            failures.append(failure)
     for result in (answers or {}).get("results", []):
         check = result["item"]
         if check["service"] in unhealthy or result.get("skipped"):

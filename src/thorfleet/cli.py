@@ -8,8 +8,12 @@ import os
 import sys
 from pathlib import Path
 
+from thorfleet import bench
 from thorfleet import status as fleet
 from thorfleet.lab import Lab, LabError, status_json, status_table
+from thorfleet.runs import Progress, run_playbook
+
+BENCH_RESULTS = Path("bench/results/services")
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -24,6 +28,18 @@ def project_root(start: Path | None = None) -> Path:
                 return directory
     raise LabError("no thorfleet checkout found (site.yml and ansible.cfg): "
                    "run from inside one or set THORFLEET_PROJECT")
+
+
+def fleet_command(commands, name: str, summary: str, extra: bool = False):
+    """A command on the fleet: -i and -l as ansible-playbook takes them, -e if it runs one."""
+    command = commands.add_parser(name, help=summary)
+    command.add_argument("-i", "--inventory", help="inventory (default: ansible.cfg's, the lab)")
+    command.add_argument("-l", "--limit", help="hosts, as ansible-playbook's --limit")
+    if extra:
+        command.add_argument("-e", "--extra-vars", action="append", default=[],
+                             metavar="KEY=VALUE", help="a variable for this run (the value "
+                             "read as JSON, else a string), e.g. service_bench_runs=5")
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,10 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     as_thor.add_argument("host")
     as_thor.add_argument("--off", action="store_true", help="make it a plain lab host again")
 
-    state = commands.add_parser(
-        "status", help="per host and service: unit state, health, port, image or build, model")
-    state.add_argument("-i", "--inventory", help="inventory (default: ansible.cfg's, the lab)")
-    state.add_argument("-l", "--limit", help="hosts, as ansible-playbook's --limit")
+    deploy = fleet_command(commands, "deploy", "run site.yml: live progress per host, a "
+                                               "summary per host and phase", extra=True)
+    deploy.add_argument("--check", action="store_true",
+                        help="change nothing; show what would change (--check --diff)")
+
+    speed = fleet_command(commands, "bench", "run playbooks/bench.yml; the guide's speed "
+                                             "table, details and a chart", extra=True)
+    speed.add_argument("-o", "--output", type=Path, default=None,
+                       help=f"results directory (default: {BENCH_RESULTS} in the checkout)")
+    speed.add_argument("--report-only", action="store_true",
+                       help="no run: the report of the results already in the directory")
+
+    state = fleet_command(commands, "status", "per host and service: unit state, health, "
+                                              "port, image or build, model")
     state.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -58,10 +84,64 @@ def show_status(args) -> int:
     return 0 if fleet.healthy(hosts) else 1
 
 
+def extra_vars(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs; a value that parses as JSON is taken as that (numbers, lists)."""
+    variables = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise SystemExit(f"thorfleet: -e {pair!r}: expected KEY=VALUE")
+        try:
+            variables[key] = json.loads(value)
+        except ValueError:
+            variables[key] = value
+    return variables
+
+
+def deploy(args) -> int:
+    """site.yml through ansible-runner; exit status as ansible-playbook's."""
+    progress = Progress()
+    rc = run_playbook(project_root(), "site.yml", progress, args.inventory, args.limit,
+                      args.check, extra_vars(args.extra_vars))
+    print(f"\n{progress.table()}")
+    if rc != 0 and not progress.failed():
+        print(f"thorfleet: ansible-playbook exited {rc} before any task failed "
+              "(an inventory, syntax or connection problem?)", file=sys.stderr)
+    return rc
+
+
+def run_bench(args) -> int:
+    """playbooks/bench.yml, then the report of the hosts it ran on: the guide's table per
+    host, every service's numbers, and chart.png beside the JSON files."""
+    root = project_root()
+    output = (args.output or root / BENCH_RESULTS).resolve()
+    hosts = None
+    if not args.report_only:
+        progress = Progress()
+        variables = {**extra_vars(args.extra_vars), "service_bench_results_dir": str(output)}
+        rc = run_playbook(root, "playbooks/bench.yml", progress, args.inventory, args.limit,
+                          extravars=variables)
+        if rc != 0:
+            print(f"\n{progress.table()}")
+            return rc
+        hosts = sorted({host for host, _ in progress.counts})
+    results = bench.load(output, hosts)
+    if not results:
+        print(f"thorfleet: no bench results in {output}", file=sys.stderr)
+        return 1
+    print(f"\n{bench.report(results)}")
+    print(f"\nresults: {output}/<host>.json; chart: {bench.chart(results, output / 'chart.png')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "status":
         return show_status(args)
+    if args.command == "deploy":
+        return deploy(args)
+    if args.command == "bench":
+        return run_bench(args)
     try:
         lab = Lab(project_root())
         if args.lab_command == "up":

@@ -8,7 +8,8 @@ the flags the catalogue's recipes use with the engine's meaning (an unknown flag
 without its value or JSON that does not parse stops it, as the engine would stop), checks
 that the model and chat template exist, and then answers ``/health``, ``/v1/models`` and
 ``/thorfleet-standin/argv`` (the command it was started with, for tests to compare with
-the guide's), ``POST /v1/chat/completions`` and ``POST /v1/audio/transcriptions``. With an
+the guide's), ``POST /v1/chat/completions`` (also streamed, as server-sent events with a
+final ``usage`` chunk, for the bench) and ``POST /v1/audio/transcriptions``. With an
 API key (``VLLM_API_KEY``, or ``--api-key``) the ``/v1`` routes want ``Authorization:
 Bearer <key>``, as the engines do.
 
@@ -16,7 +17,9 @@ Its chat answers are canned, but they think as a Qwen3 does: a ``<think>`` block
 unless the chat template pre-fills an empty one (what the nonthinking template does), so
 a wrong template on a host shows in verification. Images in a chat are checked as vLLM
 checks them (``file://`` only under ``--allowed-local-media-path``). A transcription
-answers with text naming the file it got; a real model is not there to listen.
+answers with text naming the file it got; a real model is not there to listen. A
+streamed answer comes at a fixed pace (``THORFLEET_STANDIN_TOKENS_PER_SECOND``, default
+200, one word a token), so a bench of a stand-in measures the stand-in, not an engine.
 
 Standard library only: the image carries a bare Python and this file.
 """
@@ -30,6 +33,7 @@ import json
 import os
 import signal
 import sys
+import time
 import urllib.request
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +42,7 @@ STANDIN = "thorfleet lab stand-in"
 # The nonthinking template ends its generation prompt with an empty think block.
 EMPTY_THINK = "<think>\n\n</think>"
 BROKEN = "THORFLEET_STANDIN_BROKEN"
+PACE = "THORFLEET_STANDIN_TOKENS_PER_SECOND"
 
 
 def _json(value: str):
@@ -120,14 +125,39 @@ def chat_answer(settings: dict, request: dict) -> tuple[HTTPStatus, dict]:
             problem = _image_problem(url, settings["media_path"])
             if problem:
                 return HTTPStatus.BAD_REQUEST, {"error": {"message": problem}}
-    answer = f"{STANDIN} ({settings['engine']}) answers {len(messages)} message(s)."
-    if settings["thinks"]:
-        answer = f"<think>\nThe user wrote something; I should answer.\n</think>\n\n{answer}"
+    answer = _answer(settings, messages)
     return HTTPStatus.OK, {
         "id": "chatcmpl-standin", "object": "chat.completion", "model": settings["served_name"],
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": answer}}],
         "usage": {"prompt_tokens": 8, "completion_tokens": 12, "total_tokens": 20}}
+
+
+def _answer(settings: dict, messages: list) -> str:
+    answer = f"{STANDIN} ({settings['engine']}) answers {len(messages)} message(s)."
+    if settings["thinks"]:
+        answer = f"<think>\nThe user wrote something; I should answer.\n</think>\n\n{answer}"
+    return answer
+
+
+def stream_tokens(settings: dict, request: dict) -> list[str]:
+    """The tokens of a streamed answer: the canned answer's words, up to max_tokens; with
+    ignore_eos (as the engines take it), exactly max_tokens, the answer over and over."""
+    words = [word + " " for word in _answer(settings, request["messages"]).split(" ")]
+    limit = request.get("max_tokens") or request.get("max_completion_tokens") or len(words)
+    if request.get("ignore_eos"):
+        return [words[i % len(words)] for i in range(limit)]
+    return words[:limit]
+
+
+def prompt_tokens(request: dict) -> int:
+    """A rough count of the prompt's tokens: its words."""
+    words = 0
+    for message in request.get("messages") or []:
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"text": content or ""}]
+        words += sum(len(str(part.get("text", "")).split()) for part in parts)
+    return max(words, 1)
 
 
 def _content_parts(messages):
@@ -181,7 +211,10 @@ def make_handler(settings: dict, command: list[str]):
                     request = json.loads(body)
                 except ValueError:
                     return self._send(HTTPStatus.BAD_REQUEST, {"error": "body is not JSON"})
-                return self._send(*chat_answer(settings, request))
+                status, answer = chat_answer(settings, request)
+                if request.get("stream") and status == HTTPStatus.OK:
+                    return self._stream(request)
+                return self._send(status, answer)
             if self.path == "/v1/audio/transcriptions":
                 form = email.message_from_bytes(
                     b"Content-Type: " + self.headers.get("Content-Type", "").encode()
@@ -205,6 +238,34 @@ def make_handler(settings: dict, command: list[str]):
                 self._send(HTTPStatus.UNAUTHORIZED, {"error": "Unauthorized"})
                 return False
             return True
+
+        def _stream(self, request: dict) -> None:
+            """Server-sent events as the engines send them: a role chunk, a chunk per
+            token at the stand-in's pace, a finish chunk, usage if asked for, [DONE]."""
+            pace = 1 / float(os.environ.get(PACE) or 200)
+            tokens = stream_tokens(settings, request)
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/event-stream")
+            self.end_headers()
+
+            def event(choices, **more):
+                chunk = {"id": "chatcmpl-standin", "object": "chat.completion.chunk",
+                         "model": settings["served_name"], "choices": choices, **more}
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+
+            event([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}])
+            for token in tokens:
+                time.sleep(pace)
+                event([{"index": 0, "delta": {"content": token}, "finish_reason": None}])
+            limit = request.get("max_tokens") or request.get("max_completion_tokens")
+            event([{"index": 0, "delta": {},
+                    "finish_reason": "length" if len(tokens) == limit else "stop"}])
+            if (request.get("stream_options") or {}).get("include_usage"):
+                used = prompt_tokens(request)
+                event([], usage={"prompt_tokens": used, "completion_tokens": len(tokens),
+                                 "total_tokens": used + len(tokens)})
+            self.wfile.write(b"data: [DONE]\n\n")
 
         def _send(self, status: HTTPStatus, body: dict) -> None:
             data = json.dumps(body).encode()

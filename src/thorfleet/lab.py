@@ -743,8 +743,8 @@ class Lab:
             "# The vision check's image from the file mirror: no internet here.\n"
             f"service_verify_image_url: {FILE_MIRROR}/verify.png\n"
             "# The hub clients from the lab's wheel mirror, as on an air-gapped site.\n"
-            f"model_store_pip_extra_args: --no-index --find-links {FILE_MIRROR}/wheels/ "
-            f"--trusted-host {GATEWAY}\n"
+            "model_store_pip_env:\n  PIP_NO_INDEX: \"1\"\n"
+            f"  PIP_FIND_LINKS: {FILE_MIRROR}/wheels/\n  PIP_TRUSTED_HOST: {GATEWAY}\n"
         )
         # The demo host runs one service of each kind the lab can serve, from both hubs.
         host_vars = self.inventory / "host_vars"

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import fabric
 
+from thorfleet.tables import text_table
+
 # Runs on each host with its python3: the host's thorfleet units as JSON.
 REMOTE = r'''
 import glob, json, re, subprocess, urllib.request
@@ -127,6 +129,4 @@ def table(hosts: list[dict]) -> str:
             rows.append((host["host"], service["service"], service["state"], service["health"],
                          str(service["port"] or "-"), _short(service["runs"]),
                          f"{model}@{service['commit'][:12]}" if model else "-"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-                     .rstrip() for row in rows)
+    return text_table(rows)

@@ -107,3 +107,24 @@ def test_the_vision_model_gets_an_image_by_url_and_by_file(vision):
                                "http://127.0.0.1:8004/v1/chat/completions: answered 400",
                       unaffected="qwen3-vllm")
     assert "404" in missing.output  # what the engine said about the image
+
+
+GGUF = "/models/Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q5_K_M.gguf"
+
+
+@pytest.fixture
+def wrong_model_path(thor01):
+    """thor01's llama-server pointed at a model that is not where its unit says."""
+    thor01.check_output(f"mv {GGUF} {GGUF}.elsewhere; systemctl restart thorfleet-qwen3 || true")
+    yield thor01
+    thor01.check_output(f"mv {GGUF}.elsewhere {GGUF}; systemctl reset-failed thorfleet-qwen3; "
+                        "systemctl restart thorfleet-qwen3")
+
+
+def test_a_service_with_a_wrong_model_path_fails_naming_it_and_the_path(wrong_model_path):
+    run = verify("-e", "service_verify_health_timeout=4")
+    fails_naming_only(run, "qwen3 (thorfleet-qwen3.service): GET http://127.0.0.1:8000/health "
+                           "did not answer 200 within 4 s", unaffected="qwen3-vllm")
+    # The end of the service's log says why: llama-server could not open the model.
+    failure = next(line for line in run.output.splitlines() if "thorfleet-qwen3.service" in line)
+    assert "its log ends:" in failure and GGUF in failure, run

@@ -1,5 +1,6 @@
-"""Hubs on loopback for the download module's tests: the real olah mirror (offline) and the
-ModelScope stand-in, both serving small repositories made here."""
+"""Servers on loopback for the unit tests: hubs for the download module's tests (the real
+olah mirror, offline, and the ModelScope stand-in, both serving small repositories made
+here), and the vLLM stand-in."""
 
 from __future__ import annotations
 
@@ -7,12 +8,14 @@ import contextlib
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from thorfleet import lab_hub
+from thorfleet import engine_standin, lab_hub
 from thorfleet.lab_hub import Commit, Repo
 
 GATED_TOKEN = "ms-unit-test-token-7f3a"
@@ -102,3 +105,31 @@ def hubs(tmp_path_factory):
             for proc in procs:
                 proc.terminate()
                 proc.wait(timeout=10)
+
+
+@pytest.fixture
+def standin(tmp_path):
+    """The stand-in serving on loopback: vLLM started with the nonthinking template."""
+    template = tmp_path / "qwen3_nonthinking.jinja"
+    template.write_text("{{ x }}<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "cat.png").write_bytes(b"\x89PNG")
+    command = ["vllm", "serve", str(tmp_path), "--served-model-name", "qwen3", "--port", "0",
+               "--chat-template", str(template), "--allowed-local-media-path",
+               str(tmp_path / "media")]
+
+    def start(argv):
+        settings = engine_standin.configure("vllm", argv[1:])
+        server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                     engine_standin.make_handler(settings, argv))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    servers = []
+
+    def serve(argv=command):
+        servers.append(start(argv))
+        return f"http://127.0.0.1:{servers[-1].server_address[1]}"
+    yield serve, tmp_path
+    for server in servers:
+        server.shutdown()

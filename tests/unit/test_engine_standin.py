@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import urllib.error
 import urllib.request
-from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -66,34 +64,6 @@ def test_a_missing_model_stops_it_naming_the_path(tmp_path):
     assert "model" in str(refused.value.code) and "absent" in str(refused.value.code)
 
 
-@pytest.fixture
-def standin(tmp_path):
-    """The stand-in serving on loopback: vLLM started with the nonthinking template."""
-    template = tmp_path / "qwen3_nonthinking.jinja"
-    template.write_text("{{ x }}<|im_start|>assistant\n<think>\n\n</think>\n\n")
-    (tmp_path / "media").mkdir()
-    (tmp_path / "media" / "cat.png").write_bytes(b"\x89PNG")
-    command = ["vllm", "serve", str(tmp_path), "--served-model-name", "qwen3", "--port", "0",
-               "--chat-template", str(template), "--allowed-local-media-path",
-               str(tmp_path / "media")]
-
-    def start(argv):
-        settings = engine_standin.configure("vllm", argv[1:])
-        server = ThreadingHTTPServer(("127.0.0.1", 0),
-                                     engine_standin.make_handler(settings, argv))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        return server
-
-    servers = []
-
-    def serve(argv=command):
-        servers.append(start(argv))
-        return f"http://127.0.0.1:{servers[-1].server_address[1]}"
-    yield serve, tmp_path
-    for server in servers:
-        server.shutdown()
-
-
 def post(url, body, headers=None):
     request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")
     try:
@@ -138,3 +108,29 @@ def test_a_transcription_names_the_file_it_got(standin):
     status, answer = post(f"{serve()}/v1/audio/transcriptions", body,
                           {"Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert status == 200 and "jfk.wav (8 bytes)" in answer["text"]
+
+
+def test_a_streamed_chat_sends_each_token_then_usage_then_done(standin, monkeypatch):
+    monkeypatch.setenv(engine_standin.PACE, "1000")
+    serve, _ = standin
+    body = {"model": "qwen3", "stream": True, "max_tokens": 7, "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "two words"}]}
+    request = urllib.request.Request(f"{serve()}/v1/chat/completions",
+                                     data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        events = [line.decode().strip() for line in response if line.strip()]
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(event.removeprefix("data: ")) for event in events[:-1]]
+    tokens = [c["choices"][0]["delta"]["content"] for c in chunks
+              if c["choices"] and c["choices"][0]["delta"].get("content")]
+    assert len(tokens) == 7 and chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["usage"] == {"prompt_tokens": 2, "completion_tokens": 7,
+                                   "total_tokens": 9}
+    without = {**body, "ignore_eos": False, "max_tokens": 1000, "stream_options": None}
+    request = urllib.request.Request(f"{serve()}/v1/chat/completions",
+                                     data=json.dumps(without).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        text = response.read().decode()
+    assert '"finish_reason": "stop"' in text and '"usage"' not in text

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
@@ -56,3 +60,17 @@ def test_a_lock_that_is_not_a_mapping_is_an_error_naming_it(tmp_path, monkeypatc
     (tmp_path / "thorfleet.lock.yml").write_text("- a list\n")
     done = lock(tmp_path, monkeypatch, state="read")
     assert done.failed and "thorfleet.lock.yml: not a mapping" in done.result["msg"]
+
+
+def test_the_lock_beside_the_inventory_is_not_read_as_inventory(tmp_path, monkeypatch,
+                                                                 project_root):
+    inventory = tmp_path / "site"
+    shutil.copytree(project_root / "inventory" / "sample", inventory)
+    lock(inventory, monkeypatch, section="models",
+         entries={"huggingface:Qwen/Qwen3-8B@main": "c" * 40})
+    assert (inventory / "thorfleet.lock.yml").exists()
+    command = [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(inventory),
+               "--list"]
+    listed = subprocess.run(command, cwd=project_root, capture_output=True, text=True, check=True)
+    assert "models" not in json.loads(listed.stdout)  # no group made of the lock's section
+    assert "WARNING" not in listed.stderr, listed.stderr

@@ -113,3 +113,14 @@ def test_a_service_that_never_answers_health_fails_once_naming_it():
     found = failures(answer(by("asr"), status=-1), health=health)
     assert found == ["asr (thorfleet-asr.service): GET http://127.0.0.1:8002/health did not "
                      "answer 200 within 600 s: Connection refused"]
+
+
+def test_a_service_that_never_answers_is_shown_with_the_end_of_its_log():
+    health = {"results": [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
+                           "url": f"http://127.0.0.1:{s['port']}/health",
+                           "msg": "Connection refused"} for s in SPECS]}
+    logs = {"results": [{"spec": by_name, "stdout": "loading\nNo such file: /models/x.gguf\n"}
+                        for by_name in SPECS if by_name["name"] == "asr"]}
+    (found,) = verify.verify_failures(health, {"results": []}, 600, logs=logs)
+    assert found.endswith("Connection refused -- its log ends: loading | "
+                          "No such file: /models/x.gguf")

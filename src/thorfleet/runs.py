@@ -1,0 +1,103 @@
+"""Playbook runs through ansible-runner, for ``thorfleet deploy`` and ``thorfleet bench``:
+live progress per host while it runs, and a summary per host and phase at the end.
+
+ansible-runner runs ``ansible-playbook`` in the checkout (so its ansible.cfg, roles and
+plugins apply) and hands every event of the run to a callback here; a phase is a play of
+the playbook (site.yml imports one per phase). Its own output stays quiet: what it would
+print is what the progress lines say.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import ansible_runner
+
+from thorfleet.tables import text_table
+
+COUNTS = ("ok", "changed", "failed", "skipped", "unreachable")
+
+
+@dataclass
+class Progress:
+    """Counts per (host, phase), in the order phases ran, and a line per task result."""
+
+    out: object = sys.stdout
+    counts: dict = field(default_factory=dict)
+    phase: str = ""
+
+    def __call__(self, event: dict) -> bool:
+        name, data = event.get("event", ""), event.get("event_data") or {}
+        if name == "playbook_on_play_start":
+            self.phase = data.get("play") or data.get("name") or "?"
+            self._print(f"== {self.phase}")
+        elif name in ("warning", "error", "verbose", "playbook_on_no_hosts_matched"):
+            # Ansible's own warnings and errors (a limit matching no host, a syntax error).
+            text = (event.get("stdout") or "").strip()
+            if name != "verbose" or "ERROR" in text or "WARNING" in text:
+                self._print(text)
+        elif name in ("runner_on_ok", "runner_on_failed", "runner_on_skipped",
+                      "runner_on_unreachable"):
+            self.result(name.removeprefix("runner_on_"), data)
+        return True  # keep the event in ansible-runner's artifacts too
+
+    def result(self, outcome: str, data: dict) -> None:
+        host, res = data.get("host", "?"), data.get("res") or {}
+        count = self.counts.setdefault((host, self.phase), dict.fromkeys(COUNTS, 0))
+        if outcome == "failed" and data.get("ignore_errors"):
+            outcome = "ok"  # as Ansible counts it: ignored, not failed
+        count[outcome] += 1
+        changed = outcome == "ok" and bool(res.get("changed"))
+        if changed:
+            count["changed"] += 1
+        if outcome == "skipped":
+            return
+        shown = "changed" if changed else outcome
+        line = f"   {host:<12} {shown:<11} {data.get('task', '')}"
+        if outcome in ("failed", "unreachable"):
+            line += "\n" + "\n".join(f"{'':16}{text}" for text in _message(res).splitlines())
+        self._print(line)
+
+    def failed(self) -> bool:
+        return any(c["failed"] or c["unreachable"] for c in self.counts.values())
+
+    def table(self) -> str:
+        rows = [("host", "phase", *COUNTS)]
+        for host in sorted({host for host, _ in self.counts}):
+            for (where, phase), count in self.counts.items():
+                if where == host:
+                    rows.append((host, phase, *(str(count[c]) for c in COUNTS)))
+        return text_table(rows)
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+
+def _message(res: dict) -> str:
+    """What a failed task said: its msg, else stderr or stdout of a command."""
+    for key in ("msg", "stderr", "stdout"):
+        if res.get(key):
+            value = res[key]
+            return "\n".join(value) if isinstance(value, list) else str(value)
+    return "failed"
+
+
+def run_playbook(project: Path, playbook: str, progress: Progress, inventory: str | None = None,
+                 limit: str | None = None, check: bool = False,
+                 extravars: dict | None = None) -> int:
+    """ansible-playbook `playbook` (relative to the checkout) through ansible-runner;
+    returns its exit status."""
+    # ansible-runner starts ansible-playbook from PATH: the one installed beside us.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    with tempfile.TemporaryDirectory(prefix="thorfleet-run-") as private:
+        run = ansible_runner.run(
+            private_data_dir=private, project_dir=str(project), playbook=playbook,
+            inventory=str(Path(inventory).resolve()) if inventory else None, limit=limit,
+            cmdline="--check --diff" if check else None, extravars=extravars or None,
+            event_handler=progress, quiet=True,
+            envvars={"ANSIBLE_NOCOLOR": "1"})
+        return run.rc

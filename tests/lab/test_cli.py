@@ -1,0 +1,116 @@
+"""`thorfleet deploy` and `thorfleet bench` on the lab fleet, as a user runs them: site.yml
+through ansible-runner with progress and a summary, and the bench's table, JSON and chart
+from thor01's real llama-server and the vLLM and SGLang stand-ins."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.lab.conftest import Playbook, thorfleet
+from thorfleet.lab import LAB_SERVICES
+
+PHASES = ["Preflight", "Models", "Engines", "Images", "Services", "Verify"]
+
+
+@pytest.fixture(scope="module")
+def thor01(lab, hosts):
+    run = Playbook("site.yml", "-l", "thor01")
+    assert run.rc == 0, run
+    return hosts["thor01"]
+
+
+def summary(output: str) -> dict:
+    """The summary table at the end of a deploy: {(host, phase): {count: n}}."""
+    lines = output[output.rindex("host  "):].splitlines()
+    header = lines[0].split()
+    return {(cells[0], cells[1]): dict(zip(header[2:], map(int, cells[2:]), strict=True))
+            for cells in (line.split() for line in lines[1:] if line.strip())}
+
+
+def test_deploy_again_changes_nothing_and_says_so_per_phase(thor01):
+    run = thorfleet("deploy", "-l", "thor01")
+    assert run.returncode == 0, run.stdout + run.stderr
+    table = summary(run.stdout)
+    assert [phase for host, phase in table] == PHASES
+    assert all(host == "thor01" for host, _ in table)
+    assert all(counts["changed"] == 0 and counts["failed"] == 0 for counts in table.values())
+    assert table[("thor01", "Services")]["ok"] > 0
+    # Live progress: each phase's heading, then its task results.
+    assert "== Services" in run.stdout and "thor01       ok          " in run.stdout
+
+
+def test_deploy_check_mode_runs_every_phase_without_verify(thor01):
+    run = thorfleet("deploy", "-l", "thor01", "--check")
+    assert run.returncode == 0, run.stdout + run.stderr
+    table = summary(run.stdout)
+    assert all(counts["changed"] == 0 for counts in table.values())
+    assert table[("thor01", "Verify")]["ok"] <= 2  # argument checks only: nothing was asked
+
+
+def test_a_failed_deploy_names_the_field_and_the_phase(thor01):
+    clash = [*LAB_SERVICES, {"name": "second", "recipe": "llama-qwen3-8b-gguf-nothink",
+                             "port": 8001}]
+    run = thorfleet("deploy", "-l", "thor01", "-e", f"thorfleet_services={json.dumps(clash)}")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "field port: 8001 is already the port of service qwen3-vllm" in run.stdout
+    table = summary(run.stdout)
+    failed = [phase for (_, phase), counts in table.items() if counts["failed"]]
+    assert failed == ["Preflight"], table
+    assert "Services" not in [phase for _, phase in table]  # nothing after the failure ran
+    assert thor01.service("thorfleet-qwen3-vllm").is_running
+
+
+@pytest.fixture(scope="module")
+def bench(thor01, tmp_path_factory):
+    output = tmp_path_factory.mktemp("bench")
+    run = thorfleet("bench", "-l", "thor01", "-o", str(output))
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run, output
+
+
+def test_bench_prints_the_guides_table_for_the_lab(bench):
+    run, _ = bench
+    lines = run.stdout.splitlines()
+    start = lines.index("thor01: decode speed, median of 3 runs of 256 tokens")
+    header, *rows = lines[start + 1:start + 4]
+    assert header.split() == ["model", "quantisation", "vLLM", "(tok/s)", "SGLang", "(tok/s)",
+                              "llama.cpp", "(tok/s)"]
+    by_model = {row.split()[0]: row for row in rows}
+    llama_column = header.index("llama.cpp")
+    assert by_model["Qwen3-8B-GGUF"].split()[1] == "Q5_K_M"
+    assert by_model["Qwen3-8B-GGUF"][llama_column:].strip()  # llama.cpp's cell has a number
+    assert len(by_model["Qwen3-8B"].split()) == 4  # bfloat16, vLLM and SGLang
+
+
+def test_bench_writes_json_per_host_and_a_chart(bench):
+    _, output = bench
+    result = json.loads((output / "thor01.json").read_text())
+    assert result["host"] == "thor01"
+    assert sorted(s["name"] for s in result["services"]) == ["qwen3", "qwen3-sglang",
+                                                             "qwen3-vllm"]  # no speech
+    for service in result["services"]:
+        assert len(service["runs"]) == 3
+        assert all(run["completion_tokens"] == 256 for run in service["runs"])
+    assert (output / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_of_llama_server_agrees_with_its_own_timings(bench):
+    _, output = bench
+    result = json.loads((output / "thor01.json").read_text())
+    llama = next(s for s in result["services"] if s["engine"] == "llama-server")
+    for run in llama["runs"]:
+        assert run["completion_tokens"] >= 256
+        assert run["server_decode_tps"] > 0
+        assert abs(run["server_difference_pct"]) < 10, run
+
+
+def test_bench_of_a_stand_in_measures_its_pace(bench):
+    # The stand-ins stream at 200 tokens per second: through the container and the
+    # host's loopback, the bench must find about that.
+    _, output = bench
+    result = json.loads((output / "thor01.json").read_text())
+    for service in result["services"]:
+        if service["engine"] != "llama-server":
+            assert 120 < service["median"]["decode_tps"] <= 205, service

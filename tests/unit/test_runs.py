@@ -1,0 +1,92 @@
+"""`thorfleet deploy`'s progress and summary, from ansible-runner's events (shaped as
+ansible-runner 2.4 sends them), and a real run of a playbook through ansible-runner."""
+
+from __future__ import annotations
+
+import io
+
+from thorfleet.runs import Progress, run_playbook
+
+
+def event(name, host=None, task="", **data):
+    return {"event": name, "event_data": {"host": host, "task": task, **data}}
+
+
+def play(name):
+    return {"event": "playbook_on_play_start", "event_data": {"play": name}}
+
+
+def feed(progress, events):
+    for one in events:
+        assert progress(one) is True
+
+
+def test_counts_per_host_and_phase_as_ansible_counts_them():
+    progress = Progress(out=io.StringIO())
+    feed(progress, [
+        play("Preflight"),
+        event("runner_on_ok", "thor01", "Facts", res={"changed": False}),
+        event("runner_on_ok", "thor02", "Facts", res={"changed": False}),
+        event("runner_on_skipped", "thor01", "Thor only"),
+        play("Services"),
+        event("runner_on_ok", "thor01", "Write the unit", res={"changed": True}),
+        event("runner_on_failed", "thor01", "Optional", ignore_errors=True,
+              res={"msg": "ignored", "changed": False}),
+        event("runner_item_on_ok", "thor01", "Loop item", res={"changed": True}),
+        event("runner_on_failed", "thor02", "Restart", res={"msg": "field port: clash"}),
+    ])
+    rows = [line.split() for line in progress.table().splitlines()]
+    assert rows == [
+        ["host", "phase", "ok", "changed", "failed", "skipped", "unreachable"],
+        ["thor01", "Preflight", "1", "0", "0", "1", "0"],
+        ["thor01", "Services", "2", "1", "0", "0", "0"],  # an ignored failure counts as ok
+        ["thor02", "Preflight", "1", "0", "0", "0", "0"],
+        ["thor02", "Services", "0", "0", "1", "0", "0"]]
+    assert progress.failed()
+
+
+def test_progress_shows_each_result_live_and_a_failure_with_its_message():
+    out = io.StringIO()
+    progress = Progress(out=out)
+    feed(progress, [play("Models"),
+                    event("runner_on_ok", "thor01", "Download", res={"changed": True}),
+                    event("runner_on_unreachable", "thor02", "Download",
+                          res={"msg": "ssh: connect timed out"}),
+                    event("runner_on_failed", "thor01", "Check",
+                          res={"msg": "thor01: service a: field port: 8000 is taken\nby b"})])
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "== Models"
+    assert lines[1].split() == ["thor01", "changed", "Download"]
+    assert lines[2].split() == ["thor02", "unreachable", "Download"]
+    assert lines[3].strip() == "ssh: connect timed out"
+    assert lines[4].split() == ["thor01", "failed", "Check"]
+    assert lines[5:] == [f"{'':16}thor01: service a: field port: 8000 is taken",
+                         f"{'':16}by b"]
+
+
+def test_a_playbook_runs_through_ansible_runner(tmp_path):
+    (tmp_path / "ansible.cfg").write_text("[defaults]\ninventory = hosts\n")
+    (tmp_path / "hosts").write_text(
+        "all:\n  hosts:\n    here:\n      ansible_connection: local\n"
+        "      ansible_python_interpreter: '{{ ansible_playbook_python }}'\n")
+    (tmp_path / "play.yml").write_text(
+        "- name: Phase one\n  hosts: here\n  gather_facts: false\n  tasks:\n"
+        "    - name: Report\n      ansible.builtin.debug:\n        msg: '{{ word }}'\n"
+        "    - name: Change\n      ansible.builtin.command: 'true'\n"
+        "    - name: Fail in check mode only\n      ansible.builtin.fail:\n"
+        "        msg: checked\n      when: ansible_check_mode\n")
+    out = io.StringIO()
+    progress = Progress(out=out)
+    assert run_playbook(tmp_path, "play.yml", progress, extravars={"word": "hi"}) == 0
+    assert progress.counts == {("here", "Phase one"): {
+        "ok": 2, "changed": 1, "failed": 0, "skipped": 1, "unreachable": 0}}
+    checked = Progress(out=io.StringIO())
+    assert run_playbook(tmp_path, "play.yml", checked, check=True,
+                        extravars={"word": "hi"}) == 2
+    assert checked.counts[("here", "Phase one")]["failed"] == 1
+    assert "checked" in checked.out.getvalue()
+    # What Ansible warns of is shown too: a limit that matches no host.
+    nowhere = Progress(out=io.StringIO())
+    assert run_playbook(tmp_path, "play.yml", nowhere, limit="there",
+                        extravars={"word": "hi"}) != 0
+    assert "there" in nowhere.out.getvalue()
