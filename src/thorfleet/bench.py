@@ -64,6 +64,9 @@ def detail_table(results: list[dict]) -> str:
 def report(results: list[dict]) -> str:
     parts = []
     for result in results:
+        if not result["services"]:
+            parts.append(f"{result['host']}: no chat or vision services to time")
+            continue
         parts.append(f"{result['host']}: decode speed, median of {result['runs']} runs of "
                      f"{result['max_tokens']} tokens\n{guide_table(result)}")
     parts.append(detail_table(results))

@@ -103,7 +103,7 @@ def deploy(args) -> int:
     progress = Progress()
     rc = run_playbook(project_root(), "site.yml", progress, args.inventory, args.limit,
                       args.check, extra_vars(args.extra_vars))
-    print(f"\n{progress.table()}")
+    print(f"\n{progress.table()}\n\n{progress.recap()}")
     if rc != 0 and not progress.failed():
         print(f"thorfleet: ansible-playbook exited {rc} before any task failed "
               "(an inventory, syntax or connection problem?)", file=sys.stderr)

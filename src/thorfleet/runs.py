@@ -29,12 +29,15 @@ class Progress:
     out: object = sys.stdout
     counts: dict = field(default_factory=dict)
     phase: str = ""
+    stats: dict = field(default_factory=dict)  # Ansible's own recap, at the end
 
     def __call__(self, event: dict) -> bool:
         name, data = event.get("event", ""), event.get("event_data") or {}
         if name == "playbook_on_play_start":
             self.phase = data.get("play") or data.get("name") or "?"
             self._print(f"== {self.phase}")
+        elif name == "playbook_on_stats":
+            self.stats = data
         elif name in ("warning", "error", "verbose", "playbook_on_no_hosts_matched"):
             # Ansible's own warnings and errors (a limit matching no host, a syntax error).
             text = (event.get("stdout") or "").strip()
@@ -72,6 +75,17 @@ class Progress:
                 if where == host:
                     rows.append((host, phase, *(str(count[c]) for c in COUNTS)))
         return text_table(rows)
+
+    def recap(self) -> str:
+        """Ansible's totals per host (its PLAY RECAP), which count a rescued failure as
+        rescued where the table above, built from task results, counts it failed."""
+        names = (("ok", "ok"), ("changed", "changed"), ("dark", "unreachable"),
+                 ("failures", "failed"), ("skipped", "skipped"), ("rescued", "rescued"),
+                 ("ignored", "ignored"))
+        hosts = sorted({host for key, _ in names for host in self.stats.get(key) or {}})
+        return "\n".join(f"{host}: " + " ".join(
+            f"{shown}={(self.stats.get(key) or {}).get(host, 0)}" for key, shown in names)
+            for host in hosts)
 
     def _print(self, line: str) -> None:
         print(line, file=self.out, flush=True)

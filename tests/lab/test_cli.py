@@ -23,10 +23,10 @@ def thor01(lab, hosts):
 
 def summary(output: str) -> dict:
     """The summary table at the end of a deploy: {(host, phase): {count: n}}."""
-    lines = output[output.rindex("host  "):].splitlines()
-    header = lines[0].split()
+    table = output[output.rindex("\nhost  ") + 1:].split("\n\n")[0]
+    header, *rows = (line.split() for line in table.splitlines())
     return {(cells[0], cells[1]): dict(zip(header[2:], map(int, cells[2:]), strict=True))
-            for cells in (line.split() for line in lines[1:] if line.strip())}
+            for cells in rows}
 
 
 def test_deploy_again_changes_nothing_and_says_so_per_phase(thor01):
@@ -37,6 +37,9 @@ def test_deploy_again_changes_nothing_and_says_so_per_phase(thor01):
     assert all(host == "thor01" for host, _ in table)
     assert all(counts["changed"] == 0 and counts["failed"] == 0 for counts in table.values())
     assert table[("thor01", "Services")]["ok"] > 0
+    # Ansible's own recap follows, with the same totals.
+    ok = sum(counts["ok"] for counts in table.values())
+    assert f"thor01: ok={ok} changed=0 unreachable=0 failed=0" in run.stdout
     # Live progress: each phase's heading, then its task results.
     assert "== Services" in run.stdout and "thor01       ok          " in run.stdout
 

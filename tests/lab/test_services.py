@@ -95,6 +95,12 @@ def test_each_engine_runs_the_guides_command(thor01):
         "qwen3": guide("llama-qwen3-8b-gguf-nothink"),
         "whisper": guide("whisper-large-v3-turbo"),
     }
+    # Native engines run the build `current` pointed to when their unit was written (so
+    # that a rollback runs the build that ran before), by its own name.
+    for name in ("qwen3", "whisper"):
+        binary = expected[name][0]
+        build = thor01.file(binary.split("/bin/")[0]).linked_to.rsplit("/", 1)[-1]
+        expected[name][0] = binary.replace("/current/", f"/{build}/")
     sglang = expected["qwen3-sglang"]
     sglang[sglang.index("--port") + 1] = "8003"
     sglang += ["--mem-fraction-static", "0.2"]
@@ -162,8 +168,9 @@ def test_an_api_key_is_required_and_kept_in_root_only_files(api_key):
         status, body = get(host, port, "/v1/models", KEY)
         assert status == 200 and "qwen3" in body, name
         assert get(host, port, "/health")[0] == 200, name  # probes need no key
-    # whisper-server takes no key: it answers as before.
+    # whisper-server takes no key: it answers as before, and its environment has none.
     assert get(host, 8080, "/health")[0] == 200
+    assert KEY not in host.file("/etc/thorfleet/services/whisper.env").content_string
     for name in PORTS:
         env = host.file(f"/etc/thorfleet/services/{name}.env")
         assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
@@ -244,6 +251,33 @@ def test_a_rollout_that_fails_leaves_the_last_good_services_running(lab, thor01,
         assert good in unit and "25.13" not in unit
     after = main_pids(thor01)
     assert {name for name in PORTS if after[name] != before[name]} == VLLM_SERVICES
+
+
+@pytest.fixture
+def broken_build(thor01):
+    """whisper.cpp's `current` switched to a build whose server cannot start, as the engines
+    phase leaves it after a ref whose binary compiles but fails at start."""
+    root = "/opt/thorfleet/whisper.cpp"
+    good = thor01.file(f"{root}/current").linked_to.rsplit("/", 1)[-1]
+    thor01.check_output(
+        f"cp -a {root}/{good} {root}/build-broken && "
+        f"printf '#!/bin/sh\\necho cannot start >&2\\nexit 1\\n' > "
+        f"{root}/build-broken/bin/whisper-server && ln -sfn build-broken {root}/current")
+    yield good
+    thor01.check_output(f"ln -sfn {good} {root}/current && rm -rf {root}/build-broken")
+
+
+def test_a_native_rollout_that_fails_runs_the_last_good_build_again(thor01, broken_build):
+    good = broken_build
+    run = site("--tags", "services")
+    assert run.rc != 0, run
+    assert "thorfleet-whisper.service did not start on new inputs" in run.output
+    # The last good unit names the last good build, not `current`: it answers from it.
+    assert get(thor01, PORTS["whisper"], "/health")[0] == 200
+    server = f"/opt/thorfleet/whisper.cpp/{good}/bin/whisper-server"
+    assert native_argv(thor01, "whisper")[0] == server
+    unit = thor01.file("/etc/systemd/system/thorfleet-whisper.service").content_string
+    assert "build-broken" not in unit
 
 
 def test_a_tag_moved_upstream_changes_no_host(lab, thor01):

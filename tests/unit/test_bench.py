@@ -147,3 +147,10 @@ def test_results_are_read_per_host(tmp_path):
         (tmp_path / f"{host}.json").write_text(json.dumps(result(host)))
     assert [r["host"] for r in report.load(tmp_path)] == ["thor01", "thor02"]
     assert [r["host"] for r in report.load(tmp_path, ["thor02"])] == ["thor02"]
+
+
+def test_a_host_without_chat_services_says_so():
+    text = report.report([result(), {"host": "thor02", "max_tokens": 256, "runs": 3,
+                                     "services": []}])
+    assert "thor02: no chat or vision services to time" in text
+    assert text.count("decode speed, median of 3 runs") == 1

@@ -80,6 +80,8 @@ def test_a_playbook_runs_through_ansible_runner(tmp_path):
     assert run_playbook(tmp_path, "play.yml", progress, extravars={"word": "hi"}) == 0
     assert progress.counts == {("here", "Phase one"): {
         "ok": 2, "changed": 1, "failed": 0, "skipped": 1, "unreachable": 0}}
+    assert progress.recap() == ("here: ok=2 changed=1 unreachable=0 failed=0 skipped=1 "
+                                "rescued=0 ignored=0")
     checked = Progress(out=io.StringIO())
     assert run_playbook(tmp_path, "play.yml", checked, check=True,
                         extravars={"word": "hi"}) == 2
