@@ -9,6 +9,7 @@ print is what the progress lines say.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 import tempfile
@@ -26,7 +27,7 @@ COUNTS = ("ok", "changed", "failed", "skipped", "unreachable")
 class Progress:
     """Counts per (host, phase), in the order phases ran, and a line per task result."""
 
-    out: object = sys.stdout
+    out: object = field(default_factory=lambda: sys.stdout)
     counts: dict = field(default_factory=dict)
     phase: str = ""
     stats: dict = field(default_factory=dict)  # Ansible's own recap, at the end
@@ -63,6 +64,8 @@ class Progress:
         line = f"   {host:<12} {shown:<11} {data.get('task', '')}"
         if outcome in ("failed", "unreachable"):
             line += "\n" + "\n".join(f"{'':16}{text}" for text in _message(res).splitlines())
+        elif changed:  # with --diff: what changed, or would change in check mode
+            line += "".join(f"\n{'':16}{text}" for text in _diff(res))
         self._print(line)
 
     def failed(self) -> bool:
@@ -98,6 +101,24 @@ def _message(res: dict) -> str:
             value = res[key]
             return "\n".join(value) if isinstance(value, list) else str(value)
     return "failed"
+
+
+def _diff(res: dict, limit: int = 40) -> list[str]:
+    """A changed result's diff (file contents, as modules report them with --diff) as
+    unified diff lines, at most `limit` of them."""
+    lines, diffs = [], []
+    # A loop's diffs are its items'.
+    for one in [res, *(item for item in res.get("results") or [] if item.get("changed"))]:
+        found = one.get("diff") or []
+        diffs += found if isinstance(found, list) else [found]
+    for diff in diffs:
+        before, after = diff.get("before"), diff.get("after")
+        if not (isinstance(before, str) and isinstance(after, str)):
+            continue
+        lines += [line.rstrip("\n") for line in difflib.unified_diff(
+            before.splitlines(keepends=True), after.splitlines(keepends=True),
+            diff.get("before_header", "before"), diff.get("after_header", "after"))]
+    return lines if len(lines) <= limit else [*lines[:limit], f"... {len(lines) - limit} more"]
 
 
 def run_playbook(project: Path, playbook: str, progress: Progress, inventory: str | None = None,

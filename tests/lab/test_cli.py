@@ -52,6 +52,24 @@ def test_deploy_check_mode_runs_every_phase_without_verify(thor01):
     assert table[("thor01", "Verify")]["ok"] <= 2  # argument checks only: nothing was asked
 
 
+def test_deploy_check_mode_shows_what_would_change_and_changes_nothing(thor01):
+    moved = [{**service, "port": 8005} if service["name"] == "qwen3" else service
+             for service in LAB_SERVICES]
+    unit = "/etc/systemd/system/thorfleet-qwen3.service"
+    before = thor01.file(unit).content_string
+    pid = thor01.check_output("systemctl show -p MainPID --value thorfleet-qwen3")
+    run = thorfleet("deploy", "-l", "thor01", "--check", "-e",
+                    f"thorfleet_services={json.dumps(moved)}")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert summary(run.stdout)[("thor01", "Services")]["changed"] >= 1
+    # The unit's diff, under the task that would write it.
+    assert f"--- {unit}" in run.stdout, run.stdout
+    assert "-Description=thorfleet qwen3: llama-qwen3-8b-gguf-nothink on port 8000" in run.stdout
+    assert "+Description=thorfleet qwen3: llama-qwen3-8b-gguf-nothink on port 8005" in run.stdout
+    assert thor01.file(unit).content_string == before
+    assert thor01.check_output("systemctl show -p MainPID --value thorfleet-qwen3") == pid
+
+
 def test_a_failed_deploy_names_the_field_and_the_phase(thor01):
     clash = [*LAB_SERVICES, {"name": "second", "recipe": "llama-qwen3-8b-gguf-nothink",
                              "port": 8001}]

@@ -92,3 +92,22 @@ def test_a_playbook_runs_through_ansible_runner(tmp_path):
     assert run_playbook(tmp_path, "play.yml", nowhere, limit="there",
                         extravars={"word": "hi"}) != 0
     assert "there" in nowhere.out.getvalue()
+
+
+def test_a_changed_file_shows_its_diff_in_a_loop_too():
+    out = io.StringIO()
+    progress = Progress(out=out)
+    changed = {"changed": True, "diff": [
+        {"before": "a\nport 8000\n", "after": "a\nport 8001\n",
+         "before_header": "/etc/x.service", "after_header": "/etc/x.service"},
+        {"before": {"state": "file"}, "after": {"state": "file"}}]}
+    same = {"changed": False, "diff": [{"before": "b\n", "after": "c\n"}]}
+    feed(progress, [play("Services"),
+                    event("runner_on_ok", "thor01", "Write the unit", res=changed),
+                    event("runner_on_ok", "thor01", "Write each unit",
+                          res={"changed": True, "results": [same, changed]})])
+    lines = [line.strip() for line in out.getvalue().splitlines()[1:]]
+    diff = ["--- /etc/x.service", "+++ /etc/x.service", "@@ -1,2 +1,2 @@", "a", "-port 8000",
+            "+port 8001"]
+    assert lines == ["thor01       changed     Write the unit", *diff,
+                     "thor01       changed     Write each unit", *diff]
