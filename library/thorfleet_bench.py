@@ -137,6 +137,8 @@ def measure(sent_at, chunks):
                 arrivals.append(arrived_at)
     if len(arrivals) < 2:
         raise BenchError(f"the stream held {len(arrivals)} token(s); at least 2 are needed")
+    if arrivals[-1] == arrivals[0]:
+        raise BenchError("every token arrived at once: the answer was not streamed")
     completion = (usage or {}).get("completion_tokens") or len(arrivals)
     prompt = (usage or {}).get("prompt_tokens")
     ttft = arrivals[0] - sent_at
@@ -195,9 +197,10 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    for field in ("max_tokens", "runs"):
-        if params[field] < (2 if field == "max_tokens" else 1):
-            module.fail_json(msg=f"field {field}: {params[field]} is too small")
+    for field, least in (("max_tokens", 2), ("runs", 1), ("warmup", 0)):
+        if params[field] < least:
+            module.fail_json(msg=f"field {field}: {params[field]} is too small (at least "
+                                 f"{least})")
     results = [bench(service, params["api_keys"].get(service["name"]), params["prompt"],
                      params["max_tokens"], params["runs"], params["warmup"], params["timeout"])
                for service in params["services"]]

@@ -46,6 +46,8 @@ def test_thinking_tokens_count_and_a_stream_of_one_token_is_an_error():
     assert module.measure(0.0, thinking)["decode_tps"] == pytest.approx(5.0)
     with pytest.raises(module.BenchError, match="1 token"):
         module.measure(0.0, [(0.2, token())])
+    with pytest.raises(module.BenchError, match="not streamed"):
+        module.measure(0.0, [(0.2, token()), (0.2, token())])
 
 
 def test_every_request_gets_a_prompt_of_its_own_and_asks_for_every_token():
