@@ -310,7 +310,8 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
     bind_address and probe_address (where
     the host reaches it), nonthinking, argv (the engine's command), env,
     api_key_env/api_key_flag (how the engine takes an API key, if it does), and image
-    (container engines, by tag) or binary (native engines, from the `current` build).
+    (container engines, by tag) or engine_root and binary (native engines: where their
+    builds live, and the binary in the `current` build).
     """
     services = services or []
     plan = model_plan(services, catalogue, models_root, default_source, host)
@@ -374,7 +375,9 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
         if engine["kind"] == "container":
             spec["image"] = engine["image"]
         else:
-            spec["binary"] = f"{builds_root}/{engine['build']}/current/bin/{engine['binary']}"
+            # Where the engine's builds and its `current` link live.
+            spec["engine_root"] = f"{builds_root}/{engine['build']}"
+            spec["binary"] = f"{spec['engine_root']}/current/bin/{engine['binary']}"
             spec["argv"][0] = spec["binary"]
         specs.append(spec)
     total = round(sum(spec["memory_share"] for spec in specs), 4)

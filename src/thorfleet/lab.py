@@ -34,6 +34,7 @@ import yaml
 
 from thorfleet import lab_hub, lab_images, lab_thor
 from thorfleet.lab_hub import GIT_IDENTITY
+from thorfleet.tables import text_table
 
 NETWORK = ipaddress.ip_network("10.213.0.0/24")
 GATEWAY = "10.213.0.1"
@@ -805,9 +806,7 @@ def status_table(hosts: list[HostStatus], services: dict[str, bool]) -> str:
     for host in hosts:
         rows.append((host.name, host.address, "running" if host.running else "stopped",
                      "ok" if host.ssh else "-", "Thor" if host.as_thor else "lab host"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
-             for row in rows]
+    lines = [text_table(rows)]
     for service, address in SERVICES.items():
         lines.append(f"{service} {address}: {'running' if services[service] else 'stopped'}")
     return "\n".join(lines)

@@ -121,13 +121,20 @@ def _diff(res: dict, limit: int = 40) -> list[str]:
     return lines if len(lines) <= limit else [*lines[:limit], f"... {len(lines) - limit} more"]
 
 
+def use_installed_ansible() -> None:
+    """Put the Ansible installed beside this Python (the checkout's .venv) first on PATH:
+    ansible-runner and ``thorfleet status`` start its commands by name."""
+    here = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != here:
+        os.environ["PATH"] = f"{here}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 def run_playbook(project: Path, playbook: str, progress: Progress, inventory: str | None = None,
                  limit: str | None = None, check: bool = False,
                  extravars: dict | None = None) -> int:
     """ansible-playbook `playbook` (relative to the checkout) through ansible-runner;
     returns its exit status."""
-    # ansible-runner starts ansible-playbook from PATH: the one installed beside us.
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    use_installed_ansible()
     with tempfile.TemporaryDirectory(prefix="thorfleet-run-") as private:
         run = ansible_runner.run(
             private_data_dir=private, project_dir=str(project), playbook=playbook,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import fabric
 
+from thorfleet.runs import use_installed_ansible
 from thorfleet.tables import text_table
 
 # Runs on each host with its python3: the host's thorfleet units as JSON.
@@ -51,6 +52,7 @@ print(json.dumps(sorted(services, key=lambda s: s["service"])))
 
 def inventory_hosts(project: Path, inventory: str | None, limit: str | None) -> dict:
     """{host: its variables} of the group `thor`, as Ansible resolves them."""
+    use_installed_ansible()
     argv = ["ansible-inventory", "--list"]
     if inventory:
         argv += ["-i", inventory]
