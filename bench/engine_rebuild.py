@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from thorfleet import bounded
 from thorfleet.lab import Lab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +31,11 @@ def play(host: str, extra: dict) -> float:
     argv = ["ansible-playbook", "site.yml", "--tags", "engines", "-l", host,
             "-e", json.dumps(extra)]
     start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False,
-                          env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+    try:
+        # A clean build of llama.cpp on 2 cores takes about 5 minutes.
+        proc = bounded.run(argv, 3600, cwd=ROOT, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+    except bounded.Overrun as overrun:
+        sys.exit(str(overrun))
     if proc.returncode:
         sys.exit(f"{' '.join(argv)} failed:\n{proc.stdout[-3000:]}")
     return time.perf_counter() - start

@@ -25,13 +25,130 @@ class CatalogueError(AnsibleFilterError):
     """Bad input in the inventory or the catalogue; the message names where."""
 
 
+SECTIONS = ("engines", "models", "files", "recipes")
+MODALITIES = ("chat", "vision", "transcription")
+ENGINE_KINDS = {"container": ("image",), "native": ("build", "binary")}
+# What each entry must hold, and the type of every field it may hold: a full entry of the
+# catalogue, or one of the inventory's after the merge. Anything else is an error naming
+# the entry and the field.
+ENTRY_FIELDS = {
+    "engines": {"required": ("kind", "port"),
+                "types": {"kind": str, "image": str, "build": str, "binary": str, "port": int,
+                          "memory_share": (int, float), "modelscope_env": str,
+                          "api_key_env": str, "api_key_flag": str}},
+    "models": {"required": (),
+               "types": {"huggingface": dict, "modelscope": dict, "quantization": str,
+                         "ignore_patterns": list}},
+    "files": {"required": ("url", "path"), "types": {"url": str, "path": str}},
+    "recipes": {"required": ("engine", "model"),
+                "types": {"engine": str, "model": str, "model_file": str, "served_name": str,
+                          "modality": str, "args": list, "sampling": dict,
+                          "chat_template": str, "files": list, "memory_share": (int, float),
+                          "quantization": str}},
+}
+
+
 def merge_catalogue(catalogue, extra=None):
-    """The project's catalogue with the inventory's additions; an added entry wins."""
+    """The project's catalogue with the inventory's `thorfleet_catalogue_extra` on top, by
+    one rule: mappings merge recursively, anything else (lists included) is replaced whole.
+
+    So `{engines: {vllm: {image: ...}}}` moves vLLM's image and keeps the rest of the
+    engine, and a recipe's `args` given again replace that list. Every entry is checked
+    after the merge: a new one must be complete, and an error names the entry and field.
+    """
+    extra = {} if extra is None else extra
+    if not isinstance(extra, dict):
+        raise CatalogueError("thorfleet_catalogue_extra: a mapping of sections "
+                             f"({', '.join(SECTIONS)}), not {_kind(extra)}")
+    unknown = sorted(set(extra) - set(SECTIONS))
+    if unknown:
+        raise CatalogueError(f"thorfleet_catalogue_extra: unknown section(s) "
+                             f"{', '.join(map(str, unknown))}; the catalogue has "
+                             f"{', '.join(SECTIONS)}")
     merged = {}
-    for section in ("engines", "models", "files", "recipes"):
-        merged[section] = {**(catalogue or {}).get(section, {}),
-                           **((extra or {}).get(section) or {})}
+    for section in SECTIONS:
+        added = extra.get(section) or {}
+        if not isinstance(added, dict):
+            raise CatalogueError(f"thorfleet_catalogue_extra.{section}: a mapping of entries "
+                                 f"by name, not {_kind(added)}")
+        merged[section] = _merged((catalogue or {}).get(section) or {}, added)
+        for name, entry in merged[section].items():
+            where = (f"thorfleet_catalogue_extra.{section}.{name}" if name in added
+                     else f"catalogue {section}.{name}")
+            _check_entry(section, where, entry)
+    for name, recipe in merged["recipes"].items():
+        where = (f"thorfleet_catalogue_extra.recipes.{name}"
+                 if name in (extra.get("recipes") or {}) else f"catalogue recipes.{name}")
+        if recipe["engine"] not in merged["engines"]:
+            raise CatalogueError(f"{where}: field engine: {recipe['engine']!r} is not in the "
+                                 f"catalogue's engines ({', '.join(sorted(merged['engines']))})")
+        if recipe["model"] not in merged["models"]:
+            raise CatalogueError(f"{where}: field model: {recipe['model']!r} is not in the "
+                                 "catalogue's models")
     return merged
+
+
+def _merged(base, added):
+    merged = dict(base)
+    for key, value in added.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _kind(value):
+    return "a list" if isinstance(value, list) else f"{value!r}"
+
+
+def _check_entry(section, where, entry):
+    """One entry of the merged catalogue: complete, and each field of its type."""
+    what = {"engines": "an engine", "models": "a model", "files": "a file",
+            "recipes": "a recipe"}[section]
+    if not isinstance(entry, dict):
+        raise CatalogueError(f"{where}: an entry of {section} is a mapping of fields, not "
+                             f"{_kind(entry)}")
+    fields = ENTRY_FIELDS[section]
+    required = list(fields["required"])
+    if section == "engines" and entry.get("kind") in ENGINE_KINDS:
+        required += ENGINE_KINDS[entry["kind"]]
+    for field in required:
+        if entry.get(field) in (None, ""):
+            raise CatalogueError(f"{where}: field {field} is missing; {what} needs "
+                                 f"{', '.join(required)}")
+    for field, value in entry.items():
+        expected = fields["types"].get(field)
+        if expected is None:
+            raise CatalogueError(f"{where}: unknown field {field}; {what} has "
+                                 f"{', '.join(sorted(fields['types']))}")
+        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+            raise CatalogueError(f"{where}: field {field}: {value!r} is not "
+                                 f"{_type_name(expected)}")
+    if section == "engines" and entry["kind"] not in ENGINE_KINDS:
+        raise CatalogueError(f"{where}: field kind: {entry['kind']!r} is not one of "
+                             f"{', '.join(ENGINE_KINDS)}")
+    if section == "recipes" and entry.get("modality", "chat") not in MODALITIES:
+        raise CatalogueError(f"{where}: field modality: {entry['modality']!r} is not one of "
+                             f"{', '.join(MODALITIES)}")
+    if section == "models":
+        hubs = [hub for hub in SOURCES if entry.get(hub) is not None]
+        if not hubs:
+            raise CatalogueError(f"{where}: field huggingface or modelscope is missing; a "
+                                 "model needs its repository on at least one hub")
+        for hub in hubs:
+            if not entry[hub].get("repo") or not isinstance(entry[hub]["repo"], str):
+                raise CatalogueError(f"{where}: field {hub}.repo is missing; a hub entry is "
+                                     "{repo, revision?}")
+    for field in ("args", "files", "ignore_patterns"):
+        if not all(isinstance(item, str) for item in entry.get(field) or []):
+            raise CatalogueError(f"{where}: field {field}: a list of strings")
+
+
+def _type_name(expected):
+    names = {str: "a string", int: "a whole number", dict: "a mapping", list: "a list",
+             (int, float): "a number"}
+    return names[expected]
 
 
 def lock_key(source, repo, revision):

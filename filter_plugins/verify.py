@@ -54,6 +54,17 @@ def verify_requests(specs, prompt, max_tokens, audio, language, image_url, image
     return checks
 
 
+def curl_config(api_key):
+    """What curl reads on standard input (`--config -`): the API key's header, else a
+    comment. Never empty: without anything to send, Ansible leaves the command the
+    connection's standard input, which without pipelining is the SSH session's terminal,
+    and curl would wait on it for ever."""
+    if not api_key:
+        return "# no API key"
+    quoted = str(api_key).replace("\\", "\\\\").replace('"', '\\"')
+    return f'header = "Authorization: Bearer {quoted}"'
+
+
 def verify_failures(health, answers, timeout, transcript_text=True, logs=None):
     """What failed, one line per service and check, naming the request and the response.
 
@@ -127,4 +138,5 @@ def _said(result):
 class FilterModule:
     def filters(self):
         return {"thorfleet_verify_requests": verify_requests,
+                "thorfleet_curl_config": curl_config,
                 "thorfleet_verify_failures": verify_failures}

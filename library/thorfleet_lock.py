@@ -19,6 +19,11 @@ options:
     description: The lock file.
     type: path
     required: true
+  previous_path:
+    description:
+      - Where the lock file used to be. When O(path) does not exist and this does, the
+        module fails asking for a rename, rather than resolving every pin again.
+    type: path
   state:
     description: Read the file, or set entries in it.
     type: str
@@ -41,7 +46,7 @@ author:
 EXAMPLES = r"""
 - name: Read the lock
   thorfleet_lock:
-    path: "{{ inventory_dir }}/thorfleet.lock.yml"
+    path: "{{ inventory_dir }}/.thorfleet.lock.yml"
     state: read
   delegate_to: localhost
   run_once: true
@@ -50,7 +55,7 @@ EXAMPLES = r"""
 
 - name: Record a template's sum
   thorfleet_lock:
-    path: "{{ inventory_dir }}/thorfleet.lock.yml"
+    path: "{{ inventory_dir }}/.thorfleet.lock.yml"
     section: files
     entries: {"https://example.org/t.jinja": "9f86d08..."}
   delegate_to: localhost
@@ -101,6 +106,7 @@ def main():
     module = AnsibleModule(
         argument_spec={
             "path": {"type": "path", "required": True},
+            "previous_path": {"type": "path"},
             "state": {"type": "str", "choices": ["read", "present"], "default": "present"},
             "section": {"type": "str", "choices": list(SECTIONS)},
             "entries": {"type": "dict", "default": {}},
@@ -108,7 +114,11 @@ def main():
         required_if=[("state", "present", ["section"])],
         supports_check_mode=True,
     )
-    path = module.params["path"]
+    path, previous = module.params["path"], module.params["previous_path"]
+    if previous and previous != path and os.path.exists(previous) and not os.path.exists(path):
+        module.fail_json(msg=f"the lock file is now {path}: rename {previous} to it (git mv) "
+                             "to keep its pins; under its old name Ansible reads it as an "
+                             "inventory source")
     try:
         lock = load(path)
     except (OSError, ValueError) as error:

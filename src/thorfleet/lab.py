@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from thorfleet import lab_hub, lab_images, lab_thor
+from thorfleet import bounded, lab_hub, lab_images, lab_thor
 from thorfleet.lab_hub import GIT_IDENTITY
 from thorfleet.tables import text_table
 
@@ -51,6 +51,10 @@ MODELSCOPE = f"http://{GATEWAY}:8091"  # the ModelScope API stand-in
 FILE_MIRROR = f"http://{GATEWAY}:8092"  # plain files by URL (the chat template)
 CCACHE_IN_HOST = "/var/cache/thorfleet/ccache"  # ggml_build_ccache_dir's default
 FIRST_HOST_OCTET = 11
+# A login user with passwordless sudo on every host, as on a Thor (the sample inventory
+# connects as `nvidia` and becomes root). The lab inventory logs in as root; tests of the
+# main job under ansible-core's defaults log in as this user.
+LOGIN_USER = "nvidia"
 MAX_HOSTS = 8
 
 SUITE = "bookworm"
@@ -157,11 +161,13 @@ def host_address(index: int) -> str:
     return str(NETWORK.network_address + FIRST_HOST_OCTET - 1 + index)
 
 
-def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
-    """Run a command, raising LabError with its output when it fails."""
-    kwargs.setdefault("capture_output", True)
-    kwargs.setdefault("text", True)
-    proc = subprocess.run(argv, check=False, **kwargs)
+def run(argv: list[str], timeout: float = 1200, **kwargs) -> subprocess.CompletedProcess:
+    """Run a command, raising LabError with its output when it fails or outlasts its bound
+    (the longest, debootstrap and the sdists' downloads, take a few minutes)."""
+    try:
+        proc = bounded.run(argv, timeout, **kwargs)
+    except bounded.Overrun as overrun:
+        raise LabError(str(overrun)) from None
     if proc.returncode != 0:
         output = ((proc.stdout or "") + (proc.stderr or "")).strip()
         raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {output[-2000:]}")
@@ -313,7 +319,7 @@ class Lab:
         argv = ["ssh", *self._ssh_options(), f"root@{host_address(index)}", command]
         if check:
             return run(argv)
-        return subprocess.run(argv, capture_output=True, text=True, check=False)
+        return bounded.run(argv, 1200)
 
     # ----------------------------------------------------------- the machine
 
@@ -372,7 +378,7 @@ class Lab:
              "-f", str(self.key)])
 
     def _ensure_network(self) -> None:
-        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode:
+        if bounded.run(["ip", "link", "show", BRIDGE], 60).returncode:
             run(["ip", "link", "add", BRIDGE, "type", "bridge"])
             run(["ip", "addr", "add", f"{GATEWAY}/{NETWORK.prefixlen}", "dev", BRIDGE])
         run(["ip", "link", "set", BRIDGE, "up"])
@@ -382,19 +388,17 @@ class Lab:
         if not saved.exists():
             saved.write_text(forward.read_text())
         forward.write_text("1\n")
-        if subprocess.run(["iptables", "-t", "nat", "-C", *self._nat_rule()],
-                          capture_output=True).returncode:
+        if bounded.run(["iptables", "-t", "nat", "-C", *self._nat_rule()], 60).returncode:
             run(["iptables", "-t", "nat", "-A", *self._nat_rule()])
 
     def _remove_network(self) -> None:
-        while subprocess.run(["iptables", "-t", "nat", "-C", *self._nat_rule()],
-                             capture_output=True).returncode == 0:
+        while bounded.run(["iptables", "-t", "nat", "-C", *self._nat_rule()], 60).returncode == 0:
             run(["iptables", "-t", "nat", "-D", *self._nat_rule()])
         saved = self.state / "ip_forward.orig"
         if saved.exists():
             Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
             saved.unlink()
-        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
+        if bounded.run(["ip", "link", "show", BRIDGE], 60).returncode == 0:
             run(["ip", "link", "del", BRIDGE])
 
     @staticmethod
@@ -499,7 +503,8 @@ class Lab:
     def source_file(self, engine: str, ref: str, path: str) -> bytes:
         """A file of an engine's source at a ref, from the lab's repository."""
         return subprocess.run(["git", "--git-dir", str(self.source_repo(engine)), "show",
-                               f"{ref}:{path}"], capture_output=True, check=True).stdout
+                               f"{ref}:{path}"], capture_output=True, check=True,
+                              timeout=60).stdout
 
     def cached_source(self, engine: str, log=print) -> Path:
         """A bare repository of the sdist's tree, tagged, built once per machine."""
@@ -648,6 +653,16 @@ class Lab:
         authorized = ssh_dir / "authorized_keys"
         authorized.write_text(self.key.with_suffix(".pub").read_text())
         authorized.chmod(0o600)
+        run(["chroot", str(root), "useradd", "--create-home", "--shell", "/bin/bash",
+             "--groups", "sudo", LOGIN_USER])
+        sudoers = root / "etc/sudoers.d/thorfleet-lab"
+        sudoers.write_text(f"{LOGIN_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+        sudoers.chmod(0o440)
+        user_ssh = root / "home" / LOGIN_USER / ".ssh"
+        user_ssh.mkdir(mode=0o700)
+        (user_ssh / "authorized_keys").write_text(authorized.read_text())
+        run(["chroot", str(root), "chown", "-R", f"{LOGIN_USER}:{LOGIN_USER}",
+             f"/home/{LOGIN_USER}/.ssh"])
         run(["ssh-keygen", "-A", "-f", str(root)])
         docker = root / "etc/docker"
         (docker / "certs.d" / REGISTRY).mkdir(parents=True, exist_ok=True)
@@ -686,7 +701,7 @@ class Lab:
 
     def _ssh_ok(self, address: str) -> bool:
         argv = ["ssh", *self._ssh_options(), f"root@{address}", "true"]
-        return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+        return bounded.run(argv, 30).returncode == 0
 
     def _stop_host(self, name: str) -> None:
         # nspawn turns SIGTERM into an orderly shutdown of the host's systemd.

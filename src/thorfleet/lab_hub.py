@@ -217,7 +217,8 @@ def make_repository(path: Path, repo: Repo) -> None:
     env = {**os.environ, **GIT_IDENTITY}
 
     def git(*args: str) -> None:
-        subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, env=env)
+        subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, env=env,
+                       timeout=300)
 
     git("init", "-q", "-b", repo.branch)
     objects = path / ".git" / "lfs" / "objects"

@@ -55,7 +55,7 @@ def _libraries(root: Path) -> set[str]:
         "/" + str(p.relative_to(root))
         for p in (root / f"usr/lib/{PYTHON}/lib-dynload").glob("*.so")]
     out = subprocess.run(["chroot", str(root), "ldd", *binaries], capture_output=True,
-                         text=True, check=True).stdout
+                         text=True, check=True, timeout=60).stdout
     found = set(re.findall(r"(/\S+\.so[.\d]*) \(0x", out))
     return {path for path in found if (root / path.lstrip("/")).exists()}
 

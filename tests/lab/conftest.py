@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
+from thorfleet import bounded
 from thorfleet.lab import BRIDGE, Lab, host_address
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,18 +22,25 @@ RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\
                    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.MULTILINE)
 
 
-def thorfleet(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["thorfleet", *args], cwd=ROOT, capture_output=True, text=True,
-                          check=False)
+# Bounds of what the tests start, so that a hang fails with a message: a playbook run
+# (the longest compiles both engines on 2 cores with a cold compiler cache), a thorfleet
+# command (`lab up` builds the lab's root file system and images).
+PLAYBOOK_BOUND = 2400
+THORFLEET_BOUND = 1800
+
+
+def thorfleet(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return bounded.run(["thorfleet", *args], THORFLEET_BOUND, cwd=ROOT, env=env)
 
 
 class Playbook:
-    """One ansible-playbook run, as a user types it in the checkout."""
+    """One ansible-playbook run, as a user types it in the checkout. `env` replaces the
+    environment it runs in (default: this one)."""
 
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, bound: float = PLAYBOOK_BOUND):
         self.argv = ["ansible-playbook", *args]
-        proc = subprocess.run(self.argv, cwd=ROOT, capture_output=True, text=True, check=False,
-                              env={**os.environ, "ANSIBLE_NOCOLOR": "1", **(env or {})})
+        proc = bounded.run(self.argv, bound, cwd=ROOT,
+                           env={**os.environ, "ANSIBLE_NOCOLOR": "1"} if env is None else env)
         self.rc = proc.returncode
         self.output = proc.stdout + proc.stderr
         self.recap = {m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
@@ -45,20 +53,20 @@ class Playbook:
 def lab_leftovers() -> list[str]:
     """Anything the lab leaves on this machine after `down`."""
     found = []
-    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    processes = bounded.run(["ps", "-eo", "args"], 30).stdout
     found += [f"process: {line}" for line in processes.splitlines()
               if line.startswith(("systemd-nspawn", "docker-registry serve", "git daemon",
                                   "git-daemon"))
               or any(server in line for server in ("-m olah.server", "thorfleet.modelscope_standin",
                                                    "http.server --bind 10.213."))]
-    if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
+    if bounded.run(["ip", "link", "show", BRIDGE], 30).returncode == 0:
         found.append(f"link: {BRIDGE}")
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    links = bounded.run(["ip", "-o", "link"], 30).stdout
     found += [f"link: {line.split(':')[1].strip()}" for line in links.splitlines()
               if ": vb-thor" in line]
-    addresses = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    addresses = bounded.run(["ip", "-o", "addr"], 30).stdout
     found += [f"address: {line}" for line in addresses.splitlines() if " 10.213." in line]
-    nat = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+    nat = bounded.run(["iptables", "-t", "nat", "-S"], 30).stdout
     found += [f"nat rule: {line}" for line in nat.splitlines() if "thorfleet-lab" in line]
     mounts = Path("/proc/self/mounts").read_text()
     found += [f"mount: {line}" for line in mounts.splitlines() if str(ROOT / ".lab") in line]

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from tests.lab.conftest import Playbook, thorfleet
+from tests.lab.conftest import ROOT, Playbook, thorfleet
+from thorfleet import stock
 from thorfleet.lab import LAB_SERVICES
 
 PHASES = ["Preflight", "Models", "Engines", "Images", "Services", "Verify"]
@@ -42,6 +43,18 @@ def test_deploy_again_changes_nothing_and_says_so_per_phase(thor01):
     assert f"thor01: ok={ok} changed=0 unreachable=0 failed=0" in run.stdout
     # Live progress: each phase's heading, then its task results.
     assert "== Services" in run.stdout and "thor01       ok          " in run.stdout
+
+
+def test_deploy_runs_under_a_users_own_ansible_config(thor01, tmp_path):
+    # ansible-core's defaults, the project's paths only, as in a user's ansible.cfg.
+    env = stock.environment(stock.write_config(ROOT, tmp_path))
+    run = thorfleet("deploy", "-l", "thor01", env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    table = summary(run.stdout)
+    assert [phase for host, phase in table] == PHASES
+    assert all(counts["changed"] == 0 and counts["failed"] == 0 for counts in table.values())
+    assert table[("thor01", "Verify")]["ok"] > 2  # the requests were sent and answered
+    assert "mitogen" not in run.stdout.lower()
 
 
 def test_deploy_check_mode_runs_every_phase_without_verify(thor01):

@@ -4,11 +4,11 @@ lab's git server, rebuilt only when their stamp changes, with a shared compiler 
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from tests.lab.conftest import Playbook
+from thorfleet import bounded
 
 ROOT = "/opt/thorfleet"
 CCACHE = "CCACHE_DIR=/var/cache/thorfleet/ccache ccache --print-stats"
@@ -57,7 +57,8 @@ def main_pid(host) -> str:
 
 def transcribe(host) -> dict:
     out = host.check_output(
-        "curl -sf --retry 20 --retry-connrefused --retry-delay 1 http://127.0.0.1:8080/inference "
+        "curl -sf --max-time 60 --retry 20 --retry-connrefused --retry-delay 1 "
+        "http://127.0.0.1:8080/inference "
         f"-F file=@{ROOT}/whisper.cpp/src/samples/jfk.wav -F response_format=json")
     return json.loads(out)
 
@@ -86,8 +87,8 @@ def first_build(thor01):
 def test_first_run_builds_both_engines_for_the_cpu(first_build, thor01, lab):
     for engine, tag in (("llama.cpp", "b11312"), ("whisper.cpp", "v1.8.5")):
         built = record(thor01, engine)
-        tagged = subprocess.run(["git", "-C", str(lab.source_repo(engine)), "rev-parse",
-                                 f"{tag}^{{commit}}"], capture_output=True, text=True).stdout
+        tagged = bounded.run(["git", "-C", str(lab.source_repo(engine)), "rev-parse",
+                              f"{tag}^{{commit}}"], 30).stdout
         assert built["commit"] == tagged.strip()
         assert "-DGGML_CUDA=OFF" in built["cmake_flags"] and built["cuda"] == ""
         assert current(thor01, engine) == builds(thor01, engine)[0]

@@ -16,9 +16,9 @@ import pytest
 import yaml
 
 from tests.lab.conftest import ROOT, Playbook
-from thorfleet import lab_hub
+from thorfleet import bounded, lab_hub
 
-LOCK = ROOT / "inventory" / "lab" / "thorfleet.lock.yml"
+LOCK = ROOT / "inventory" / "lab" / ".thorfleet.lock.yml"
 TEMPLATE_URL = ("https://qwen.readthedocs.io/en/latest/_downloads/"
                 "c101120b5bebcc2f12ec504fc93a965e/qwen3_nonthinking.jinja")
 TEMPLATE = "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja"
@@ -62,8 +62,8 @@ def manifests(host) -> dict[str, dict]:
 
 def lab_commit(lab, source: str, repo: str, revision: str) -> str:
     path = lab.hub().hub_root(source) / "models" / repo
-    return subprocess.run(["git", "-C", str(path), "rev-parse", revision], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return bounded.run(["git", "-C", str(path), "rev-parse", revision], 30,
+                       check=True).stdout.strip()
 
 
 def lock() -> dict:

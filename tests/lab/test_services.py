@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from tests.lab.conftest import ROOT, Playbook
-from tests.unit.test_service_specs import CATALOGUE, guide, same_tokens
+from tests.snippets import commands_with
+from tests.unit.test_service_specs import guide, same_tokens
 from thorfleet.lab import LAB_SERVICES, REGISTRY
 
 SERVICES = {s["name"]: s for s in LAB_SERVICES}
@@ -21,7 +22,11 @@ PORTS = {"qwen3": 8000, "qwen3-vllm": 8001, "whisper-vllm": 8002, "qwen3-sglang"
          "whisper": 8080}
 VLLM_SERVICES = {"qwen3-vllm", "whisper-vllm"}
 VLLM_REF = "nvcr.io/nvidia/vllm:25.10-py3"
-LOCK = ROOT / "inventory/lab/thorfleet.lock.yml"
+BUMPED_REF = "nvcr.io/nvidia/vllm:25.11-py3"
+# The README's commands, verbatim: a preview of the image bump, the bump, a refresh.
+BUMP_PREVIEW, BUMP = commands_with(f'"image": "{BUMPED_REF}"')
+(REFRESH,) = commands_with("-e ngc_images_refresh=true")
+LOCK = ROOT / "inventory/lab/.thorfleet.lock.yml"
 KEY = "lab-client-key-7f3a"
 
 
@@ -29,10 +34,10 @@ def site(*args: str) -> Playbook:
     return Playbook("site.yml", "-l", "thor01", *args)
 
 
-def with_vllm_image(image: str) -> str:
-    """-e JSON that points the catalogue's vLLM engine at another image, as a user would."""
-    engine = {**CATALOGUE["engines"]["vllm"], "image": image}
-    return json.dumps({"thorfleet_catalogue_extra": {"engines": {"vllm": engine}}})
+def readme(argv: tuple[str, ...]) -> Playbook:
+    """A README command, run as written in the checkout."""
+    assert argv[0] == "ansible-playbook", argv
+    return Playbook(*argv[1:])
 
 
 def lock_images() -> dict:
@@ -46,7 +51,8 @@ def main_pids(host) -> dict[str, str]:
 
 def get(host, port: int, path: str, key: str = "") -> tuple[int, str]:
     auth = f"-H 'Authorization: Bearer {key}'" if key else ""
-    out = host.check_output(f"curl -s {auth} -w '\\n%{{http_code}}' http://127.0.0.1:{port}{path}")
+    out = host.check_output(f"curl -s --max-time 60 {auth} -w '\\n%{{http_code}}' "
+                            f"http://127.0.0.1:{port}{path}")
     body, _, status = out.rpartition("\n")
     return int(status), body
 
@@ -190,57 +196,68 @@ def test_a_refused_registry_login_names_the_key_and_changes_nothing(thor01):
 
 
 @pytest.fixture
-def restored(thor01):
-    """thor01 back on the catalogue's images, and the lock as it was, after the test."""
+def restored(lab, thor01):
+    """thor01 back on the catalogue's images, the lab registry's 25.10 tag where it was,
+    and the lock as it was, after the test."""
     locked = LOCK.read_text()
+    original = lock_images()[VLLM_REF]
     yield
+    # The stand-in is reproducible: pushing it again gives the tag its original digest.
+    assert lab.push_standin("vllm", "25.10-py3") == original
     LOCK.write_text(locked)
     back = site()
     assert back.rc == 0, back
 
 
-@pytest.fixture
-def vllm_bumps(lab, restored):
-    """Two newer vLLM stand-ins in the lab registry."""
-    return {tag: lab.push_standin("vllm", tag) for tag in ("25.11-py3", "25.12-py3")}
+def vllm_digests(host) -> list[str]:
+    """The digests of the vLLM images on a host."""
+    return sorted(host.check_output(f"docker images --digests --format '{{{{.Digest}}}}' "
+                                    f"{REGISTRY}/nvidia/vllm").split())
 
 
-def test_bumping_the_vllm_tag_restarts_only_its_services_and_prunes_behind(
-        thor01, vllm_bumps):
+def test_the_readmes_image_bump_restarts_only_the_vllm_services(lab, thor01, restored):
+    bumped = lab.push_standin("vllm", "25.11-py3")
     first = lock_images()[VLLM_REF]
     before = main_pids(thor01)
-    bumped_ref = "nvcr.io/nvidia/vllm:25.11-py3"
 
-    preview = site("--check", "--diff", "-e", with_vllm_image(bumped_ref))
+    preview = readme(BUMP_PREVIEW)
     assert preview.rc == 0, preview
     assert f"-    {REGISTRY}/nvidia/vllm@{first}" in preview.output
     assert f"+    {REGISTRY}/nvidia/vllm:25.11-py3" in preview.output
-    assert main_pids(thor01) == before and bumped_ref not in lock_images()
+    assert main_pids(thor01) == before and BUMPED_REF not in lock_images()
 
-    bump = site("-e", with_vllm_image(bumped_ref))
+    bump = readme(BUMP)
     assert bump.rc == 0, bump
-    assert lock_images()[bumped_ref] == vllm_bumps["25.11-py3"]
+    assert lock_images()[BUMPED_REF] == bumped
     after = main_pids(thor01)
-    restarted = {name for name in PORTS if after[name] != before[name]}
-    assert restarted == VLLM_SERVICES
+    assert {name for name in PORTS if after[name] != before[name]} == VLLM_SERVICES
     for name in VLLM_SERVICES:
-        assert container(thor01, name)["Config"]["Image"].endswith(vllm_bumps["25.11-py3"])
-    images = thor01.check_output(f"docker images --digests --format '{{{{.Digest}}}}' "
-                                 f"{REGISTRY}/nvidia/vllm").split()
-    assert first in images  # the previous one, for rollback
+        assert container(thor01, name)["Config"]["Image"].endswith(bumped)
+    assert first in vllm_digests(thor01)  # the previous one, for rollback
 
-    again = site("-e", with_vllm_image("nvcr.io/nvidia/vllm:25.12-py3"))
+    # The same bump again has nothing to do.
+    again = readme(BUMP)
     assert again.rc == 0, again
-    images = thor01.check_output(f"docker images --digests --format '{{{{.Digest}}}}' "
-                                 f"{REGISTRY}/nvidia/vllm").split()
-    assert sorted(images) == sorted([vllm_bumps["25.12-py3"], vllm_bumps["25.11-py3"]])
+    assert again.recap["thor01"]["changed"] == 0, again
+    assert main_pids(thor01) == after
+
+    # The README's refresh, after the catalogue's tag moved upstream: a run without the
+    # -e is back on 25.10, re-resolved to what it points to now; the image before the
+    # previous one (the first 25.10) is removed.
+    moved = lab.push_standin("vllm", "25.10-py3", version="25.10-py3-rebuilt")
+    refresh = readme(REFRESH)
+    assert refresh.rc == 0, refresh
+    assert lock_images()[VLLM_REF] == moved
+    for name in VLLM_SERVICES:
+        assert container(thor01, name)["Config"]["Image"].endswith(moved)
+    assert vllm_digests(thor01) == sorted([moved, bumped])
 
 
 def test_a_rollout_that_fails_leaves_the_last_good_services_running(lab, thor01, restored):
     good = lock_images()[VLLM_REF]
-    lab.push_standin("vllm", "25.13-py3", broken=True)
+    lab.push_standin("vllm", "25.11-py3", broken=True)
     before = main_pids(thor01)
-    run = site("-e", with_vllm_image("nvcr.io/nvidia/vllm:25.13-py3"))
+    run = readme(BUMP)
     assert run.rc != 0, run
     assert ("thorfleet-qwen3-vllm.service, thorfleet-whisper-vllm.service did not start on "
             "new inputs") in run.output
@@ -248,7 +265,7 @@ def test_a_rollout_that_fails_leaves_the_last_good_services_running(lab, thor01,
         assert get(thor01, PORTS[name], "/health")[0] == 200, name
         assert container(thor01, name)["Config"]["Image"] == f"{REGISTRY}/nvidia/vllm@{good}"
         unit = thor01.file(f"/etc/systemd/system/thorfleet-{name}.service").content_string
-        assert good in unit and "25.13" not in unit
+        assert good in unit and "25.11" not in unit
     after = main_pids(thor01)
     assert {name for name in PORTS if after[name] != before[name]} == VLLM_SERVICES
 

@@ -6,9 +6,14 @@ import json
 
 import pytest
 
-from tests.lab.conftest import Playbook, thorfleet
+from tests.lab.conftest import ROOT, Playbook, thorfleet
+from tests.snippets import commands_with
+from thorfleet import stock
+from thorfleet.lab import LOGIN_USER
 
 RECORD = "/etc/ansible/facts.d/thorfleet.fact"
+# As the sample inventory reaches a Thor: a login user that becomes root.
+AS_LOGIN_USER = ("-e", f"ansible_user={LOGIN_USER}", "-e", "ansible_become=true")
 
 
 def test_site_on_one_host_then_a_rerun_changes_nothing(lab, hosts):
@@ -59,8 +64,10 @@ def test_a_host_that_is_no_thor_fails_preflight_and_changes_nothing(thor02_unpro
 def test_the_same_host_made_to_look_like_a_thor_passes_preflight(thor02_unprovisioned):
     made = thorfleet("lab", "as-thor", "thor02")
     assert made.returncode == 0, made.stderr
-    # Preflight only: past it, a Thor builds CUDA engines, which a lab host cannot.
-    run = Playbook("site.yml", "-l", "thor02", "-e", "thorfleet_lab=false", "--tags", "preflight")
+    # The README's command: preflight only (past it, a Thor builds CUDA engines).
+    (command,) = commands_with("-e thorfleet_lab=false")
+    assert command[0] == "ansible-playbook"
+    run = Playbook(*command[1:])
     assert run.rc == 0, run
     profile = json.loads(thor02_unprovisioned.file(RECORD).content_string)
     assert profile["lab"] is False
@@ -83,3 +90,46 @@ def test_the_whole_fleet_converges_and_stays_converged(lab):
     second = Playbook("site.yml")
     assert second.rc == 0, second
     assert all(counts["changed"] == 0 for counts in second.recap.values()), second
+
+
+@pytest.fixture
+def stock_ansible(tmp_path):
+    """The environment of a run under ansible-core's defaults (thorfleet.stock): no
+    Mitogen, no pipelining, no SSH connection reuse, no other ANSIBLE_* setting."""
+    return stock.environment(stock.write_config(ROOT, tmp_path))
+
+
+@pytest.fixture
+def thor01_off_course(lab, hosts):
+    """thor01 converged, then led away from it in ways every phase notices: its platform
+    record, one service (unit, environment file, container) and the verify samples gone."""
+    converged = Playbook("site.yml", "-l", "thor01")
+    assert converged.rc == 0, converged
+    host = hosts["thor01"]
+    host.check_output(
+        f"rm -f {RECORD} /models/thorfleet-verify/hello.wav && "
+        "systemctl disable --now thorfleet-qwen3-sglang && "
+        "rm /etc/systemd/system/thorfleet-qwen3-sglang.service "
+        "/etc/thorfleet/services/qwen3-sglang.env && systemctl daemon-reload")
+    return host
+
+
+def test_the_main_job_under_ansible_core_defaults_converges_verifies_and_stays_converged(
+        thor01_off_course, stock_ansible):
+    # A hang (curl reading the SSH session's terminal, once) fails at the bound.
+    first = Playbook("site.yml", "-l", "thor01", *AS_LOGIN_USER, env=stock_ansible, bound=1200)
+    assert first.rc == 0, first
+    assert first.recap["thor01"]["changed"] > 0, first
+    assert "mitogen" not in first.output.lower()
+    # Every service was asked the guide's request, and answered.
+    for check in ("qwen3: chat", "qwen3-vllm: chat", "qwen3-sglang: chat",
+                  "whisper-vllm: transcription", "whisper: transcription"):
+        assert f"(item={check})" in first.output, check
+    host = thor01_off_course
+    assert host.service("thorfleet-qwen3-sglang").is_running
+    assert host.service("thorfleet-qwen3-sglang").is_enabled
+    assert host.file(RECORD).exists and host.file("/models/thorfleet-verify/hello.wav").exists
+
+    second = Playbook("site.yml", "-l", "thor01", *AS_LOGIN_USER, env=stock_ansible, bound=1200)
+    assert second.rc == 0, second
+    assert second.recap["thor01"]["changed"] == 0, second

@@ -30,7 +30,7 @@ def test_status_shows_each_service_active_answering_and_what_it_runs(thor01):
     services = {s["service"]: s for s in host["services"]}
     assert {name: s["port"] for name, s in services.items()} == PORTS
     assert all(s["state"] == "active" and s["health"] == "ok" for s in services.values())
-    lock = yaml.safe_load((ROOT / "inventory/lab/thorfleet.lock.yml").read_text())
+    lock = yaml.safe_load((ROOT / "inventory/lab/.thorfleet.lock.yml").read_text())
     assert services["qwen3-vllm"]["runs"].endswith(lock["images"]["nvcr.io/nvidia/vllm:25.10-py3"])
     manifest = json.loads(thor01.file("/models/Qwen/Qwen3-8B-GGUF/thorfleet-manifest.json")
                           .content_string)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from thorfleet import engine_standin, lab_hub
+from thorfleet import bounded, engine_standin, lab_hub
 from thorfleet.lab_hub import Commit, Repo
 
 GATED_TOKEN = "ms-unit-test-token-7f3a"
@@ -96,9 +96,9 @@ def hubs(tmp_path_factory):
             commits = {}
             for hub in ("huggingface", "modelscope"):
                 repo = base / hub / "models" / "unit" / "tiny"
-                commits[hub] = {rev: subprocess.run(
-                    ["git", "-C", str(repo), "rev-parse", f"{rev}^{{commit}}"],
-                    capture_output=True, text=True, check=True).stdout.strip()
+                commits[hub] = {rev: bounded.run(
+                    ["git", "-C", str(repo), "rev-parse", f"{rev}^{{commit}}"], 30,
+                    check=True).stdout.strip()
                     for rev in ("v1", "v2")}
             yield Hubs({"huggingface": hf, "modelscope": ms}, commits, logs["modelscope"])
         finally:

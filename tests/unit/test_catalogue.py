@@ -185,3 +185,96 @@ def test_the_sample_inventorys_services_plan_cleanly():
     for host_vars in sorted((ROOT / "inventory/sample/host_vars").glob("*.yml")):
         services = yaml.safe_load(host_vars.read_text())["thorfleet_services"]
         assert plan(services, host=Path(host_vars).stem)["models"]
+
+
+# --- thorfleet_catalogue_extra: one merge rule, every entry checked after it -------------
+
+def merged(extra):
+    return catalogue_filters.merge_catalogue(CATALOGUE, extra)
+
+
+def test_naming_one_field_of_an_entry_keeps_the_rest_of_it():
+    bumped = merged({"engines": {"vllm": {"image": "nvcr.io/nvidia/vllm:25.11-py3"}}})
+    assert bumped["engines"]["vllm"] == {**CATALOGUE["engines"]["vllm"],
+                                         "image": "nvcr.io/nvidia/vllm:25.11-py3"}
+    assert bumped["engines"]["sglang"] == CATALOGUE["engines"]["sglang"]
+    # A hub's revision, deep in a model entry, moves alone too.
+    pinned = merged({"models": {"Qwen/Qwen3-8B": {"huggingface": {"revision": "v1.0"}}}})
+    assert pinned["models"]["Qwen/Qwen3-8B"]["huggingface"] == {"repo": "Qwen/Qwen3-8B",
+                                                                "revision": "v1.0"}
+    assert pinned["models"]["Qwen/Qwen3-8B"]["modelscope"] == \
+        CATALOGUE["models"]["Qwen/Qwen3-8B"]["modelscope"]
+    # The project's catalogue itself is left as it was.
+    assert CATALOGUE["engines"]["vllm"]["image"] == "nvcr.io/nvidia/vllm:25.10-py3"
+
+
+def test_a_list_given_again_replaces_the_list_and_a_mapping_merges():
+    recipe = merged({"recipes": {"vllm-qwen3-coder-30b-fp8": {
+        "args": ["--max-model-len", "32768"], "sampling": {"temperature": 0.5}}}})[
+        "recipes"]["vllm-qwen3-coder-30b-fp8"]
+    assert recipe["args"] == ["--max-model-len", "32768"]
+    assert recipe["sampling"] == {"repetition_penalty": 1.05, "temperature": 0.5,
+                                  "top_p": 0.8, "top_k": 20}
+
+
+def test_a_complete_new_entry_is_added():
+    extra = {"models": {"acme/Tiny": {"huggingface": {"repo": "acme/Tiny"}}},
+             "recipes": {"vllm-tiny": {"engine": "vllm", "model": "acme/Tiny"}}}
+    result = merged(extra)
+    assert result["recipes"]["vllm-tiny"] == {"engine": "vllm", "model": "acme/Tiny"}
+    specs = catalogue_filters.service_specs([{"name": "t", "recipe": "vllm-tiny"}], result)
+    assert specs[0]["argv"][:3] == ["vllm", "serve", "/models/acme/Tiny"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"engines": {"trtllm": {"kind": "container", "port": 8000}}},
+     "thorfleet_catalogue_extra.engines.trtllm: field image is missing; an engine needs "
+     "kind, port, image"),
+    ({"engines": {"llamafile": {"kind": "native", "port": 8000, "build": "llamafile"}}},
+     "thorfleet_catalogue_extra.engines.llamafile: field binary is missing"),
+    ({"engines": {"trtllm": {"port": 8000, "image": "nvcr.io/nvidia/tritonserver:25.10"}}},
+     "thorfleet_catalogue_extra.engines.trtllm: field kind is missing"),
+    ({"engines": {"trtllm": {"kind": "vm", "port": 8000}}},
+     "thorfleet_catalogue_extra.engines.trtllm: field kind: 'vm' is not one of container, "
+     "native"),
+    ({"recipes": {"vllm-tiny": {"engine": "vllm"}}},
+     "thorfleet_catalogue_extra.recipes.vllm-tiny: field model is missing; a recipe needs "
+     "engine, model"),
+    ({"recipes": {"vllm-tiny": {"engine": "vllm", "model": "acme/Tiny"}}},
+     "thorfleet_catalogue_extra.recipes.vllm-tiny: field model: 'acme/Tiny' is not in the "
+     "catalogue's models"),
+    ({"recipes": {"tgi-tiny": {"engine": "tgi", "model": "Qwen/Qwen3-8B"}}},
+     "thorfleet_catalogue_extra.recipes.tgi-tiny: field engine: 'tgi' is not in the "
+     "catalogue's engines"),
+    ({"recipes": {"vllm-qwen3-8b": {"modality": "video"}}},
+     "thorfleet_catalogue_extra.recipes.vllm-qwen3-8b: field modality: 'video' is not one "
+     "of chat, vision, transcription"),
+    ({"recipes": {"vllm-qwen3-8b": {"args": "--enforce-eager"}}},
+     "thorfleet_catalogue_extra.recipes.vllm-qwen3-8b: field args: '--enforce-eager' is not "
+     "a list"),
+    ({"recipes": {"vllm-qwen3-8b": {"args": ["--max-model-len", 65536]}}},
+     "thorfleet_catalogue_extra.recipes.vllm-qwen3-8b: field args: a list of strings"),
+    ({"models": {"acme/Tiny": {"quantization": "awq"}}},
+     "thorfleet_catalogue_extra.models.acme/Tiny: field huggingface or modelscope is "
+     "missing"),
+    ({"models": {"acme/Tiny": {"modelscope": {"revision": "master"}}}},
+     "thorfleet_catalogue_extra.models.acme/Tiny: field modelscope.repo is missing"),
+    ({"files": {"x.jinja": {"url": "https://example.org/x.jinja"}}},
+     "thorfleet_catalogue_extra.files.x.jinja: field path is missing; a file needs url, "
+     "path"),
+    ({"engines": {"vllm": {"port": "8001"}}},
+     "thorfleet_catalogue_extra.engines.vllm: field port: '8001' is not a whole number"),
+    ({"engines": {"vllm": {"imgae": "nvcr.io/nvidia/vllm:25.11-py3"}}},
+     "thorfleet_catalogue_extra.engines.vllm: unknown field imgae; an engine has"),
+    ({"engines": {"vllm": None}},
+     "thorfleet_catalogue_extra.engines.vllm: an entry of engines is a mapping of fields"),
+    ({"recipe": {"vllm-tiny": {}}},
+     "thorfleet_catalogue_extra: unknown section(s) recipe; the catalogue has engines, "
+     "models, files, recipes"),
+    ({"engines": ["vllm"]}, "thorfleet_catalogue_extra.engines: a mapping of entries by name"),
+    (["engines"], "thorfleet_catalogue_extra: a mapping of sections"),
+])
+def test_an_incomplete_or_wrong_entry_is_refused_naming_it_and_the_field(extra, message):
+    with pytest.raises(catalogue_filters.CatalogueError) as raised:
+        merged(extra)
+    assert message in str(raised.value)

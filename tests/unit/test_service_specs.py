@@ -237,8 +237,10 @@ def test_a_budget_of_the_hosts_own_is_honoured():
     assert "above the budget of 0.3" in error(services, memory_budget=0.3)
 
 
-def test_an_unknown_engine_is_refused():
-    extra = {"recipes": {"tgi-qwen": {"engine": "tgi", "model": "Qwen/Qwen3-8B",
+def test_an_engine_without_an_adapter_is_refused():
+    extra = {"engines": {"tgi": {"kind": "container", "port": 8000,
+                                 "image": "ghcr.io/huggingface/text-generation-inference:3"}},
+             "recipes": {"tgi-qwen": {"engine": "tgi", "model": "Qwen/Qwen3-8B",
                                       "served_name": "qwen3"}}}
     merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
     with pytest.raises(catalogue_filters.CatalogueError) as raised:

@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
 from tests.conftest import load, run_module
+from thorfleet import bounded, stock
 
 thorfleet_lock = load("library/thorfleet_lock.py")
+LOCK_NAME = ".thorfleet.lock.yml"  # roles/thorfleet's default, beside the inventory
 
 
 def lock(tmp_path, monkeypatch, check=False, **args):
-    return run_module(thorfleet_lock, {"path": str(tmp_path / "thorfleet.lock.yml"), **args},
+    return run_module(thorfleet_lock, {"path": str(tmp_path / LOCK_NAME), **args},
                       monkeypatch, check=check)
 
 
 def test_reading_a_missing_lock_gives_empty_sections(tmp_path, monkeypatch):
     done = lock(tmp_path, monkeypatch, state="read")
     assert done.result == {"changed": False, "lock": {"models": {}, "files": {}, "images": {}}}
-    assert not (tmp_path / "thorfleet.lock.yml").exists()
+    assert not (tmp_path / LOCK_NAME).exists()
 
 
 def test_entries_are_merged_into_their_section_and_others_kept(tmp_path, monkeypatch):
@@ -31,18 +32,18 @@ def test_entries_are_merged_into_their_section_and_others_kept(tmp_path, monkeyp
     done = lock(tmp_path, monkeypatch, section="models",
                 entries={"huggingface:Qwen/Qwen3-8B@main": "c" * 40})
     assert done.result["changed"]
-    written = yaml.safe_load((tmp_path / "thorfleet.lock.yml").read_text())
+    written = yaml.safe_load((tmp_path / LOCK_NAME).read_text())
     assert written == {"models": {"huggingface:Qwen/Qwen3-8B@main": "c" * 40},
                        "files": {"https://a/t.jinja": "1" * 64}, "images": {}}
-    assert (tmp_path / "thorfleet.lock.yml").read_text().startswith("# thorfleet lock file")
+    assert (tmp_path / LOCK_NAME).read_text().startswith("# thorfleet lock file")
 
 
 def test_the_same_entries_change_nothing(tmp_path, monkeypatch):
     lock(tmp_path, monkeypatch, section="files", entries={"u": "1" * 64})
-    before = (tmp_path / "thorfleet.lock.yml").stat().st_mtime_ns
+    before = (tmp_path / LOCK_NAME).stat().st_mtime_ns
     again = lock(tmp_path, monkeypatch, section="files", entries={"u": "1" * 64})
     assert again.result["changed"] is False
-    assert (tmp_path / "thorfleet.lock.yml").stat().st_mtime_ns == before
+    assert (tmp_path / LOCK_NAME).stat().st_mtime_ns == before
 
 
 def test_check_mode_shows_the_change_and_never_writes(tmp_path, monkeypatch):
@@ -52,14 +53,14 @@ def test_check_mode_shows_the_change_and_never_writes(tmp_path, monkeypatch):
     assert preview.result["changed"]
     assert json.loads(preview.result["diff"]["before"]) == {"nvcr.io/nvidia/vllm:25.10-py3": "a"}
     assert json.loads(preview.result["diff"]["after"]) == {"nvcr.io/nvidia/vllm:25.10-py3": "b"}
-    written = yaml.safe_load((tmp_path / "thorfleet.lock.yml").read_text())
+    written = yaml.safe_load((tmp_path / LOCK_NAME).read_text())
     assert written["images"] == {"nvcr.io/nvidia/vllm:25.10-py3": "a"}
 
 
 def test_a_lock_that_is_not_a_mapping_is_an_error_naming_it(tmp_path, monkeypatch):
-    (tmp_path / "thorfleet.lock.yml").write_text("- a list\n")
+    (tmp_path / LOCK_NAME).write_text("- a list\n")
     done = lock(tmp_path, monkeypatch, state="read")
-    assert done.failed and "thorfleet.lock.yml: not a mapping" in done.result["msg"]
+    assert done.failed and ".thorfleet.lock.yml: not a mapping" in done.result["msg"]
 
 
 def test_the_lock_beside_the_inventory_is_not_read_as_inventory(tmp_path, monkeypatch,
@@ -68,9 +69,23 @@ def test_the_lock_beside_the_inventory_is_not_read_as_inventory(tmp_path, monkey
     shutil.copytree(project_root / "inventory" / "sample", inventory)
     lock(inventory, monkeypatch, section="models",
          entries={"huggingface:Qwen/Qwen3-8B@main": "c" * 40})
-    assert (inventory / "thorfleet.lock.yml").exists()
+    assert (inventory / LOCK_NAME).exists()
     command = [str(Path(sys.executable).parent / "ansible-inventory"), "-i", str(inventory),
                "--list"]
-    listed = subprocess.run(command, cwd=project_root, capture_output=True, text=True, check=True)
+    # Under a configuration of the user's own, which knows nothing of the lock file.
+    env = stock.environment(stock.write_config(project_root, tmp_path))
+    listed = bounded.run(command, 120, cwd=tmp_path, env=env, check=True)
     assert "models" not in json.loads(listed.stdout)  # no group made of the lock's section
     assert "WARNING" not in listed.stderr, listed.stderr
+
+
+def test_a_lock_under_its_old_name_stops_the_run_asking_for_a_rename(tmp_path, monkeypatch):
+    old = tmp_path / "thorfleet.lock.yml"
+    old.write_text("models: {a: b}\n")
+    done = lock(tmp_path, monkeypatch, state="read", previous_path=str(old))
+    assert done.failed
+    assert done.result["msg"].startswith(f"the lock file is now {tmp_path / LOCK_NAME}: "
+                                         f"rename {old} to it")
+    (tmp_path / LOCK_NAME).write_text("models: {a: c}\n")
+    read = lock(tmp_path, monkeypatch, state="read", previous_path=str(old))
+    assert read.result["lock"]["models"] == {"a": "c"}

@@ -3,12 +3,15 @@ fails on the answer it exists to catch."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 
 import pytest
 
 from tests.conftest import load
 from tests.unit.test_service_specs import specs
+from thorfleet import bounded
 
 verify = load("filter_plugins/verify.py")
 
@@ -124,3 +127,34 @@ def test_a_service_that_never_answers_is_shown_with_the_end_of_its_log():
     (found,) = verify.verify_failures(health, {"results": []}, 600, logs=logs)
     assert found.endswith("Connection refused -- its log ends: loading | "
                           "No such file: /models/x.gguf")
+
+
+@pytest.fixture(scope="module")
+def echo_server():
+    """A loopback server that answers each request with the Authorization header it got."""
+
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the handler's API)
+            body = json.dumps({"authorization": self.headers.get("Authorization")}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("key", ["", "lab-key", 'a"quote', "back\\slash", "100%;$(id)"])
+def test_curl_reads_the_key_from_its_config_and_always_has_one(echo_server, key):
+    config = verify.curl_config(key)
+    assert config  # an empty stdin leaves curl reading the connection's terminal
+    proc = bounded.run(["curl", "--silent", "--config", "-", echo_server], 20, input=config)
+    assert proc.returncode == 0, proc.stderr
+    sent = json.loads(proc.stdout)["authorization"]
+    assert sent == (f"Bearer {key}" if key else None)

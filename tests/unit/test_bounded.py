@@ -1,0 +1,33 @@
+"""Commands with a bound: a hang ends with a message naming the command."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from thorfleet import bounded
+
+
+def test_a_command_within_its_bound_returns_its_output_and_status():
+    done = bounded.run(["sh", "-c", "cat; echo err >&2; exit 3"], 10, input="in\n")
+    assert (done.returncode, done.stdout, done.stderr) == (3, "in\n", "err\n")
+
+
+def test_a_command_past_its_bound_is_stopped_with_what_it_started(tmp_path):
+    marker = tmp_path / "grandchild-ran-on"
+    start = time.monotonic()
+    with pytest.raises(bounded.Overrun) as overrun:
+        # The grandchild would write the marker after the bound if it survived.
+        bounded.run(["sh", "-c", f"echo started; (sleep 3; touch {marker}) & sleep 60"], 1)
+    assert time.monotonic() - start < 10
+    message = str(overrun.value)
+    assert message.startswith("sh -c echo started;") and "after 1 s" in message
+    assert message.endswith("started\n")
+    time.sleep(3.5)
+    assert not marker.exists()
+
+
+def test_a_command_reads_nothing_unless_given_input():
+    # No input: standard input is empty, not this process's terminal.
+    assert bounded.run(["cat"], 10).stdout == ""
