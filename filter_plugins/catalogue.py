@@ -217,6 +217,11 @@ def model_plan(services, catalogue, models_root="/models", default_source="huggi
         model = models[model_path]
         source = service.get("source") or default_source
         hub = model.get(source)
+        if not hub and not service.get("source"):
+            # The site's default hub is a preference (a China-side site sets modelscope):
+            # a model that only another hub has comes from that one, through its mirror.
+            source = next((s for s in SOURCES if model.get(s)), source)
+            hub = model.get(source)
         if not hub:
             offered = [s for s in SOURCES if model.get(s)]
             raise CatalogueError(f"{where}: field source: model {model_path} is not on "

@@ -111,6 +111,10 @@ def test_the_source_picks_the_hubs_repository_and_default_revision():
     by_default = plan([{"name": "a", "recipe": "vllm-whisper-small"}],
                       default_source="modelscope")["models"][0]
     assert by_default["source"] == "modelscope"
+    # The site's default is a preference: whisper.cpp's models are on Hugging Face only.
+    only_hf = plan([{"name": "a", "recipe": "whisper-large-v3-turbo"}],
+                   default_source="modelscope")["models"][0]
+    assert (only_hf["source"], only_hf["repo_id"]) == ("huggingface", "ggerganov/whisper.cpp")
 
 
 def test_the_lock_pins_revisions_and_sums_and_the_inventory_wins_for_sums():
