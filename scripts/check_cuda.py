@@ -39,11 +39,20 @@ CUDA_HOME = Path("/usr/local/cuda")
 CUBLAS = "nvidia-cublas==13.0.*"
 
 
-def step(argv: list[str], env: dict, log: Path) -> None:
+def step(argv: list[str], env: dict, log: Path, bound: float = 7200) -> None:
+    """One step of the build, its output to the log; a failure or a step still running
+    after `bound` seconds (the arch-110 build takes about 40 minutes on 2 cores) ends the
+    check with the log's last lines."""
     with open(log, "a") as out:
-        if subprocess.run(argv, env=env, stdout=out, stderr=subprocess.STDOUT).returncode:
+        try:
+            rc = subprocess.run(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                timeout=bound).returncode
+        except subprocess.TimeoutExpired:
+            rc = f"still running after {bound:.0f} s"
+        if rc:
             tail = log.read_text().splitlines()[-40:]
-            sys.exit(f"{' '.join(argv[:3])} ... failed; last lines of {log}:\n" + "\n".join(tail))
+            sys.exit(f"{' '.join(argv[:3])} ... failed ({rc}); last lines of {log}:\n"
+                     + "\n".join(tail))
 
 
 def cublas(cache: Path) -> Path:
@@ -53,7 +62,7 @@ def cublas(cache: Path) -> Path:
     if not (home / "include" / "cublas_v2.h").exists():
         print(f"installing {CUBLAS} (about 420 MB) into {target}")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(target),
-                        "--no-deps", CUBLAS], check=True)
+                        "--no-deps", CUBLAS], check=True, timeout=1800)
     for name in ("libcublas", "libcublasLt"):
         link = home / "lib" / f"{name}.so"
         if not link.exists():
@@ -89,8 +98,8 @@ def main() -> int:
     nvcc = CUDA_HOME / "bin" / "nvcc"
     if not nvcc.exists():
         sys.exit(f"no {nvcc}: this check needs the CUDA 13 toolkit")
-    release = re.search(r"release (\d+\.\d+)", subprocess.check_output([str(nvcc), "--version"],
-                                                                       text=True)).group(1)
+    version = subprocess.check_output([str(nvcc), "--version"], text=True, timeout=60)
+    release = re.search(r"release (\d+\.\d+)", version).group(1)
     if int(release.split(".")[0]) < 13:
         sys.exit(f"nvcc {release} is older than 13, which Thor's arch 110 needs")
 
@@ -112,7 +121,8 @@ def main() -> int:
             source = Path(work) / "src"
             subprocess.run(["git", "-c", "advice.detachedHead=false", "clone", "-q",
                             "--branch", SOURCES[args.engine].tag,
-                            str(Lab(ROOT).cached_source(args.engine)), str(source)], check=True)
+                            str(Lab(ROOT).cached_source(args.engine)), str(source)], check=True,
+                           timeout=600)
         print(f"nvcc {release}; cmake flags (the role's for compute capability "
               f"{args.compute_capability}, then this machine's):")
         for flag in flags:
@@ -138,7 +148,8 @@ def main() -> int:
             sys.exit(f"expected GPU code for {arch} only")
         if args.test:
             test = subprocess.run([str(build / "bin" / "test-backend-ops"), "-o", "MUL_MAT",
-                                   "-b", "CUDA0"], capture_output=True, text=True, env=env)
+                                   "-b", "CUDA0"], capture_output=True, text=True, env=env,
+                                  timeout=1800)
             summary = [line for line in test.stdout.splitlines()
                        if "tests passed" in line or "Backend" in line or "FAIL" in line]
             print("test-backend-ops -o MUL_MAT -b CUDA0:\n  " + "\n  ".join(summary[-6:]))
