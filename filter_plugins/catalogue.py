@@ -15,7 +15,6 @@ import re
 from ansible.errors import AnsibleFilterError
 
 SOURCES = ("huggingface", "modelscope")
-SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 SERVICE_FIELDS = {"name", "recipe", "port", "served_name", "memory_share", "extra_args", "source",
                   "bind_address", "api_key"}
 GUIDE_BIND = "0.0.0.0"  # the guide serves every engine on all addresses
@@ -25,9 +24,95 @@ class CatalogueError(AnsibleFilterError):
     """Bad input in the inventory or the catalogue; the message names where."""
 
 
+# --- what may reach a unit, an environment file, a file name or a shell -------------------
+# Every value that ends up in one is checked in preflight against the characters its field
+# needs and a length, so no value a user types or a catalogue entry holds can add a unit
+# directive, an environment variable or a shell word. The writers escape again where they
+# write (systemd_argv, the /health probe's argument). An error names the field and never
+# quotes a secret.
+def _rule(pattern, says):
+    return re.compile(pattern), says
+
+
+RULES = {
+    "name": _rule(r"^[a-z0-9][a-z0-9_.-]{0,62}$", "a name of 1 to 63 lower case letters, "
+                  "digits, '.', '_', '-', starting with a letter or digit"),
+    "served_name": _rule(r"^[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,127}$", "a name of 1 to 128 letters, "
+                         "digits, '.', '_', ':', '/', '@', '+', '-', starting with a letter or "
+                         "digit"),
+    "api_key": _rule(r"^[A-Za-z0-9_.~+/=:@-]{8,256}$", "a key of 8 to 256 letters, digits, "
+                     "'.', '_', '~', '+', '/', '=', ':', '@', '-'"),
+    "path": _rule(r"^(?!.*(^|/)\.\.?(/|$))[A-Za-z0-9_.+@-][A-Za-z0-9_.+@/-]{0,254}$",
+                  "a relative path of letters, digits, '.', '_', '+', '@', '-' and '/', "
+                  "without '.' or '..' parts"),
+    "file_name": _rule(r"^[A-Za-z0-9_.+@-]{1,128}$", "a file name of letters, digits, '.', "
+                       "'_', '+', '@', '-'"),
+    "repo": _rule(r"^[A-Za-z0-9_.-]{1,96}/[A-Za-z0-9_.-]{1,96}$", "owner/name, of letters, "
+                  "digits, '.', '_', '-'"),
+    "revision": _rule(r"^[A-Za-z0-9_.+/-]{1,128}$", "a branch, tag or commit of letters, "
+                      "digits, '.', '_', '+', '/', '-'"),
+    "image": _rule(r"^[a-z0-9][a-z0-9_.:/-]{0,254}:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$",
+                   "a registry path with a tag (nvcr.io/nvidia/vllm:25.10-py3)"),
+    "env_name": _rule(r"^[A-Z_][A-Z0-9_]{0,63}$", "an environment variable name (A-Z, "
+                      "digits, '_')"),
+    "flag": _rule(r"^--[a-z0-9][a-z0-9-]{0,62}$", "a long flag (--api-key)"),
+    "url": _rule(r"^https?://[A-Za-z0-9_.~:/?#@!&'()*+,;=%-]{1,2040}$", "an http(s) URL "
+                 "without spaces or control characters"),
+}
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_ARG = 4096
+# Where models may not go: the system's own directories, which containers mount read-write.
+SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+               "/root", "/run", "/sbin", "/sys", "/usr", "/var/lib/docker")
+
+
+def check_field(where, field, value, rule=None, secret=False):
+    """`value` fits the rule of its field (RULES[rule or field]), else an error naming it."""
+    pattern, says = RULES[rule or field]
+    # fullmatch: `$` alone also matches before a final newline.
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        shown = "the value given" if secret else repr(value)
+        raise CatalogueError(f"{where}: field {field}: {shown} is not {says}")
+
+
+def check_token(where, field, value):
+    """An argv token: a string without control characters (a newline in a unit file is a
+    new directive), at most MAX_ARG long."""
+    if not isinstance(value, str) or CONTROL.search(value) or len(value) > MAX_ARG:
+        raise CatalogueError(f"{where}: field {field}: {value!r} is not a command-line "
+                             f"argument (a string of at most {MAX_ARG} characters without "
+                             "control characters such as a newline)")
+
+
+def check_models_root(models_root, where="thorfleet_models_root"):
+    """The model root: an absolute, normalised path of plain characters, not a system
+    directory (containers mount it read-write)."""
+    root = models_root if isinstance(models_root, str) else ""
+    if not root.startswith("/") or posixpath.normpath(root) != root or root == "/" or \
+            not RULES["path"][0].fullmatch(root[1:]):
+        raise CatalogueError(f"{where}: {models_root!r} is not an absolute, normalised path "
+                             "of letters, digits, '.', '_', '+', '@', '-' and '/' below /")
+    if any(root == d or root.startswith(d + "/") for d in SYSTEM_DIRS):
+        raise CatalogueError(f"{where}: {models_root!r} is inside a system directory "
+                             f"({', '.join(SYSTEM_DIRS)}); the model root is mounted "
+                             "read-write into every container")
+
+
 SECTIONS = ("engines", "models", "files", "recipes")
 MODALITIES = ("chat", "vision", "transcription")
 ENGINE_KINDS = {"container": ("image",), "native": ("build", "binary")}
+# The rule (RULES) of each field of an entry that reaches a unit, a file name or argv; an
+# entry's own name is checked by KEY_RULES.
+FIELD_RULES = {
+    "engines": {"image": "image", "build": "file_name", "binary": "file_name",
+                "modelscope_env": "env_name", "api_key_env": "env_name",
+                "api_key_flag": "flag"},
+    "models": {"quantization": "file_name"},
+    "files": {"url": "url", "path": "path"},
+    "recipes": {"model": "path", "model_file": "file_name", "served_name": "served_name",
+                "chat_template": "file_name", "quantization": "file_name"},
+}
+KEY_RULES = {"engines": "name", "models": "path", "files": "file_name", "recipes": "name"}
 # What each entry must hold, and the type of every field it may hold: a full entry of the
 # catalogue, or one of the inventory's after the merge. Anything else is an error naming
 # the entry and the field.
@@ -75,6 +160,8 @@ def merge_catalogue(catalogue, extra=None):
         for name, entry in merged[section].items():
             where = (f"thorfleet_catalogue_extra.{section}.{name}" if name in added
                      else f"catalogue {section}.{name}")
+            check_field(f"thorfleet_catalogue_extra.{section}" if name in added
+                        else f"catalogue {section}", "key", name, KEY_RULES[section])
             _check_entry(section, where, entry)
     for name, recipe in merged["recipes"].items():
         where = (f"thorfleet_catalogue_extra.recipes.{name}"
@@ -131,6 +218,16 @@ def _check_entry(section, where, entry):
     if section == "recipes" and entry.get("modality", "chat") not in MODALITIES:
         raise CatalogueError(f"{where}: field modality: {entry['modality']!r} is not one of "
                              f"{', '.join(MODALITIES)}")
+    for field, rule in FIELD_RULES[section].items():
+        if entry.get(field) is not None:
+            check_field(where, field, entry[field], rule)
+    for field in ("args", "ignore_patterns"):
+        for token in entry.get(field) or []:
+            check_token(where, field, token)
+    for file_name in entry.get("files") or []:
+        check_field(where, "files", file_name, "file_name")
+    if section == "engines" and not 1 <= entry["port"] <= 65535:
+        raise CatalogueError(f"{where}: field port: {entry['port']!r} is not a port (1-65535)")
     if section == "models":
         hubs = [hub for hub in SOURCES if entry.get(hub) is not None]
         if not hubs:
@@ -140,6 +237,9 @@ def _check_entry(section, where, entry):
             if not entry[hub].get("repo") or not isinstance(entry[hub]["repo"], str):
                 raise CatalogueError(f"{where}: field {hub}.repo is missing; a hub entry is "
                                      "{repo, revision?}")
+            check_field(where, f"{hub}.repo", entry[hub]["repo"], "repo")
+            if entry[hub].get("revision") is not None:
+                check_field(where, f"{hub}.revision", str(entry[hub]["revision"]), "revision")
     for field in ("args", "files", "ignore_patterns"):
         if not all(isinstance(item, str) for item in entry.get(field) or []):
             raise CatalogueError(f"{where}: field {field}: a list of strings")
@@ -166,9 +266,7 @@ def _service_errors(host, services, recipes):
         if not isinstance(service, dict):
             raise CatalogueError(f"{where}: a service is a mapping with name and recipe")
         name = service.get("name")
-        if not isinstance(name, str) or not SERVICE_NAME.match(name):
-            raise CatalogueError(f"{where}: field name: {name!r} is not a service name "
-                                 "(lower case letters, digits, '.', '_', '-')")
+        check_field(where, "name", name)
         where = f"{host}: service {name}"
         unknown = sorted(set(service) - SERVICE_FIELDS)
         if unknown:
@@ -377,20 +475,22 @@ def _check_overrides(where, service):
     bind = service.get("bind_address")
     if bind is not None:
         try:
+            # A zone id (fe80::1%eth0) is refused: it is free text, and `%` a unit specifier.
+            if not isinstance(bind, str) or "%" in bind:
+                raise ValueError
             ipaddress.ip_address(bind)
         except ValueError:
             raise CatalogueError(f"{where}: field bind_address: {bind!r} is not an IP "
-                                 "address") from None
-    key = service.get("api_key")
-    if key is not None and (not isinstance(key, str) or not key or any(c.isspace() for c in key)):
-        raise CatalogueError(f"{where}: field api_key: an API key is a non-empty string "
-                             "without spaces")
-    served = service.get("served_name")
-    if served is not None and (not isinstance(served, str) or not served.strip()):
-        raise CatalogueError(f"{where}: field served_name: {served!r} is not a name")
+                                 "address (without a zone id)") from None
+    if service.get("api_key") is not None:
+        check_field(where, "api_key", service["api_key"], secret=True)
+    if service.get("served_name") is not None:
+        check_field(where, "served_name", service["served_name"])
     extra = service.get("extra_args", [])
     if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
         raise CatalogueError(f"{where}: field extra_args: a list of strings, one per argv token")
+    for token in extra:
+        check_token(where, "extra_args", token)
     for index, token in enumerate(extra):
         flag, eq, value = token.partition("=")
         if flag not in JSON_FLAGS:
@@ -422,7 +522,7 @@ def _flag_value(argv, flag):
 
 
 def service_specs(services, catalogue, models_root="/models", default_source="huggingface",
-                  host="host", memory_budget=0.9, builds_root="/opt/thorfleet"):
+                  host="host", memory_budget=0.9, builds_root="/opt/thorfleet", api_key=""):
     """Each service resolved to what its unit runs, every service checked first.
 
     A spec: name, unit, recipe, engine, kind (container or native), modality, port,
@@ -436,6 +536,9 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
     builds live, and the binary in the `current` build).
     """
     services = services or []
+    check_models_root(models_root, f"{host}: thorfleet_models_root")
+    if api_key:
+        check_field(f"{host}: thorfleet_api_key", "api_key", api_key, secret=True)
     plan = model_plan(services, catalogue, models_root, default_source, host)
     models_by_service = {name: m for m in plan["models"] for name in m["services"]}
     files = {f["name"]: f["dest"] for f in plan["files"]}

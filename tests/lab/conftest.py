@@ -100,3 +100,12 @@ def hosts(lab):
         )
         for index, name in enumerate(HOSTS, start=1)
     }
+
+
+@pytest.fixture(scope="module")
+def thor01(lab, hosts):
+    """thor01 after the main job: converged, its services answering. Modules that need it
+    otherwise (no engines yet, no models yet) define their own."""
+    run = Playbook("site.yml", "-l", "thor01")
+    assert run.rc == 0, run
+    return hosts["thor01"]

@@ -8,18 +8,11 @@ import json
 
 import pytest
 
-from tests.lab.conftest import ROOT, Playbook, thorfleet
+from tests.lab.conftest import ROOT, thorfleet
 from thorfleet import stock
 from thorfleet.lab import LAB_SERVICES
 
 PHASES = ["Preflight", "Models", "Engines", "Images", "Services", "Verify"]
-
-
-@pytest.fixture(scope="module")
-def thor01(lab, hosts):
-    run = Playbook("site.yml", "-l", "thor01")
-    assert run.rc == 0, run
-    return hosts["thor01"]
 
 
 def summary(output: str) -> dict:

@@ -61,14 +61,14 @@ def test_every_snippet_is_of_a_kind_a_test_runs():
 
 
 def phase_of(snippet: Snippet) -> tuple[str, str | None]:
-    variables = yaml.safe_load(snippet.text) if snippet.kind == "inventory" else (
-        yaml.safe_load(snippet.text) if snippet.text.startswith("{")
-        else dict([snippet.text.split("=", 1)]))
+    """The playbook and tag of the latest phase an -e snippet's variables belong to."""
+    variables = (yaml.safe_load(snippet.text) if snippet.text.startswith("{")
+                 else dict([snippet.text.split("=", 1)]))
     roles = {next((role for role in sorted(PHASES, key=len, reverse=True)
                    if name.startswith(role + "_")), None) for name in variables}
     assert None not in roles, f"{snippet}: a variable of no role: {sorted(variables)}"
     phases = {PHASES[role] for role in roles}
-    # The latest phase the snippet touches (preflight runs before every phase anyway).
+    # Preflight runs before every phase anyway.
     return sorted(phases, key=lambda p: list(PHASES.values()).index(p))[-1]
 
 

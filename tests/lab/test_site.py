@@ -118,8 +118,8 @@ def thor01_off_course(lab, hosts):
 
 def logged_in(style: str, scratch) -> tuple[str, ...]:
     """Inventory and become arguments: the lab's hosts reached as a Thor is, through a
-    login user that becomes root, set as inventory/sample sets it (the group's vars) or
-    on the command line (-u and -b)."""
+    login user that becomes root, as inventory/sample sets it (the group's vars) or with
+    --become on the command line."""
     login = scratch / "login.yml"
     group_vars = {"ansible_user": LOGIN_USER}
     if style == "sample":

@@ -20,13 +20,6 @@ def verify(*args: str) -> Playbook:
     return Playbook("site.yml", "-l", "thor01", "--tags", "verify", *args)
 
 
-@pytest.fixture(scope="module")
-def thor01(lab, hosts):
-    run = Playbook("site.yml", "-l", "thor01")
-    assert run.rc == 0, run
-    return hosts["thor01"]
-
-
 def test_every_service_answers_as_the_guide_shows(thor01):
     run = verify()
     assert run.rc == 0, run

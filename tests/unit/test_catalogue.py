@@ -144,7 +144,7 @@ def test_a_file_mirror_serves_files_by_name_and_a_model_root_moves_everything():
     ([{"name": "a", "recipe": "vllm-qwen3-8b"}, {"name": "a", "recipe": "sglang-qwen3-8b"}],
      "thor01: service a: field name: two services are named a"),
     ([{"name": "A b", "recipe": "vllm-qwen3-8b"}],
-     "thor01: thorfleet_services[0]: field name: 'A b' is not a service name"),
+     "thor01: thorfleet_services[0]: field name: 'A b' is not a name of 1 to 63"),
     ([{"name": "a", "recipe": "vllm-qwen3-8b", "sorce": "modelscope"}],
      "thor01: service a: unknown field(s) sorce"),
     ([{"name": "a", "recipe": "vllm-qwen3-8b", "source": "github"}],
@@ -165,7 +165,13 @@ def test_bad_services_are_rejected_naming_host_service_and_field(services, messa
 def test_a_model_path_outside_the_root_is_rejected():
     extra = {"models": {"../etc": {"huggingface": {"repo": "x/y"}}},
              "recipes": {"evil": {"engine": "vllm", "model": "../etc"}}}
-    merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
+    with pytest.raises(catalogue_filters.CatalogueError) as raised:
+        catalogue_filters.merge_catalogue(CATALOGUE, extra)
+    assert "thorfleet_catalogue_extra.models: field key: '../etc' is not a relative path" in str(
+        raised.value)
+    # And where a catalogue is used unchecked, the plan still keeps models under the root.
+    merged = {**CATALOGUE, "models": {**CATALOGUE["models"], **extra["models"]},
+              "recipes": {**CATALOGUE["recipes"], **extra["recipes"]}}
     with pytest.raises(catalogue_filters.CatalogueError) as raised:
         catalogue_filters.model_plan([{"name": "a", "recipe": "evil"}], merged, host="thor01")
     assert "thor01: service a: model path '../etc' is outside the model root /models" in str(
@@ -257,7 +263,8 @@ def test_a_complete_new_entry_is_added():
      "thorfleet_catalogue_extra.recipes.vllm-qwen3-8b: field args: '--enforce-eager' is not "
      "a list"),
     ({"recipes": {"vllm-qwen3-8b": {"args": ["--max-model-len", 65536]}}},
-     "thorfleet_catalogue_extra.recipes.vllm-qwen3-8b: field args: a list of strings"),
+     "thorfleet_catalogue_extra.recipes.vllm-qwen3-8b: field args: 65536 is not a "
+     "command-line argument"),
     ({"models": {"acme/Tiny": {"quantization": "awq"}}},
      "thorfleet_catalogue_extra.models.acme/Tiny: field huggingface or modelscope is "
      "missing"),

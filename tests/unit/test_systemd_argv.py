@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+from ansible.errors import AnsibleFilterError
+
 from tests.conftest import load
 
 systemd = load("filter_plugins/systemd.py")
@@ -26,3 +29,10 @@ def test_wrapping_starts_each_flag_on_a_continued_line():
     text = systemd.systemd_argv(["vllm", "serve", "/m", "--port", "8001", "--enforce-eager"],
                                 wrap=True)
     assert text == "vllm serve /m \\\n    --port 8001 \\\n    --enforce-eager"
+
+
+@pytest.mark.parametrize("token", ["a\nExecStartPre=+/bin/sh", "a\rb", "a\x00b", "a\x1bb"])
+def test_a_control_character_is_refused_rather_than_written(token):
+    with pytest.raises(AnsibleFilterError) as raised:
+        systemd.systemd_argv(["/usr/bin/docker", token])
+    assert "holds a control character" in str(raised.value)
