@@ -158,14 +158,11 @@ def merge_catalogue(catalogue, extra=None):
                                  f"by name, not {_kind(added)}")
         merged[section] = _merged((catalogue or {}).get(section) or {}, added)
         for name, entry in merged[section].items():
-            where = (f"thorfleet_catalogue_extra.{section}.{name}" if name in added
-                     else f"catalogue {section}.{name}")
-            check_field(f"thorfleet_catalogue_extra.{section}" if name in added
-                        else f"catalogue {section}", "key", name, KEY_RULES[section])
+            in_section, where = _where(section, added, name)
+            check_field(in_section, "key", name, KEY_RULES[section])
             _check_entry(section, where, entry)
     for name, recipe in merged["recipes"].items():
-        where = (f"thorfleet_catalogue_extra.recipes.{name}"
-                 if name in (extra.get("recipes") or {}) else f"catalogue recipes.{name}")
+        _, where = _where("recipes", extra.get("recipes") or {}, name)
         if recipe["engine"] not in merged["engines"]:
             raise CatalogueError(f"{where}: field engine: {recipe['engine']!r} is not in the "
                                  f"catalogue's engines ({', '.join(sorted(merged['engines']))})")
@@ -173,6 +170,13 @@ def merge_catalogue(catalogue, extra=None):
             raise CatalogueError(f"{where}: field model: {recipe['model']!r} is not in the "
                                  "catalogue's models")
     return merged
+
+
+def _where(section, added, name):
+    """How errors name an entry's section and the entry: by the inventory's setting where
+    the entry comes from there, else as the catalogue's."""
+    origin = "thorfleet_catalogue_extra." if name in added else "catalogue "
+    return f"{origin}{section}", f"{origin}{section}.{name}"
 
 
 def _merged(base, added):
@@ -240,9 +244,6 @@ def _check_entry(section, where, entry):
             check_field(where, f"{hub}.repo", entry[hub]["repo"], "repo")
             if entry[hub].get("revision") is not None:
                 check_field(where, f"{hub}.revision", str(entry[hub]["revision"]), "revision")
-    for field in ("args", "files", "ignore_patterns"):
-        if not all(isinstance(item, str) for item in entry.get(field) or []):
-            raise CatalogueError(f"{where}: field {field}: a list of strings")
 
 
 def _type_name(expected):
