@@ -17,6 +17,7 @@ THINK = "<think>"
 CURL = ["curl", "--silent", "--show-error", "--max-time", "300", "--config", "-",
         "--write-out", "\n%{http_code}"]
 SHOWN = 300  # characters of a response quoted in a failure
+MASK = "********"  # in place of an API key a log or a response quotes
 
 
 def verify_requests(specs, prompt, max_tokens, audio, language, image_url, image_file):
@@ -65,13 +66,25 @@ def curl_config(api_key):
     return f'header = "Authorization: Bearer {quoted}"'
 
 
-def verify_failures(health, answers, timeout, transcript_text=True, logs=None):
+def verify_failures(health, answers, timeout, transcript_text=True, logs=None, secrets=()):
     """What failed, one line per service and check, naming the request and the response.
 
     health: uri results of GET /health per spec (looped over specs); answers: command
     results of the checks' curl (looped over verify_requests); logs: command results of
-    journalctl per service that did not answer (looped over specs), shown after it.
+    journalctl per service that did not answer (looped over specs), shown after it;
+    secrets: the API keys, masked wherever a log or an answer quotes them.
     """
+    return [_masked(line, secrets) for line in _failures(health, answers, timeout,
+                                                         transcript_text, logs)]
+
+
+def _masked(text, secrets):
+    for secret in sorted({s for s in secrets or () if s}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def _failures(health, answers, timeout, transcript_text, logs):
     failures, unhealthy = [], set()
     log_ends = {result["spec"]["name"]: (result.get("stdout") or "").strip()
                 for result in (logs or {}).get("results", []) if "spec" in result}

@@ -178,6 +178,11 @@ def test_a_gated_repository_needs_its_token_which_never_shows(provisioned, thor0
     assert hf_token not in thor01.file("/models/thorfleet-lab/tiny/thorfleet-manifest.json") \
         .content_string
     assert hf_token not in LOCK.read_text()
+    # Nor in any file on the host: no client kept a token (credentials, cookies, caches).
+    for secret in (token, hf_token):
+        found = thor01.run(f"grep -rlsF -D skip -- {secret} /root /home /etc /models /tmp "
+                           "/var/tmp")
+        assert found.stdout == "", (secret, found.stdout)
 
 
 @pytest.mark.parametrize(("case", "args", "cause"), [

@@ -15,7 +15,7 @@ import yaml
 from tests.lab.conftest import ROOT, Playbook
 from tests.snippets import commands_with
 from tests.unit.test_service_specs import guide, same_tokens
-from thorfleet.lab import LAB_SERVICES, REGISTRY
+from thorfleet.lab import LAB_SERVICES, REGISTRY, REGISTRY_PASSWORD
 
 SERVICES = {s["name"]: s for s in LAB_SERVICES}
 PORTS = {"qwen3": 8000, "qwen3-vllm": 8001, "whisper-vllm": 8002, "qwen3-sglang": 8003,
@@ -28,6 +28,9 @@ BUMP_PREVIEW, BUMP = commands_with(f'"image": "{BUMPED_REF}"')
 (REFRESH,) = commands_with("-e ngc_images_refresh=true")
 LOCK = ROOT / "inventory/lab/.thorfleet.lock.yml"
 KEY = "-lab-client-key-7f3a"  # a leading '-' must not be taken for a flag
+# Hub tokens the lab's mirrors take without needing them: set only to be looked for.
+TOKENS = {"thorfleet_hf_token": "hf_lab_token_4c1d_never_shown",
+          "thorfleet_modelscope_token": "ms-lab-token-4c1d-never-shown"}
 
 
 def site(*args: str) -> Playbook:
@@ -150,35 +153,57 @@ def test_units_pass_systemd_analyze_and_native_units_are_hardened(thor01):
         assert 61184 <= int(thor01.check_output(f"stat -c %u /proc/{pid}")) <= 65519
 
 
-@pytest.fixture
+@pytest.fixture(scope="class")
 def api_key(thor01):
-    run = site("-e", f"thorfleet_api_key={KEY}")
+    """thor01 with an API key, set by a full run at -vvv with --diff and the hub tokens
+    set too; then the bench at -vvv. Yields the host and both runs' output."""
+    secrets = [arg for name, value in {"thorfleet_api_key": KEY, **TOKENS}.items()
+               for arg in ("-e", f"{name}={value}")]
+    run = site("-vvv", "--diff", *secrets)
     assert run.rc == 0, run
-    yield thor01
+    bench = Playbook("playbooks/bench.yml", "-l", "thor01", "-vvv", *secrets,
+                     "-e", "service_bench_runs=1", "-e", "service_bench_max_tokens=8")
+    assert bench.rc == 0 and "error" not in json.loads(
+        (ROOT / "bench/results/services/thor01.json").read_text())["services"][0], bench
+    yield thor01, run.output + bench.output
     back = site()
     assert back.rc == 0, back
 
 
-def test_an_api_key_is_required_and_kept_in_root_only_files(api_key):
-    host = api_key
-    for name in ("qwen3-vllm", "qwen3-sglang", "qwen3"):
-        port = PORTS[name]
-        assert get(host, port, "/v1/models")[0] == 401, name
-        status, body = get(host, port, "/v1/models", KEY)
-        assert status == 200 and "qwen3" in body, name
-        assert get(host, port, "/health")[0] == 200, name  # probes need no key
-    # whisper-server takes no key: it answers as before, and its environment has none.
-    assert get(host, 8080, "/health")[0] == 200
-    assert KEY not in host.file("/etc/thorfleet/services/whisper.env").content_string
-    for name in PORTS:
-        env = host.file(f"/etc/thorfleet/services/{name}.env")
-        assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
-        assert KEY not in host.file(f"/etc/systemd/system/thorfleet-{name}.service").content_string
-    # vLLM and llama-server read it from their environment, never argv.
-    assert KEY not in " ".join(recorded_argv(host, "qwen3-vllm") + native_argv(host, "qwen3"))
-    assert "VLLM_API_KEY" in host.file("/etc/thorfleet/services/qwen3-vllm.env").content_string
-    # SGLang reads it from argv only, joined to its flag.
-    assert f"--api-key={KEY}" in recorded_argv(host, "qwen3-sglang")
+class TestAnApiKey:
+    """One run sets the key (and the tokens) for both tests."""
+
+    def test_no_key_or_token_reaches_the_output_of_a_run_at_vvv(self, api_key):
+        _, output = api_key
+        # Verbose indeed: module arguments are shown, censored ones marked.
+        assert "module_args" in output and "VALUE_SPECIFIED_IN_NO_LOG_PARAMETER" in output
+        assert "(item=(censored due to no_log))" in output
+        for secret in (KEY, REGISTRY_PASSWORD, *TOKENS.values()):
+            assert secret not in output, f"{secret} in the output"
+
+    def test_is_required_and_kept_in_root_only_files(self, api_key):
+        host, _ = api_key
+        for name in ("qwen3-vllm", "qwen3-sglang", "qwen3"):
+            port = PORTS[name]
+            assert get(host, port, "/v1/models")[0] == 401, name
+            status, body = get(host, port, "/v1/models", KEY)
+            assert status == 200 and "qwen3" in body, name
+            assert get(host, port, "/health")[0] == 200, name  # probes need no key
+        # whisper-server takes no key: it answers as before, and its environment has none.
+        assert get(host, 8080, "/health")[0] == 200
+        assert KEY not in host.file("/etc/thorfleet/services/whisper.env").content_string
+        for name in PORTS:
+            env = host.file(f"/etc/thorfleet/services/{name}.env")
+            assert (env.user, env.group, env.mode) == ("root", "root", 0o600)
+            unit = host.file(f"/etc/systemd/system/thorfleet-{name}.service")
+            assert KEY not in unit.content_string
+        # vLLM and llama-server read it from their environment, never argv.
+        assert KEY not in " ".join(recorded_argv(host, "qwen3-vllm")
+                                   + native_argv(host, "qwen3"))
+        env = host.file("/etc/thorfleet/services/qwen3-vllm.env")
+        assert "VLLM_API_KEY" in env.content_string
+        # SGLang reads it from argv only, joined to its flag.
+        assert f"--api-key={KEY}" in recorded_argv(host, "qwen3-sglang")
 
 
 def test_a_refused_registry_login_names_the_key_and_changes_nothing(thor01):

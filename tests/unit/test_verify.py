@@ -129,6 +129,19 @@ def test_a_service_that_never_answers_is_shown_with_the_end_of_its_log():
                           "No such file: /models/x.gguf")
 
 
+def test_a_key_a_log_or_an_answer_quotes_is_masked():
+    health = {"results": [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
+                           "url": f"http://127.0.0.1:{s['port']}/health",
+                           "msg": "Connection refused"} for s in SPECS]}
+    logs = {"results": [{"spec": next(s for s in SPECS if s["name"] == "asr"),
+                         "stdout": "server_args=ServerArgs(api_key='sk-asr-key-0001')"}]}
+    refused = answer(by("chat"), status=401, body={"error": "bad key sk-chat-key-0002"})
+    found = verify.verify_failures(health, {"results": [refused]}, 600, logs=logs,
+                                   secrets=["sk-asr-key-0001", "sk-chat-key-0002", ""])
+    assert len(found) == 2 and all("********" in line for line in found), found
+    assert not any("-key-000" in line for line in found), found
+
+
 @pytest.fixture(scope="module")
 def echo_server():
     """A loopback server that answers each request with the Authorization header it got."""
