@@ -7,6 +7,8 @@ changes: every error names the host, the service and the field.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import posixpath
@@ -56,6 +58,7 @@ RULES = {
     "env_name": _rule(r"^[A-Z_][A-Z0-9_]{0,63}$", "an environment variable name (A-Z, "
                       "digits, '_')"),
     "flag": _rule(r"^--[a-z0-9][a-z0-9-]{0,62}$", "a long flag (--api-key)"),
+    "sha256": _rule(r"^[0-9a-f]{64}$", "a sha256 of 64 lower case hex digits"),
     "url": _rule(r"^https?://[A-Za-z0-9_.~:/?#@!&'()*+,;=%-]{1,2040}$", "an http(s) URL "
                  "without spaces or control characters"),
 }
@@ -108,7 +111,7 @@ FIELD_RULES = {
                 "modelscope_env": "env_name", "api_key_env": "env_name",
                 "api_key_flag": "flag"},
     "models": {"quantization": "file_name"},
-    "files": {"url": "url", "path": "path"},
+    "files": {"url": "url", "path": "path", "sha256": "sha256"},
     "recipes": {"model": "path", "model_file": "file_name", "served_name": "served_name",
                 "chat_template": "file_name", "quantization": "file_name"},
 }
@@ -124,7 +127,7 @@ ENTRY_FIELDS = {
     "models": {"required": (),
                "types": {"huggingface": dict, "modelscope": dict, "quantization": str,
                          "ignore_patterns": list}},
-    "files": {"required": ("url", "path"), "types": {"url": str, "path": str}},
+    "files": {"required": ("url", "path"), "types": {"url": str, "path": str, "sha256": str}},
     "recipes": {"required": ("engine", "model"),
                 "types": {"engine": str, "model": str, "model_file": str, "served_name": str,
                           "modality": str, "args": list, "sampling": dict,
@@ -292,8 +295,9 @@ def model_plan(services, catalogue, models_root="/models", default_source="huggi
     Returns {"models": [...], "files": [...]}. A model entry is what the model_download
     module takes (source, repo_id, revision, allow_patterns, ignore_patterns, dest), with
     the requested revision, its lock key and the services that use it. A revision the lock
-    pins is replaced by the commit it recorded. A file entry is what url_file takes (url,
-    dest, sha256), with the upstream URL (the lock's key) and its services.
+    pins is replaced by the commit it recorded, and sha256s holds the sums the lock pinned
+    for that commit's files that the hub lists no hash for. A file entry is what url_file
+    takes (url, dest, sha256), with the upstream URL (the lock's key) and its services.
     """
     services = services or []
     lock = lock or {}
@@ -348,13 +352,15 @@ def model_plan(services, catalogue, models_root="/models", default_source="huggi
                                      f"{file_name!r} is not in the catalogue's files")
             spec = files[file_name]
             file_dest = _under_root(root, spec["path"], where, f"file {file_name}")
+            # The inventory's sum wins (a site's own copy), then the catalogue's (the
+            # published file), then the lock's (recorded on first fetch).
+            pins = (("inventory", checksums.get(spec["url"])), ("catalogue", spec.get("sha256")),
+                    ("lock", lock.get("files", {}).get(spec["url"])))
+            pinned_by, sha256 = next(((by, str(s)) for by, s in pins if s), ("lock", ""))
             planned = planned_files.setdefault(file_dest, {
                 "name": file_name, "upstream_url": spec["url"],
-                "url": _mirrored(spec["url"], file_mirror),
-                "sha256": str(checksums.get(spec["url"])
-                              or lock.get("files", {}).get(spec["url"]) or ""),
-                "pinned_by": "inventory" if checksums.get(spec["url"]) else "lock",
-                "dest": file_dest, "services": []})
+                "url": _mirrored(spec["url"], file_mirror), "sha256": sha256,
+                "pinned_by": pinned_by, "dest": file_dest, "services": []})
             planned["services"].append(name)
 
     result = []
@@ -362,9 +368,11 @@ def model_plan(services, catalogue, models_root="/models", default_source="huggi
         allow = [] if entry.pop("all_files") else sorted(entry["allow_patterns"])
         key = lock_key(entry["source"], entry["repo_id"], entry["requested_revision"] or
                        ("main" if entry["source"] == "huggingface" else "master"))
-        pinned = lock.get("models", {}).get(key)
-        result.append({**entry, "allow_patterns": allow, "lock_key": key,
-                       "revision": pinned or entry["requested_revision"] or None})
+        revision = lock.get("models", {}).get(key) or entry["requested_revision"] or None
+        sums = model_files_key(entry["source"], entry["repo_id"], revision or "", "")
+        result.append({**entry, "allow_patterns": allow, "lock_key": key, "revision": revision,
+                       "sha256s": {k[len(sums):]: v for k, v in lock.get("model_files", {}).items()
+                                   if k.startswith(sums)}})
     return {"models": sorted(result, key=lambda m: m["dest"]),
             "files": sorted(planned_files.values(), key=lambda f: f["dest"])}
 
@@ -392,11 +400,33 @@ def _mirrored(url, mirror):
     return f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[-1]}"
 
 
+def model_files_key(source, repo_id, commit, path):
+    """The lock's key of a model file the hub lists no hash for."""
+    return f"{source}:{repo_id}@{commit}/{path}"
+
+
+def manifest_commit(slurped, model_dir):
+    """The commit a model's manifest (a slurp result) records, for the unit's header:
+    checked again here, as it came from a hub."""
+    if not slurped or "content" not in slurped:
+        return "not downloaded"
+    try:
+        commit = json.loads(base64.b64decode(slurped["content"]))["commit"]
+    except (ValueError, binascii.Error, KeyError, TypeError):
+        commit = None
+    if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
+        raise CatalogueError(f"{model_dir}/thorfleet-manifest.json: commit "
+                             f"{str(commit)[:80]!r} is not 40 hex characters; run the models "
+                             "phase again (--tags models)")
+    return commit
+
+
 def lock_entries(results, section):
     """Lock entries to record from registered results of all hosts.
 
     models: lock key -> commit, for downloads whose requested revision was not already
-    the commit. files: upstream URL -> sha256, for files pinned by no one yet.
+    the commit. model_files: model file -> the sha256 it had when first fetched, for files
+    the hub lists no hash for. files: upstream URL -> sha256, for files pinned by no one yet.
     """
     entries = {}
     for result in results or []:
@@ -407,6 +437,10 @@ def lock_entries(results, section):
             if section == "models" and item.get("commit"):
                 if planned.get("revision") != item["commit"]:
                     entries[planned["lock_key"]] = item["commit"]
+            elif section == "model_files" and item.get("commit"):
+                for path, sha256 in (item.get("first_sums") or {}).items():
+                    entries[model_files_key(planned["source"], planned["repo_id"],
+                                            item["commit"], path)] = sha256
             elif section == "files" and item.get("sha256") and not planned.get("sha256"):
                 entries[planned["upstream_url"]] = item["sha256"]
     return entries
@@ -707,6 +741,7 @@ class FilterModule:
             "thorfleet_catalogue": merge_catalogue,
             "thorfleet_model_plan": model_plan,
             "thorfleet_lock_entries": lock_entries,
+            "thorfleet_manifest_commit": manifest_commit,
             "thorfleet_service_specs": service_specs,
             "thorfleet_image_plan": image_plan,
             "thorfleet_image_digests": image_digests,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # Every build: an optimised, self-contained binary (no shared libraries to go stale
 # when `current` moves to another build).
 COMMON_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF")
@@ -35,6 +37,40 @@ def ggml_cmake_flags(gpu, engine_flags=(), extra_flags=(), cuda_home="/usr/local
     return flags + list(engine_flags or []) + list(extra_flags or [])
 
 
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def engine_plan(engines, sources, locked, refresh=False):
+    """Per engine: name, ref, the lock's key (<engine>@<ref>) and pin, the commit to check
+    out ("" when the ref is to be resolved: not locked yet, or a refresh). A ref that is a
+    full commit is its own pin."""
+    plan = []
+    for name in engines:
+        ref = str(sources[name]["version"])
+        key = f"{name}@{ref}"
+        pin = ref if COMMIT.fullmatch(ref) else ("" if refresh else str(locked.get(key) or ""))
+        if pin and not COMMIT.fullmatch(pin):
+            raise ValueError(f"the lock file's engines.{key}: {pin[:80]!r} is not a commit of "
+                             "40 hex digits; delete the entry to resolve the ref again")
+        plan.append({"name": name, "ref": ref, "lock_key": key, "pin": pin})
+    return plan
+
+
+def engine_commits(checkouts):
+    """Lock entries (<engine>@<ref> -> commit) of refs resolved in this run, from every
+    host's registered checkouts."""
+    entries = {}
+    for registered in checkouts or []:
+        for result in (registered or {}).get("results", []):
+            planned, after = result.get("item", {}), result.get("after")
+            if result.get("failed") or result.get("skipped") or not planned:
+                continue
+            if COMMIT.fullmatch(str(after)) and not planned["pin"]:
+                entries[planned["lock_key"]] = after
+    return entries
+
+
 class FilterModule:
     def filters(self):
-        return {"ggml_cmake_flags": ggml_cmake_flags, "cuda_architecture": cuda_architecture}
+        return {"ggml_cmake_flags": ggml_cmake_flags, "cuda_architecture": cuda_architecture,
+                "thorfleet_engine_plan": engine_plan, "thorfleet_engine_commits": engine_commits}

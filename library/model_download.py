@@ -17,8 +17,13 @@ description:
     succeeds) and the result is not changed.
   - Files download to a staging directory beside O(dest) and are moved into O(dest) only when
     every wanted file is complete and verified (size, then sha256, or the git blob hash for
-    small files a hub lists without sha256). A failed or interrupted run leaves O(dest) as it
-    was; the next run resumes the partial file and does not fetch finished files again.
+    small files a hub lists without sha256). A file a hub lists with no hash at all is
+    checked against O(sha256s) when given; otherwise its sha256 is returned in
+    C(first_sums), for the lock file to pin. A failed or interrupted run leaves O(dest) as
+    it was; the next run resumes the partial file and does not fetch finished files again.
+  - What a hub answers is data, checked before use: the commit must be 40 hex characters,
+    and every listed path must stay inside O(dest) (relative, no C(..), no control
+    characters, not the manifest). A manifest that fails the same checks is not trusted.
   - Files already in O(dest) with the hashes the new revision lists are kept, not fetched.
   - Free space is checked against the sizes the hub reports before anything is fetched.
   - Check mode reports the files and bytes a run would fetch; diff mode shows the old and new
@@ -58,6 +63,12 @@ options:
       - Hub endpoint, for a mirror (C(HF_ENDPOINT) for Hugging Face, the ModelScope
         endpoint). Empty for the public hub.
     type: str
+  sha256s:
+    description:
+      - sha256 by path of files the hub lists without a hash, pinned by an earlier run (the
+        lock file). A fetched file must match.
+    type: dict
+    default: {}
   staging_dir:
     description:
       - Where files are fetched before they are verified; must be on the file system of
@@ -104,6 +115,11 @@ fetched:
   returned: success
   type: list
   elements: str
+first_sums:
+  description: sha256 by path of the files fetched that the hub lists no hash for and
+    O(sha256s) did not pin.
+  returned: success
+  type: dict
 bytes_to_fetch:
   description: Bytes the run had to fetch, less what an earlier interrupted run left.
   returned: success
@@ -130,7 +146,8 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 MANIFEST = "thorfleet-manifest.json"
 DEFAULT_REVISION = {"huggingface": "main", "modelscope": "master"}
-FULL_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+FULL_COMMIT = re.compile(r"[0-9a-f]{40}")  # fullmatch only: `$` would allow a newline
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class HubError(Exception):
@@ -142,15 +159,51 @@ class RemoteFile:
         self.path, self.size, self.sha256, self.git_sha1 = path, size, sha256, git_sha1
 
 
+# ------------------------------------------------------- what a hub says, checked
+
+
+def is_commit(value):
+    return isinstance(value, str) and FULL_COMMIT.fullmatch(value) is not None
+
+
+def check_commit(commit):
+    if not is_commit(commit):
+        raise HubError(f"the hub answered commit {str(commit)[:80]!r}, not 40 hex characters: "
+                       "refused")
+    return commit
+
+
+def confined(path):
+    """Whether a path a hub lists stays inside the model's directory once joined to it."""
+    return (isinstance(path, str) and 0 < len(path) <= 4096 and not path.startswith("/")
+            and not CONTROL.search(path) and path != MANIFEST
+            and all(part not in ("", ".", "..") for part in path.split("/")))
+
+
+def check_paths(paths):
+    for path in paths:
+        if not confined(path):
+            raise HubError(f"the hub lists path {str(path)[:200]!r}, outside the model's "
+                           "directory: refused")
+
+
 # ---------------------------------------------------------------- the manifest
 
 
 def read_manifest(dest):
+    """The manifest of dest, or None when there is none or it fails the checks a hub's
+    answer must pass (its commit and paths go into units and file operations)."""
     try:
         with open(os.path.join(dest, MANIFEST)) as source:
-            return json.load(source)
-    except (OSError, ValueError):
-        return None
+            manifest = json.load(source)
+        files = manifest["files"]
+        if (is_commit(manifest["commit"]) and isinstance(files, dict)
+                and all(confined(p) and isinstance(m, dict) and isinstance(m.get("size"), int)
+                        for p, m in files.items())):
+            return manifest
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def manifest_satisfies(manifest, request, dest):
@@ -283,7 +336,7 @@ class HuggingFace:
 
     def resolve(self, repo_id, revision):
         try:
-            commit = self.api.model_info(repo_id, revision=revision).sha
+            commit = check_commit(self.api.model_info(repo_id, revision=revision).sha)
             tree = self.api.list_repo_tree(repo_id, revision=commit, recursive=True)
             files = {}
             for entry in tree:
@@ -292,6 +345,8 @@ class HuggingFace:
                         entry.path, entry.size, entry.lfs.sha256 if entry.lfs else None,
                         None if entry.lfs else entry.blob_id)
             return commit, files
+        except HubError:
+            raise
         except Exception as error:  # noqa: BLE001 (the client's errors, translated below)
             raise HubError(self.explain(error, repo_id, revision)) from None
 
@@ -346,7 +401,8 @@ class ModelScope:
 
     def resolve(self, repo_id, revision):
         try:
-            commit = revision if FULL_COMMIT.match(revision) else self._commit_of(repo_id, revision)
+            commit = check_commit(revision if is_commit(revision)
+                                  else self._commit_of(repo_id, revision))
             listing = self.api.list_repo_files(repo_id, "model", revision=commit)
         except HubError:
             raise
@@ -450,7 +506,7 @@ def run(module):
     label = f"model {request['repo_id']}@{request['revision']} ({source})"
     old = read_manifest(dest)
     result = {"changed": False, "manifest": os.path.join(dest, MANIFEST), "fetched": [],
-              "bytes_to_fetch": 0, "bytes_downloaded": 0}
+              "first_sums": {}, "bytes_to_fetch": 0, "bytes_downloaded": 0}
 
     if manifest_satisfies(old, request, dest):
         module.exit_json(commit=old["commit"], files=sorted(old["files"]), **result)
@@ -458,6 +514,11 @@ def run(module):
     try:
         hub = HUBS[source](params["endpoint"], params["token"])
         commit, remote = hub.resolve(request["repo_id"], request["revision"])
+        check_commit(commit)
+        check_paths(remote)
+        for path, known in (params["sha256s"] or {}).items():
+            if path in remote and not (remote[path].sha256 or remote[path].git_sha1):
+                remote[path].sha256 = known
         wanted = select(remote, request["allow_patterns"], request["ignore_patterns"])
         if not wanted:
             raise HubError(f"no file at commit {commit} matches allow_patterns "
@@ -493,6 +554,8 @@ def run(module):
         module.fail_json(msg=f"{label}: {error}", dest=dest, bytes_downloaded=Counter.received)
 
     files = {p: (records[p] if p in records else old_files[p]) for p in wanted}
+    result["first_sums"] = {r.path: records[r.path]["sha256"] for r in fetch
+                            if not (r.sha256 or r.git_sha1)}
     os.makedirs(dest, mode=0o755, exist_ok=True)
     # Between the first move and the new manifest, dest is neither revision: without a
     # manifest, a run cut off here is a download to redo, never a match.
@@ -515,6 +578,7 @@ def main():
             "ignore_patterns": {"type": "list", "elements": "str"},
             "dest": {"type": "path", "required": True},
             "token": {"type": "str", "no_log": True},
+            "sha256s": {"type": "dict", "default": {}},
             "endpoint": {"type": "str"},
             "staging_dir": {"type": "path"},
         },

@@ -9,7 +9,8 @@ module: thorfleet_lock
 short_description: Read or update the lock file kept with the inventory
 description:
   - The lock file pins what a name alone does not: a model revision to the commit it
-    resolved to, a file fetched by URL to its sha256, an image tag to its digest. It is
+    resolved to (and the sums of its files the hub lists no hash for), a file fetched by
+    URL to its sha256, an image tag to its digest, an engine's source ref to its commit. It is
     written on the controller, next to the inventory, and meant to be committed with it.
   - O(state=read) returns its content (empty sections when there is no file yet).
   - O(state=present) sets O(entries) in O(section), leaving other entries as they are.
@@ -30,9 +31,10 @@ options:
     choices: [read, present]
     default: present
   section:
-    description: The section to update (C(models), C(files), C(images)).
+    description: >-
+      The section to update (C(models), C(model_files), C(files), C(images), C(engines)).
     type: str
-    choices: [models, files, images]
+    choices: [models, model_files, files, images, engines]
   entries:
     description: Keys and values to set in O(section).
     type: dict
@@ -75,7 +77,7 @@ import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-SECTIONS = ("models", "files", "images")
+SECTIONS = ("models", "model_files", "files", "images", "engines")
 HEADER = (
     "# thorfleet lock file: what each name resolved to when first used, verified ever after.\n"
     "# Written by thorfleet runs; commit it with the inventory. To move a pin, change the\n"

@@ -68,8 +68,16 @@ def vllm_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The --quantization values SGLang 0.5 (NGC's 25.10 image) takes; it refuses any other.
+SGLANG_QUANTIZATIONS = ("awq", "fp8", "gptq", "marlin", "gptq_marlin", "awq_marlin",
+                        "bitsandbytes", "gguf", "modelopt", "modelopt_fp4", "petit_nvfp4",
+                        "w8a8_int8", "w8a8_fp8", "moe_wna16", "qoq", "w4afp8", "mxfp4")
+
+
 def sglang_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sglang.launch_server", description=STANDIN)
+    # SGLang takes no abbreviated flags (--model for --model-path is an alias of its own).
+    parser = argparse.ArgumentParser(prog="python -m sglang.launch_server", description=STANDIN,
+                                     allow_abbrev=False)
     parser.add_argument("--model-path", required=True)
     parser.add_argument("--served-model-name")
     parser.add_argument("--host", default="127.0.0.1")
@@ -82,7 +90,7 @@ def sglang_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-running-requests", type=int)
     parser.add_argument("--max-total-tokens", type=int)
     parser.add_argument("--disable-cuda-graph", action="store_true")
-    parser.add_argument("--quantization")
+    parser.add_argument("--quantization", choices=SGLANG_QUANTIZATIONS)
     return parser
 
 

@@ -569,6 +569,7 @@ class Lab:
                 "root": str(hub.hub_root("modelscope")), "host": GATEWAY,
                 "port": urlsplit(MODELSCOPE).port,
                 "gated": {"thorfleet-lab/gated": lab_hub.GATED_TOKEN},
+                "hostile": lab_hub.HOSTILE,
                 # About what olah serves at here, so an interrupted download is
                 # interrupted part-way in tests, as on a real link.
                 "rate": lab_hub.MODELSCOPE_RATE}))
@@ -732,6 +733,9 @@ class Lab:
         group_vars = self.inventory / "group_vars" / "thor"
         group_vars.mkdir(parents=True, exist_ok=True)
         header = "# Written by `thorfleet lab up`; rewritten on every up.\n"
+        catalogue = yaml.safe_load((self.project / "roles/thorfleet/vars/main.yml").read_text())
+        template_url = catalogue["thorfleet_catalogue"]["files"]["qwen3_nonthinking.jinja"]["url"]
+        template_sum = hashlib.sha256(lab_hub.NONTHINKING_TEMPLATE.encode()).hexdigest()
         (self.inventory / "hosts.yml").write_text(
             header + "---\n" + yaml.safe_dump(inventory, sort_keys=False))
         # The lab profile: the differences from a real Thor that DESIGN.md allows, and
@@ -750,6 +754,9 @@ class Lab:
             f"thorfleet_hf_endpoint: {HF_MIRROR}\n"
             f"thorfleet_modelscope_endpoint: {MODELSCOPE}\n"
             f"thorfleet_file_mirror: {FILE_MIRROR}\n"
+            "# The file mirror serves the lab's own nonthinking template (the published one\n"
+            "# is upstream): its sum stands in for the one the catalogue pins.\n"
+            f"thorfleet_file_checksums:\n  {template_url}: {template_sum}\n"
             "# NGC's images from the lab registry (stand-ins for vLLM and SGLang under\n"
             "# NGC's paths), with a login as nvcr.io wants; a lab-only key, no secret.\n"
             f"thorfleet_registry_mirror: {REGISTRY}\n"

@@ -32,6 +32,9 @@ from thorfleet import lab_gguf
 
 # A token the ModelScope stand-in requires for its gated repository (lab only).
 GATED_TOKEN = "ms-lab-gated-0a1b2c3d4e5f"
+# Repositories the ModelScope stand-in answers for as a broken or hostile mirror might:
+# a commit with a unit directive after a newline, a file list leaving the model directory.
+HOSTILE = {"thorfleet-lab/hostile-commit": "commit", "thorfleet-lab/hostile-path": "path"}
 BIG_FILE_SIZE = 256 * 1024 * 1024
 MODELSCOPE_RATE = 32 * 1024 * 1024  # bytes per second the stand-in serves a download at
 
@@ -122,6 +125,9 @@ class LabHub:
             Repo("modelscope", "thorfleet-lab/gated", [
                 Commit({"config.json": config, "weights.bin": pseudo_random(4096, "gated")}),
             ], branch="master"),
+            # Served as a hub answering nonsense would (see HOSTILE below).
+            *(Repo("modelscope", repo_id, [Commit({"config.json": config})], branch="master")
+              for repo_id in HOSTILE),
             # --- the catalogue's ids, small content made here
             Repo("huggingface", "Qwen/Qwen3-8B", [
                 Commit({"config.json": config,

@@ -14,6 +14,9 @@ model, from git repositories laid out like the lab's Hugging Face mirror
 
 A repository listed under ``gated`` in the config answers 401 unless the request carries
 its token (as ``Authorization: Bearer`` or the ``m_session_id`` cookie the client sends).
+A repository listed under ``hostile`` answers as a broken mirror or a man in the middle
+might: ``commit``, its commits with a unit directive after a newline; ``path``, its file
+list with a path that leaves the model's directory.
 Every request is logged with the byte range asked for and the bytes really sent, so tests
 can count what was fetched.
 """
@@ -36,6 +39,9 @@ LFS_POINTER = re.compile(rb"version https://git-lfs\.github\.com/spec/v1\n"
                          rb"oid sha256:([0-9a-f]{64})\nsize (\d+)\n")
 ROUTE = re.compile(r"^/api/v1/models/([^/]+)/([^/]+)(/.*)?$")
 CHUNK = 1 << 20
+# What a hostile repository answers (see the module's description).
+HOSTILE_COMMIT = "\nExecStartPre=+/bin/touch /tmp/thorfleet-hostile-commit"
+HOSTILE_PATH = "../../../etc/thorfleet-hostile-path"
 
 
 class HubError(Exception):
@@ -110,6 +116,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "thorfleet-modelscope-standin"
     root: Path
     gated: dict[str, str]
+    hostile: dict[str, str] = {}
     rate: float = 0  # bytes per second per download; 0: as fast as the machine goes
 
     def do_GET(self) -> None:  # noqa: N802 (the http.server API)
@@ -130,17 +137,26 @@ class Handler(BaseHTTPRequestHandler):
             raise HubError(404, f"no route {url.path}")
         owner, name, rest = match.group(1), match.group(2), match.group(3) or ""
         repo = self.repository(owner, name)
+        hostile = self.hostile.get(f"{owner}/{name}")
         if rest == "/revisions":
             refs = repo.refs()
+            if hostile == "commit":
+                for ref in refs["Branches"] + refs["Tags"]:
+                    ref["CommitId"] += HOSTILE_COMMIT
             self.reply_json(200, self.ok({"RevisionMap": refs}))
         elif rest == "/repo/files":
             commit = repo.commit(query.get("revision") or "master")
-            self.reply_json(200, self.ok({"Files": repo.files(commit)}))
+            files = repo.files(commit)
+            if hostile == "path":
+                files.append({"Path": HOSTILE_PATH, "Name": HOSTILE_PATH.rsplit("/", 1)[-1],
+                              "Type": "blob", "Size": 6, "Revision": commit,
+                              "Sha256": hashlib.sha256(b"owned\n").hexdigest()})
+            self.reply_json(200, self.ok({"Files": files}))
         elif rest == "/repo":
             commit = repo.commit(query.get("revision") or "master")
             self.send_file(*repo.open(commit, query.get("filepath", "")))
         elif rest == "":
-            commit = repo.commit("master")
+            commit = repo.commit("master") + (HOSTILE_COMMIT if hostile == "commit" else "")
             self.reply_json(200, self.ok({"Id": f"{owner}/{name}", "Revision": commit}))
         else:
             raise HubError(404, f"no route {url.path}")
@@ -224,8 +240,10 @@ class Handler(BaseHTTPRequestHandler):
         super().finish()
 
 
-def serve(root: Path, host: str, port: int, gated: dict[str, str], rate: float = 0) -> None:
-    handler = type("BoundHandler", (Handler,), {"root": root, "gated": gated, "rate": rate})
+def serve(root: Path, host: str, port: int, gated: dict[str, str], rate: float = 0,
+          hostile: dict[str, str] | None = None) -> None:
+    handler = type("BoundHandler", (Handler,), {"root": root, "gated": gated, "rate": rate,
+                                                "hostile": hostile or {}})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     print(f"modelscope stand-in serving {root} on http://{host}:{port}", flush=True)
@@ -236,12 +254,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True,
                         help="JSON: {root, host, port, gated: {owner/name: token}, "
-                             "rate: bytes per second}")
+                             "rate: bytes per second, hostile: {owner/name: commit|path}}")
     args = parser.parse_args(argv)
     config = json.loads(args.config.read_text())
     sys.stderr.reconfigure(line_buffering=True)
     serve(Path(config["root"]), config["host"], int(config["port"]), config.get("gated", {}),
-          float(config.get("rate", 0)))
+          float(config.get("rate", 0)), config.get("hostile", {}))
 
 
 if __name__ == "__main__":

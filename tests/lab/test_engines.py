@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
+from tests.lab.conftest import ROOT as PROJECT
 from tests.lab.conftest import Playbook
 from thorfleet import bounded
 
@@ -21,6 +23,9 @@ Description=thorfleet lab test: whisper-server from the current build
 ExecStart={ROOT}/whisper.cpp/current/bin/whisper-server \
   --model {ROOT}/whisper.cpp/src/models/for-tests-ggml-tiny.bin --host 127.0.0.1 --port 8080
 """
+
+
+LOCK = PROJECT / "inventory" / "lab" / ".thorfleet.lock.yml"
 
 
 def engines(*args: str) -> Playbook:
@@ -168,7 +173,38 @@ def test_going_back_to_the_pinned_ref_switches_to_the_kept_build(first_build, th
     assert len(builds(thor01, "whisper.cpp")) == 2
 
 
-def test_a_second_host_builds_mostly_from_the_shared_cache(first_build, hosts):
+def pinned(engine: str, ref: str) -> str:
+    return yaml.safe_load(LOCK.read_text())["engines"][f"{engine}@{ref}"]
+
+
+@pytest.fixture
+def moved_tag(lab):
+    """whisper.cpp's v1.8.5 moved upstream to a new commit, then put back."""
+    repo = str(lab.source_repo("whisper.cpp"))
+    old = bounded.run(["git", "--git-dir", repo, "rev-parse", "v1.8.5^{commit}"], 30,
+                      check=True).stdout.strip()
+    yield lab.commit_to_source("whisper.cpp", "ggml/src/ggml-alloc.c",
+                               "// thorfleet lab: v1.8.5 moved upstream", "v1.8.5")
+    bounded.run(["git", "--git-dir", repo, "tag", "-f", "v1.8.5", old], 30, check=True)
+
+
+def test_a_tag_moved_upstream_builds_nothing_until_refreshed(first_build, thor01, moved_tag):
+    pin = pinned("whisper.cpp", "v1.8.5")
+    assert pin == record(thor01, "whisper.cpp")["commit"]
+    build, before = current(thor01, "whisper.cpp"), ccache_stats(thor01)
+    again = engines("-l", "thor01")
+    assert again.rc == 0 and again.recap["thor01"]["changed"] == 0, again
+    assert ccache_stats(thor01) == before and current(thor01, "whisper.cpp") == build
+    assert thor01.check_output(f"git -C {ROOT}/whisper.cpp/src rev-parse HEAD") == pin
+    assert pinned("whisper.cpp", "v1.8.5") == pin
+    # The documented switch takes what the tag names now (previewed: nothing changes).
+    preview = engines("-l", "thor01", "--check", "--diff", "-e", "ggml_build_refresh=true")
+    assert preview.rc == 0, preview
+    assert f"commit {pin[:12]} -> {moved_tag[:12]}; building" in preview.output, preview
+    assert pinned("whisper.cpp", "v1.8.5") == pin
+
+
+def test_a_second_host_builds_mostly_from_the_shared_cache(first_build, hosts, moved_tag):
     thor02 = hosts["thor02"]
     thor02.run(f"rm -rf {ROOT}")
     before = ccache_stats(thor02)
@@ -177,3 +213,5 @@ def test_a_second_host_builds_mostly_from_the_shared_cache(first_build, hosts):
     hits, misses = compiles(before, ccache_stats(thor02))
     assert hits > 9 * misses, (hits, misses)
     assert thor02.run(f"{ROOT}/whisper.cpp/current/bin/whisper-server --help").rc == 0
+    # Built at the commit the first host pinned, though the tag has moved since.
+    assert record(thor02, "whisper.cpp")["commit"] == pinned("whisper.cpp", "v1.8.5")

@@ -111,13 +111,44 @@ def test_each_host_gets_exactly_its_services_models_at_a_pinned_commit(provision
     assert hosts["thor02"].run("ls -A /models 2>/dev/null").stdout.strip() == ""
 
 
-def test_the_template_lands_beside_its_model_with_the_sum_recorded(provisioned, thor01, lab):
+def test_the_template_lands_beside_its_model_pinned_by_the_lab_profile(provisioned, thor01,
+                                                                      lab):
     served = (lab.state / "www" / "qwen3_nonthinking.jinja").read_bytes()
     expected = hashlib.sha256(served).hexdigest()
     template = thor01.file(TEMPLATE)
     assert template.sha256sum == expected
     assert (template.user, template.mode) == ("root", 0o644)
-    assert lock()["files"] == {TEMPLATE_URL: expected}
+    # The catalogue pins the published file; the lab's own, pinned in its profile, wins.
+    profile = yaml.safe_load((ROOT / "inventory/lab/group_vars/thor/lab.yml").read_text())
+    assert profile["thorfleet_file_checksums"] == {TEMPLATE_URL: expected}
+    assert TEMPLATE_URL not in lock()["files"]
+
+
+@pytest.fixture
+def lock_kept():
+    """The lock file as it was, after the test."""
+    locked = LOCK.read_text()
+    yield
+    LOCK.write_text(locked)
+
+
+def test_a_file_without_a_sum_is_pinned_in_the_lock_on_first_fetch(provisioned, thor01, lab,
+                                                                   lock_kept):
+    url = "https://files.example.invalid/verify.png"  # the file mirror serves it by name
+    variables = {
+        "thorfleet_catalogue_extra": {
+            "files": {"verify.png": {"url": url, "path": "lab-files/verify.png"}},
+            "recipes": {"lab-file": {"engine": "vllm", "model": "Qwen/Qwen3-8B",
+                                     "files": ["verify.png"]}}},
+        "thorfleet_services": [{"name": "lab", "recipe": "lab-file"}]}
+    try:
+        first = models("-l", "thor01", *extra(**variables))
+        assert first.rc == 0, first
+        expected = hashlib.sha256((lab.state / "www" / "verify.png").read_bytes()).hexdigest()
+        assert lock()["files"][url] == expected
+        assert thor01.file("/models/lab-files/verify.png").sha256sum == expected
+    finally:
+        thor01.run("rm -rf /models/lab-files")
 
 
 def test_a_rerun_changes_nothing_and_downloads_nothing(provisioned, thor01, lab):
@@ -183,6 +214,24 @@ def test_a_gated_repository_needs_its_token_which_never_shows(provisioned, thor0
         found = thor01.run(f"grep -rlsF -D skip -- {secret} /root /home /etc /models /tmp "
                            "/var/tmp")
         assert found.stdout == "", (secret, found.stdout)
+
+
+@pytest.mark.parametrize(("repo", "named"), [
+    ("thorfleet-lab/hostile-commit", "the hub answered commit '0"),
+    ("thorfleet-lab/hostile-path", "the hub lists path '../../../etc/thorfleet-hostile-path', "
+                                   "outside the model's directory: refused"),
+])
+def test_a_hub_that_answers_nonsense_is_refused_naming_it(provisioned, thor01, repo, named):
+    """The ModelScope stand-in answers for these as a hostile mirror would."""
+    tree = "find /models /etc/systemd/system /etc/thorfleet -xdev | sort | md5sum"
+    before, locked = thor01.check_output(tree), LOCK.read_text()
+    run = models(*lab_model(repo))
+    assert run.rc != 0, run
+    assert f"model {repo}@master (modelscope): {named}" in run.output, run
+    assert thor01.check_output(tree) == before
+    for planted in ("/etc/thorfleet-hostile-path", "/tmp/thorfleet-hostile-commit"):
+        assert not thor01.file(planted).exists, planted
+    assert LOCK.read_text() == locked
 
 
 @pytest.mark.parametrize(("case", "args", "cause"), [

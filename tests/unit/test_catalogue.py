@@ -14,6 +14,8 @@ CATALOGUE = yaml.safe_load((ROOT / "roles/thorfleet/vars/main.yml").read_text())
     "thorfleet_catalogue"]
 TEMPLATE_URL = ("https://qwen.readthedocs.io/en/latest/_downloads/"
                 "c101120b5bebcc2f12ec504fc93a965e/qwen3_nonthinking.jinja")
+# The published template's sum (4148 bytes, CRLF line ends), written here by hand.
+PUBLISHED_TEMPLATE = "3dd897869fdc38d301d820ce130bbf35ed031add46e1b9c8d8f260579c6c0f2a"
 
 # Written by hand from the guide's commands (what each serves, under /models), apart from
 # the catalogue, so the catalogue cannot agree with itself.
@@ -76,7 +78,8 @@ def test_nonthinking_container_recipes_and_only_they_carry_the_template():
         assert (catalogue_filters.recipe_files(recipe) == ["qwen3_nonthinking.jinja"]) == wants, \
             name
     assert CATALOGUE["files"]["qwen3_nonthinking.jinja"] == {
-        "url": TEMPLATE_URL, "path": "Qwen/Qwen3-8B/qwen3_nonthinking.jinja"}
+        "url": TEMPLATE_URL, "path": "Qwen/Qwen3-8B/qwen3_nonthinking.jinja",
+        "sha256": PUBLISHED_TEMPLATE}
 
 
 def test_a_host_gets_each_model_once_with_the_files_its_recipes_name():
@@ -96,7 +99,7 @@ def test_a_host_gets_each_model_once_with_the_files_its_recipes_name():
     # The FP8 recipe points at the Qwen3-8B template, which lands there without the model.
     assert result["files"] == [{
         "name": "qwen3_nonthinking.jinja", "upstream_url": TEMPLATE_URL, "url": TEMPLATE_URL,
-        "sha256": "", "pinned_by": "lock",
+        "sha256": PUBLISHED_TEMPLATE, "pinned_by": "catalogue",
         "dest": "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja", "services": ["c"]}]
 
 
@@ -120,14 +123,35 @@ def test_the_source_picks_the_hubs_repository_and_default_revision():
 def test_the_lock_pins_revisions_and_sums_and_the_inventory_wins_for_sums():
     lock = {"models": {"huggingface:Qwen/Qwen3-8B@main": "c" * 40},
             "files": {TEMPLATE_URL: "1" * 64}}
-    result = plan([{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}], lock=lock)
+    services = [{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}]
+    result = plan(services, lock=lock)
     assert result["models"][0]["revision"] == "c" * 40
     assert result["models"][0]["requested_revision"] == "main"
-    assert result["files"][0]["sha256"] == "1" * 64
-    pinned = plan([{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}], lock=lock,
-                  checksums={TEMPLATE_URL: "2" * 64})
+    # The catalogue ships the published template's sum: it wins over the lock's...
+    assert (result["files"][0]["sha256"], result["files"][0]["pinned_by"]) == (
+        PUBLISHED_TEMPLATE, "catalogue")
+    # ... the inventory's wins over both...
+    pinned = plan(services, lock=lock, checksums={TEMPLATE_URL: "2" * 64})
     assert (pinned["files"][0]["sha256"], pinned["files"][0]["pinned_by"]) == ("2" * 64,
                                                                               "inventory")
+    # ... and a file with no sum in the catalogue has the lock's.
+    unsummed = {**CATALOGUE, "files": {name: {k: v for k, v in f.items() if k != "sha256"}
+                                       for name, f in CATALOGUE["files"].items()}}
+    from_lock = catalogue_filters.model_plan(services, unsummed, lock=lock)["files"][0]
+    assert (from_lock["sha256"], from_lock["pinned_by"]) == ("1" * 64, "lock")
+    assert catalogue_filters.model_plan(services, unsummed)["files"][0]["sha256"] == ""
+
+
+def test_the_lock_gives_a_model_the_sums_it_pinned_for_its_commit_only():
+    key = "huggingface:Qwen/Qwen3-8B@" + "c" * 40 + "/"
+    lock = {"models": {"huggingface:Qwen/Qwen3-8B@main": "c" * 40},
+            "model_files": {key + "config.json": "1" * 64, key + "sub/a.bin": "2" * 64,
+                            "huggingface:Qwen/Qwen3-8B@" + "d" * 40 + "/x": "3" * 64,
+                            "huggingface:Qwen/Qwen3-8B-GGUF@" + "c" * 40 + "/y": "4" * 64}}
+    model = plan([{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}], lock=lock)["models"][0]
+    assert model["sha256s"] == {"config.json": "1" * 64, "sub/a.bin": "2" * 64}
+    unpinned = plan([{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}])["models"][0]
+    assert unpinned["sha256s"] == {}
 
 
 def test_a_file_mirror_serves_files_by_name_and_a_model_root_moves_everything():
@@ -189,6 +213,10 @@ def test_lock_entries_come_from_every_hosts_results_once():
     assert catalogue_filters.lock_entries([host1], "files") == {"u": "s" * 64}
     pinned = {"results": [{"item": {**planned, "revision": "c" * 40}, "commit": "c" * 40}]}
     assert catalogue_filters.lock_entries([pinned], "models") == {}
+    first = {"results": [{"item": {**planned, "source": "modelscope", "repo_id": "a/b"},
+                          "commit": "c" * 40, "first_sums": {"x/y.bin": "5" * 64}}]}
+    assert catalogue_filters.lock_entries([first, host1], "model_files") == {
+        "modelscope:a/b@" + "c" * 40 + "/x/y.bin": "5" * 64}
 
 
 def test_the_sample_inventorys_services_plan_cleanly():
@@ -288,4 +316,51 @@ def test_a_complete_new_entry_is_added():
 def test_an_incomplete_or_wrong_entry_is_refused_naming_it_and_the_field(extra, message):
     with pytest.raises(catalogue_filters.CatalogueError) as raised:
         merged(extra)
+    assert message in str(raised.value)
+
+
+def with_entries(section, **entries):
+    return {**CATALOGUE, section: {**CATALOGUE[section], **entries}}
+
+
+# Paths of the filters' checks that no other test reaches, each with the error it gives.
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: plan(["vllm-qwen3-8b"]),
+     "thor01: thorfleet_services[0]: a service is a mapping with name and recipe"),
+    (lambda: catalogue_filters.model_plan(
+        [{"name": "a", "recipe": "r"}], with_entries("recipes", r={
+            "engine": "vllm", "model": "No/Such"}), host="thor01"),
+     "thor01: service a: recipe r: field model: 'No/Such' is not in the catalogue's models"),
+    (lambda: catalogue_filters.model_plan(
+        [{"name": "a", "recipe": "r"}], with_entries("recipes", r={
+            "engine": "vllm", "model": "Qwen/Qwen3-8B", "files": ["nope.jinja"]}),
+        host="thor01"),
+     "thor01: service a: recipe r: field files: 'nope.jinja' is not in the catalogue's files"),
+    (lambda: plan([{"name": "a", "recipe": "vllm-qwen3-8b"}], default_source="github"),
+     "thor01: thorfleet_model_source: 'github' is not one of huggingface, modelscope"),
+    (lambda: catalogue_filters.model_plan(
+        [{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}],
+        with_entries("files", **{"qwen3_nonthinking.jinja": {"url": TEMPLATE_URL,
+                                                             "path": "../../etc/x"}}),
+        host="thor01"),
+     "thor01: service a: file qwen3_nonthinking.jinja path '../../etc/x' is outside the model "
+     "root /models"),
+    *((lambda share=share: catalogue_filters.service_specs(
+        [{"name": "a", "recipe": "vllm-qwen3-8b", "memory_share": share}], CATALOGUE,
+        host="thor01"),
+       f"thor01: service a: field memory_share: {share!r} is not a share of unified memory")
+      for share in (0, True, False)),
+    (lambda: catalogue_filters.service_specs(
+        [{"name": "a", "recipe": "vllm-qwen3-8b", "port": True}], CATALOGUE, host="thor01"),
+     "thor01: service a: field port: True is not a port (1-65535)"),
+    (lambda: catalogue_filters.service_specs(
+        [{"name": "a", "recipe": "vllm-qwen3-8b", "served_name": ""}], CATALOGUE,
+        host="thor01"),
+     "thor01: service a: field served_name: '' is not a name of 1 to 128"),
+], ids=["service not a mapping", "recipe model missing", "recipe file missing",
+        "bad model source", "file outside the root", "memory_share 0", "memory_share True",
+        "memory_share False", "boolean port", "empty served name"])
+def test_each_check_of_the_filters_names_what_it_refuses(call, message):
+    with pytest.raises(catalogue_filters.CatalogueError) as raised:
+        call()
     assert message in str(raised.value)

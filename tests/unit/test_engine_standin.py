@@ -51,6 +51,11 @@ def test_the_guides_media_path_flag_without_a_value_is_refused(models):
     ("sglang", ["python", "-m", "sglang.launch_server", "--model-path", "/m",
                 "--preferred-sampling-params", "[1,"]),
     ("sglang", ["python", "-m", "sglang.launch_server", "--port", "8000"]),  # no model
+    # SGLang refuses abbreviated flags and a --quantization it does not know.
+    ("sglang", ["python", "-m", "sglang.launch_server", "--model-path", "/m",
+                "--served-model", "qwen3"]),
+    ("sglang", ["python", "-m", "sglang.launch_server", "--model-path", "/m",
+                "--quantization", "fp8_w8a8"]),
 ])
 def test_what_the_engine_refuses_stops_the_stand_in(engine, argv, models):
     with pytest.raises(SystemExit) as refused:

@@ -159,3 +159,41 @@ def test_only_the_newest_builds_are_kept(project, build):
               for level in (0, 1, 2)]
     assert builds(project) == sorted(f"build-{s}" for s in stamps[1:])
     assert current(project) == f"build-{stamps[2]}"
+
+
+def test_retrying_a_failed_build_compiles_again_and_never_switches_to_it(project, build):
+    good = build(project).result["stamp"]
+    (project / "src" / "main.c").write_text("int main(void){ return 0 }\n")
+    assert build(project, commit="c-broken").failed
+    # The failed build's directory stays (a retry is incremental), without a marker...
+    broken = [b for b in builds(project) if b != f"build-{good}"]
+    assert len(broken) == 1 and not (project / "engine" / broken[0] / ggml_build.MARKER).exists()
+    # ... so a retry of the same inputs compiles again, fails again, and `current` stays.
+    retry = build(project, commit="c-broken")
+    assert retry.failed and "tiny build failed at commit c-broken" in retry.result["msg"]
+    assert current(project) == f"build-{good}"
+
+
+def test_a_build_without_a_target_binary_fails_and_is_not_switched_to(project, build):
+    good = build(project).result["stamp"]
+    (project / "src" / "CMakeLists.txt").write_text(CMAKELISTS.replace(
+        "add_executable(tiny-server main.c)", "add_executable(tiny-server main.c)\n"
+        "add_custom_command(TARGET tiny-server POST_BUILD COMMAND ${CMAKE_COMMAND} -E rm "
+        "$<TARGET_FILE:tiny-server>)"))
+    missing = build(project, commit="c-lost")
+    assert missing.failed, missing.result
+    assert "tiny built, but without tiny-server" in missing.result["msg"]
+    assert current(project) == f"build-{good}"
+
+
+def test_a_failed_build_is_removed_once_another_succeeds(project, build):
+    build(project)
+    (project / "src" / "main.c").write_text("int main(void){ return 0 }\n")
+    assert build(project, commit="c-broken").failed
+    assert len(builds(project)) == 2
+    (project / "src" / "main.c").write_text('#include <stdio.h>\nint main(void){puts("v3");}\n')
+    fixed = build(project, commit="c-fixed").result
+    assert fixed["compiled"] and current(project) == f"build-{fixed['stamp']}"
+    # The good first build stays for rollback; the failed one is gone.
+    assert len(builds(project)) == 2 and all(
+        (project / "engine" / b / ggml_build.MARKER).exists() for b in builds(project))

@@ -47,3 +47,33 @@ def test_a_compute_capability_that_is_none_is_refused():
 
 def test_the_filter_is_registered_for_ansible():
     assert ggml.FilterModule().filters()["ggml_cmake_flags"] is ggml.ggml_cmake_flags
+
+
+SOURCES = {"llama.cpp": {"version": "b11312"}, "whisper.cpp": {"version": "a" * 40}}
+
+
+def test_a_ref_is_checked_out_at_the_commit_the_lock_pins_unless_refreshed():
+    locked = {"llama.cpp@b11312": "c" * 40, "llama.cpp@b11000": "d" * 40}
+    plan = ggml.engine_plan(["llama.cpp", "whisper.cpp"], SOURCES, locked)
+    assert plan == [
+        {"name": "llama.cpp", "ref": "b11312", "lock_key": "llama.cpp@b11312", "pin": "c" * 40},
+        # A full commit is its own pin, refresh or not.
+        {"name": "whisper.cpp", "ref": "a" * 40, "lock_key": "whisper.cpp@" + "a" * 40,
+         "pin": "a" * 40}]
+    assert [p["pin"] for p in ggml.engine_plan(["llama.cpp", "whisper.cpp"], SOURCES, {})] == [
+        "", "a" * 40]
+    assert [p["pin"] for p in ggml.engine_plan(["llama.cpp", "whisper.cpp"], SOURCES, locked,
+                                               refresh=True)] == ["", "a" * 40]
+    with pytest.raises(ValueError, match=r"engines.llama.cpp@b11312: 'c\\n"):
+        ggml.engine_plan(["llama.cpp"], SOURCES, {"llama.cpp@b11312": "c\nExecStart=x"})
+
+
+def test_only_refs_resolved_in_this_run_reach_the_lock():
+    plan = ggml.engine_plan(["llama.cpp", "whisper.cpp"], SOURCES, {})
+    host1 = {"results": [{"item": plan[0], "after": "e" * 40},
+                         {"item": plan[1], "after": "a" * 40}]}
+    host2 = {"results": [{"item": plan[0], "after": "e" * 40, "failed": True},
+                         {"item": plan[0], "after": "not a commit"}]}
+    assert ggml.engine_commits([host1, host2, {}]) == {"llama.cpp@b11312": "e" * 40}
+    pinned = ggml.engine_plan(["llama.cpp"], SOURCES, {"llama.cpp@b11312": "c" * 40})
+    assert ggml.engine_commits([{"results": [{"item": pinned[0], "after": "c" * 40}]}]) == {}

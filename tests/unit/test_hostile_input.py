@@ -5,6 +5,9 @@ quoting a secret."""
 
 from __future__ import annotations
 
+import base64
+import json
+
 import pytest
 
 from tests.conftest import load
@@ -120,6 +123,8 @@ def test_a_model_root_of_ones_own_is_taken():
      "thorfleet_catalogue_extra.files.qwen3_nonthinking.jinja: field url:"),
     ({"files": {"qwen3_nonthinking.jinja": {"path": "/etc/cron.d/x"}}},
      "thorfleet_catalogue_extra.files.qwen3_nonthinking.jinja: field path:"),
+    ({"files": {"qwen3_nonthinking.jinja": {"sha256": "A" * 64}}},
+     "thorfleet_catalogue_extra.files.qwen3_nonthinking.jinja: field sha256:"),
 ])
 def test_a_hostile_catalogue_entry_is_refused_naming_it_and_the_field(extra, says):
     assert says in refused(extra=extra)
@@ -132,3 +137,14 @@ def test_the_projects_catalogue_and_the_sample_fleet_pass_every_rule():
         catalogue_filters.service_specs([{"name": "a", "recipe": recipe, "port": port,
                                           "memory_share": 0.5}], merged, host="thor01",
                                         api_key="sk-thor-fleet-example-key")
+
+
+@pytest.mark.parametrize("commit", ["a" * 40 + "\nExecStartPre=+/bin/sh -c id", "a" * 39, 40])
+def test_a_manifests_commit_reaches_a_unit_only_as_40_hex_characters(commit):
+    slurped = {"content": base64.b64encode(json.dumps({"commit": commit}).encode()).decode()}
+    with pytest.raises(catalogue_filters.CatalogueError) as raised:
+        catalogue_filters.manifest_commit(slurped, "/models/m")
+    assert "/models/m/thorfleet-manifest.json: commit" in str(raised.value)
+    good = {"content": base64.b64encode(json.dumps({"commit": "a" * 40}).encode()).decode()}
+    assert catalogue_filters.manifest_commit(good, "/models/m") == "a" * 40
+    assert catalogue_filters.manifest_commit({"failed": True}, "/models/m") == "not downloaded"

@@ -140,6 +140,14 @@ def test_cuda_versions_compare_as_numbers():
     assert thor_facts.assess(thor_host(cuda="13.10"), require_gpu=True, **REQUIRE) == []
     assert thor_facts.assess(thor_host(cuda="12.9"), require_gpu=True, **REQUIRE) == [
         "CUDA 12.9 is older than 13.0"]
+    # Values that compare the other way as strings ("13.0" < "9.2", "13.2" > "13.10").
+    newer = {**REQUIRE, "min_cuda": "9.2"}
+    assert thor_facts.assess(thor_host(cuda="13.0"), require_gpu=True, **newer) == []
+    assert thor_facts.assess(thor_host(cuda="13.2"), require_gpu=True,
+                             **{**REQUIRE, "min_cuda": "13.10"}) == [
+        "CUDA 13.2 is older than 13.10"]
+    assert thor_facts.assess(thor_host(cuda="9.2"), require_gpu=True, **REQUIRE) == [
+        "CUDA 9.2 is older than 13.0"]
 
 
 def test_too_little_disk_names_the_models_root_and_the_need():

@@ -23,7 +23,8 @@ def lock(tmp_path, monkeypatch, check=False, **args):
 
 def test_reading_a_missing_lock_gives_empty_sections(tmp_path, monkeypatch):
     done = lock(tmp_path, monkeypatch, state="read")
-    assert done.result == {"changed": False, "lock": {"models": {}, "files": {}, "images": {}}}
+    assert done.result == {"changed": False, "lock": {"models": {}, "model_files": {}, "files": {},
+                                                     "images": {}, "engines": {}}}
     assert not (tmp_path / LOCK_NAME).exists()
 
 
@@ -33,9 +34,19 @@ def test_entries_are_merged_into_their_section_and_others_kept(tmp_path, monkeyp
                 entries={"huggingface:Qwen/Qwen3-8B@main": "c" * 40})
     assert done.result["changed"]
     written = yaml.safe_load((tmp_path / LOCK_NAME).read_text())
-    assert written == {"models": {"huggingface:Qwen/Qwen3-8B@main": "c" * 40},
-                       "files": {"https://a/t.jinja": "1" * 64}, "images": {}}
+    assert written == {"models": {"huggingface:Qwen/Qwen3-8B@main": "c" * 40}, "model_files": {},
+                       "files": {"https://a/t.jinja": "1" * 64}, "images": {}, "engines": {}}
     assert (tmp_path / LOCK_NAME).read_text().startswith("# thorfleet lock file")
+
+
+def test_entries_are_merged_within_their_section(tmp_path, monkeypatch):
+    """A second host's pins join the first's; an entry given again takes the new value."""
+    lock(tmp_path, monkeypatch, section="images", entries={"a:1": "sha256:1", "b:1": "sha256:2"})
+    done = lock(tmp_path, monkeypatch, section="images",
+                entries={"b:1": "sha256:3", "c:1": "sha256:4"})
+    assert json.loads(done.result["diff"]["after"]) == {"b:1": "sha256:3", "c:1": "sha256:4"}
+    written = yaml.safe_load((tmp_path / LOCK_NAME).read_text())
+    assert written["images"] == {"a:1": "sha256:1", "b:1": "sha256:3", "c:1": "sha256:4"}
 
 
 def test_the_same_entries_change_nothing(tmp_path, monkeypatch):
