@@ -122,7 +122,8 @@ KEY_RULES = {"engines": "name", "models": "path", "files": "file_name", "recipes
 ENTRY_FIELDS = {
     "engines": {"required": ("kind", "port"),
                 "types": {"kind": str, "image": str, "build": str, "binary": str, "port": int,
-                          "memory_share": (int, float), "modelscope_env": str,
+                          "memory_share": (int, float), "memory_overhead": (int, float),
+                          "caches": list, "start_timeout": int, "modelscope_env": str,
                           "api_key_env": str, "api_key_flag": str}},
     "models": {"required": (),
                "types": {"huggingface": dict, "modelscope": dict, "quantization": str,
@@ -132,7 +133,7 @@ ENTRY_FIELDS = {
                 "types": {"engine": str, "model": str, "model_file": str, "served_name": str,
                           "modality": str, "args": list, "sampling": dict,
                           "chat_template": str, "files": list, "memory_share": (int, float),
-                          "quantization": str}},
+                          "quantization": str, "start_timeout": int}},
 }
 
 
@@ -233,6 +234,12 @@ def _check_entry(section, where, entry):
             check_token(where, field, token)
     for file_name in entry.get("files") or []:
         check_field(where, "files", file_name, "file_name")
+    for cache in entry.get("caches") or []:
+        # A mount's container side: `--volume=<host>:<cache>`.
+        if not (isinstance(cache, str) and cache.startswith("/")
+                and RULES["path"][0].fullmatch(cache[1:])):
+            raise CatalogueError(f"{where}: field caches: {cache!r} is not an absolute path of "
+                                 "letters, digits, '.', '_', '+', '@', '-' and '/'")
     if section == "engines" and not 1 <= entry["port"] <= 65535:
         raise CatalogueError(f"{where}: field port: {entry['port']!r} is not a port (1-65535)")
     if section == "models":
@@ -448,6 +455,7 @@ def lock_entries(results, section):
 
 # --- services: each resolved to what its unit runs --------------------------------------
 
+DEFAULT_START_TIMEOUT = 1200  # seconds; an engine or a recipe of the catalogue may say more
 # Flags whose value is JSON, for the engines that take them.
 JSON_FLAGS = ("--override-generation-config", "--preferred-sampling-params", "--hf-overrides",
               "--compilation-config", "--speculative-config", "--kv-transfer-config",
@@ -455,7 +463,8 @@ JSON_FLAGS = ("--override-generation-config", "--preferred-sampling-params", "--
 
 
 def _vllm(model, name, bind, port, share, recipe, args, template):
-    """vllm serve <model> as the guide writes it; address, port, share only where given."""
+    """vllm serve <model> as the guide writes it; address and port only where moved, the
+    memory share always."""
     argv = ["vllm", "serve", model, "--served-model-name", name, *args]
     if recipe.get("sampling"):
         argv += ["--override-generation-config", json.dumps(recipe["sampling"])]
@@ -465,9 +474,7 @@ def _vllm(model, name, bind, port, share, recipe, args, template):
         argv += ["--host", bind]
     if port != 8000:
         argv += ["--port", str(port)]
-    if share is not None:
-        argv += ["--gpu-memory-utilization", str(share)]
-    return argv
+    return [*argv, "--gpu-memory-utilization", str(share)]
 
 
 def _sglang(model, name, bind, port, share, recipe, args, template):
@@ -477,9 +484,7 @@ def _sglang(model, name, bind, port, share, recipe, args, template):
         argv += ["--preferred-sampling-params", json.dumps(recipe["sampling"])]
     if template:
         argv += ["--chat-template", template]
-    if share is not None:
-        argv += ["--mem-fraction-static", str(share)]
-    return argv
+    return [*argv, "--mem-fraction-static", str(share)]
 
 
 def _llama_server(model, name, bind, port, share, recipe, args, template):
@@ -491,8 +496,8 @@ def _whisper_server(model, name, bind, port, share, recipe, args, template):
     return ["whisper-server", "--model", model, "--host", bind, "--port", str(port), *args]
 
 
-# One adapter per engine: (model path, served name, bind address, port, memory share or
-# None, recipe, recipe flags, chat template path or None) -> the engine's argv.
+# One adapter per engine: (model path, served name, bind address, port, memory share,
+# recipe, recipe flags, chat template path or None) -> the engine's argv.
 ADAPTERS = {"vllm": _vllm, "sglang": _sglang, "llama-server": _llama_server,
             "whisper-server": _whisper_server}
 
@@ -539,6 +544,15 @@ def _check_overrides(where, service):
                                  f"{value!r}") from None
 
 
+def _start_timeout(where, recipe, engine):
+    """Seconds the service may take to answer /health: the recipe's, else the engine's."""
+    timeout = recipe.get("start_timeout", engine.get("start_timeout", DEFAULT_START_TIMEOUT))
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 < timeout <= 86400:
+        raise CatalogueError(f"{where}: field start_timeout: {timeout!r} is not a number of "
+                             "seconds from 1 to 86400")
+    return timeout
+
+
 def _probe_address(bind):
     """Where the host itself reaches a service bound to `bind` (URL form)."""
     wildcard = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}
@@ -562,7 +576,8 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
 
     A spec: name, unit, recipe, engine, kind (container or native), modality, port,
     served_name (the service's, else the recipe's, else the service name), memory_share
-    (given, or what the engine takes by default), model (the path the engine loads),
+    (given, else the recipe's, else the engine's default), memory_overhead (what the
+    engine takes beyond its share), model (the path the engine loads),
     model_dir (the downloaded repository it is in), chat_template (its path, or None),
     bind_address and probe_address (where
     the host reaches it), nonthinking, argv (the engine's command), env,
@@ -601,6 +616,8 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
         args = [a.replace("{models_root}", root) for a in recipe.get("args") or []]
         template = files.get(recipe.get("chat_template"))
         given_share = service.get("memory_share")
+        share = given_share if given_share is not None else \
+            recipe.get("memory_share", engine.get("memory_share", 0))
         served_name = service.get("served_name") or recipe.get("served_name") or name
         if service.get("api_key") and not (engine.get("api_key_env")
                                            or engine.get("api_key_flag")):
@@ -608,7 +625,7 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
                                  "key; restrict who reaches it with bind_address instead")
         argv = ADAPTERS[recipe["engine"]](
             model_path, served_name, service.get("bind_address") or GUIDE_BIND, port,
-            given_share, recipe, args, template) + list(service.get("extra_args") or [])
+            share, recipe, args, template) + list(service.get("extra_args") or [])
         env = {}
         if engine.get("modelscope_env") and model["source"] == "modelscope":
             env[engine["modelscope_env"]] = "true"
@@ -621,8 +638,8 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
             # Nonthinking: a template that blocks thinking, or llama.cpp's zero budget.
             "nonthinking": bool(template) or _flag_value(argv, "--reasoning-budget") == "0",
             "served_name": served_name,
-            "memory_share": given_share if given_share is not None else
-            recipe.get("memory_share", engine.get("memory_share", 0)),
+            "memory_share": share,
+            "memory_overhead": engine.get("memory_overhead", 0),
             "model": model_path, "model_dir": model["dest"], "source": model["source"],
             "quantization": recipe.get("quantization")
             or catalogue["models"][recipe["model"]].get("quantization", ""),
@@ -631,22 +648,28 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
             # Where the engine takes an API key: an environment variable it reads, else a
             # flag; the key itself stays out of specs (they are printed) and of argv.
             "api_key_env": engine.get("api_key_env"),
-            "api_key_flag": engine.get("api_key_flag")}
+            "api_key_flag": engine.get("api_key_flag"),
+            "start_timeout": _start_timeout(where, recipe, engine)}
         if engine["kind"] == "container":
             spec["image"] = engine["image"]
+            # Where the engine compiles kernels into, kept on the host per image digest.
+            spec["caches"] = list(engine.get("caches") or [])
         else:
             # Where the engine's builds and its `current` link live.
             spec["engine_root"] = f"{builds_root}/{engine['build']}"
             spec["binary"] = f"{spec['engine_root']}/current/bin/{engine['binary']}"
             spec["argv"][0] = spec["binary"]
         specs.append(spec)
-    total = round(sum(spec["memory_share"] for spec in specs), 4)
+    # What each engine takes: its share, and what it takes beyond the share's flag.
+    total = round(sum(s["memory_share"] + s["memory_overhead"] for s in specs), 4)
     if total > memory_budget:
-        shares = ", ".join(f"{s['name']} {s['memory_share']}" for s in specs)
+        shares = ", ".join(f"{s['name']} {s['memory_share']}"
+                           + (f" + {s['memory_overhead']}" if s["memory_overhead"] else "")
+                           for s in specs)
         raise CatalogueError(f"{host}: field memory_share: the services take {total} of unified "
-                             f"memory ({shares}), above the budget of {memory_budget} "
-                             "(thorfleet_memory_budget); give container engines explicit "
-                             "memory_share values that fit")
+                             f"memory (share + the engine's overhead: {shares}), above the "
+                             f"budget of {memory_budget} (thorfleet_memory_budget); give the "
+                             "services memory_share values that fit")
     return specs
 
 
@@ -721,6 +744,31 @@ def image_history(plan, history=None, resolved=None, keep=2):
     return updated
 
 
+def jit_mounts(specs, images, root):
+    """Each container service's compile caches as mounts: {service, host, container,
+    volume (the `docker run` option)}. The
+    host side is kept per image digest (<root>/sha256-<hex><container path>), so that an
+    image bump starts with an empty cache of its own and a rollback finds the old one. An
+    image not resolved to a digest yet (check mode on a new host) has none."""
+    digests = {entry["ref"]: entry.get("digest") for entry in images or []}
+    mounts = []
+    for spec in specs or []:
+        digest = digests.get(spec.get("image")) if spec.get("kind") == "container" else None
+        for cache in spec.get("caches") or [] if digest else []:
+            host = f"{root.rstrip('/')}/{digest.replace(':', '-')}{cache}"
+            mounts.append({"service": spec["name"], "container": cache, "host": host,
+                           "volume": f"--volume={host}:{cache}"})
+    return mounts
+
+
+def jit_caches_to_prune(found, keep):
+    """Cache directories (find results under the cache root) of images no longer kept:
+    keep is {repository: [digest, ...]}, what the host may still run."""
+    kept = {digest.replace(":", "-") for digests in (keep or {}).values() for digest in digests}
+    return sorted(entry["path"] for entry in (found or {}).get("files", [])
+                  if entry["path"].rsplit("/", 1)[-1] not in kept)
+
+
 def images_to_prune(results, keep):
     """Images to remove, from docker_host_info results per repository (registered in a
     loop over `keep`'s repositories): those whose digest in that repository is not kept."""
@@ -747,4 +795,6 @@ class FilterModule:
             "thorfleet_image_digests": image_digests,
             "thorfleet_image_history": image_history,
             "thorfleet_images_to_prune": images_to_prune,
+            "thorfleet_jit_mounts": jit_mounts,
+            "thorfleet_jit_caches_to_prune": jit_caches_to_prune,
         }

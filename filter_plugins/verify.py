@@ -66,6 +66,22 @@ def curl_config(api_key):
     return f'header = "Authorization: Bearer {quoted}"'
 
 
+def verify_summary(answers):
+    """One line per check, what the (no_log) request task cannot show: the service, the
+    check and the HTTP status it got; never a body or a header."""
+    lines = []
+    for result in (answers or {}).get("results", []):
+        check = result.get("item") or {}
+        if result.get("skipped"):
+            said = "not sent: the service did not answer /health"
+        elif result.get("rc") != 0:
+            said = "no answer (curl failed)"
+        else:
+            said = "answered " + (result.get("stdout") or "").rpartition("\n")[2]
+        lines.append(f"{check.get('service')}: {check.get('check')}: {said}")
+    return lines
+
+
 def verify_failures(health, answers, timeout, transcript_text=True, logs=None, secrets=()):
     """What failed, one line per service and check, naming the request and the response.
 
@@ -93,7 +109,8 @@ def _failures(health, answers, timeout, transcript_text, logs):
         if result.get("status") != 200:
             unhealthy.add(spec["name"])
             failure = (f"{spec['name']} ({spec['unit']}): GET {result.get('url')} did not "
-                       f"answer 200 within {timeout} s: {_said(result)}")
+                       f"answer 200 within {timeout or spec['start_timeout']} s: "
+                       f"{_said(result)}")
             if log_ends.get(spec["name"]):
                 failure += " -- its log ends: " + " | ".join(log_ends[spec["name"]].splitlines())
             failures.append(failure)
@@ -152,4 +169,5 @@ class FilterModule:
     def filters(self):
         return {"thorfleet_verify_requests": verify_requests,
                 "thorfleet_curl_config": curl_config,
+                "thorfleet_verify_summary": verify_summary,
                 "thorfleet_verify_failures": verify_failures}

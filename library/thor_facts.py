@@ -37,9 +37,29 @@ options:
     type: str
     default: "13.0"
   container_runtime:
-    description: The Docker runtime the services will run with; it must be registered.
+    description:
+      - The Docker runtime the services will run with; it must be registered when
+        O(container_services) is not empty.
     type: str
     default: nvidia
+  container_services:
+    description:
+      - The host's services that run in containers. With none, Docker is not checked.
+    type: list
+    elements: str
+    default: []
+  native_services:
+    description:
+      - The host's services whose engine is built on the host. With O(require_gpu), the
+        CUDA toolkit (C(nvcc) under O(cuda_home)) must be there, of a CUDA version the
+        driver supports.
+    type: list
+    elements: str
+    default: []
+  cuda_home:
+    description: Where the CUDA toolkit is (C(bin/nvcc)).
+    type: path
+    default: /usr/local/cuda
   min_free_gb:
     description: Free space (GB, 10^9 bytes) needed under O(models_root).
     type: float
@@ -73,6 +93,8 @@ ansible_facts:
         l4t: {release: "38.2.0", major: 38, board: generic}
         jetpack: "7.0"
         cuda: "13.0.48"
+        nvcc: "13.0"
+        driver_cuda: "13.0"
         gpu: {name: NVIDIA Thor, compute_capability: "11.0", driver: "580.00"}
         is_thor: true
         device_model: NVIDIA Jetson AGX Thor Developer Kit
@@ -166,8 +188,11 @@ def parse_docker_info(output):
             "default_runtime": info.get("DefaultRuntime")}
 
 
-def assess(facts, require_gpu, compute_capability, min_cuda, container_runtime, min_free_gb):
-    """Everything that keeps a host from serving, each naming what is missing."""
+def assess(facts, require_gpu, compute_capability, min_cuda, container_runtime, min_free_gb,
+           container_services=None, native_services=(), cuda_home="/usr/local/cuda"):
+    """Everything that keeps a host from serving, each naming what is missing. Docker is
+    judged unless container_services says there are none; the CUDA toolkit for
+    native_services, the services whose engines are built on the host."""
     problems = []
     if require_gpu:
         l4t = facts.get("l4t")
@@ -188,8 +213,12 @@ def assess(facts, require_gpu, compute_capability, min_cuda, container_runtime, 
                             "nvidia-smi that reports it)")
         elif version_tuple(cuda) < version_tuple(min_cuda):
             problems.append(f"CUDA {cuda} is older than {min_cuda}")
+        if native_services:
+            problems += _toolkit_problems(facts, native_services, cuda_home)
     docker = facts.get("docker")
-    if not docker:
+    if container_services is not None and not container_services:
+        pass  # no container to run: Docker is not needed
+    elif not docker:
         problems.append("Docker is not installed or its daemon does not answer")
     elif container_runtime not in docker["runtimes"]:
         problems.append(f"Docker has no '{container_runtime}' runtime "
@@ -199,6 +228,21 @@ def assess(facts, require_gpu, compute_capability, min_cuda, container_runtime, 
         problems.append(f"only {gigabytes(disk['free_gb'])} GB free on {disk['path']} for "
                         f"{facts['models_root']}, need {gigabytes(min_free_gb)} GB")
     return problems
+
+
+def _toolkit_problems(facts, native_services, cuda_home):
+    """A host that builds engines needs the CUDA toolkit, of a version its driver runs."""
+    names = ", ".join(native_services)
+    nvcc, driver = facts.get("nvcc"), facts.get("driver_cuda")
+    if not nvcc:
+        return [f"no CUDA toolkit: {cuda_home}/bin/nvcc is missing, and {names} run engines "
+                "built on the host; install JetPack's toolkit (apt install cuda-toolkit-13-0, "
+                "or nvidia-jetpack) or set ggml_build_cuda_home to where it is"]
+    if driver and version_tuple(nvcc)[:2] > version_tuple(driver)[:2]:
+        return [f"the CUDA toolkit at {cuda_home} is {nvcc}, newer than the driver supports "
+                f"(CUDA {driver}, from nvidia-smi), so what it builds for {names} would not "
+                f"run; install the toolkit of CUDA {driver}"]
+    return []
 
 
 def gigabytes(value):
@@ -258,7 +302,15 @@ class Probe:
                 return version
         return None
 
-    def facts(self, models_root):
+    def nvcc(self, cuda_home):
+        """The version of the CUDA toolkit's compiler under cuda_home, if it is there."""
+        path = os.path.join(cuda_home, "bin", "nvcc")
+        if not os.access(path, os.X_OK):
+            return None
+        rc, out, _err = self.module.run_command([path, "--version"])
+        return parse_cuda_version(out) if rc == 0 else None
+
+    def facts(self, models_root, cuda_home="/usr/local/cuda"):
         l4t = parse_nv_tegra_release(read_text(NV_TEGRA_RELEASE))
         gpu = parse_nvidia_smi(self.command(["nvidia-smi", *NVIDIA_SMI_QUERY]))
         disk_path = existing_parent(models_root)
@@ -267,6 +319,9 @@ class Probe:
             "l4t": l4t,
             "jetpack": jetpack_for(l4t),
             "cuda": self.cuda(),
+            "nvcc": self.nvcc(cuda_home),
+            # The newest CUDA the driver runs: the banner of plain nvidia-smi.
+            "driver_cuda": parse_cuda_version(self.command(["nvidia-smi"])) if gpu else None,
             "gpu": gpu,
             "is_thor": bool(gpu and gpu["name"].endswith("Thor")),
             "device_model": model.rstrip("\0\n") if model else None,
@@ -288,14 +343,19 @@ def main():
             "compute_capability": {"type": "str", "default": "11.0"},
             "min_cuda": {"type": "str", "default": "13.0"},
             "container_runtime": {"type": "str", "default": "nvidia"},
+            "container_services": {"type": "list", "elements": "str", "default": []},
+            "native_services": {"type": "list", "elements": "str", "default": []},
+            "cuda_home": {"type": "path", "default": "/usr/local/cuda"},
             "min_free_gb": {"type": "float", "default": 20},
         },
         supports_check_mode=True,
     )
     params = module.params
-    facts = Probe(module).facts(params["models_root"])
+    facts = Probe(module).facts(params["models_root"], params["cuda_home"])
     problems = assess(facts, params["require_gpu"], params["compute_capability"],
-                      params["min_cuda"], params["container_runtime"], params["min_free_gb"])
+                      params["min_cuda"], params["container_runtime"], params["min_free_gb"],
+                      params["container_services"], params["native_services"],
+                      params["cuda_home"])
     module.exit_json(changed=False, ansible_facts={"thor": facts}, problems=problems)
 
 

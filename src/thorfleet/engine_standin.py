@@ -8,7 +8,8 @@ the flags the catalogue's recipes use with the engine's meaning (an unknown flag
 without its value or JSON that does not parse stops it, as the engine would stop), checks
 that the model and chat template exist, and then answers ``/health``, ``/v1/models`` and
 ``/thorfleet-standin/argv`` (the command it was started with, for tests to compare with
-the guide's), ``POST /v1/chat/completions`` (also streamed, as server-sent events with a
+the guide's, and whether it found the marker a start before left in its compile cache),
+``POST /v1/chat/completions`` (also streamed, as server-sent events with a
 final ``usage`` chunk, for the bench) and ``POST /v1/audio/transcriptions``. With an
 API key (``VLLM_API_KEY``, or ``--api-key``) the ``/v1`` routes want ``Authorization:
 Bearer <key>``, as the engines do.
@@ -42,6 +43,9 @@ STANDIN = "thorfleet lab stand-in"
 # The nonthinking template ends its generation prompt with an empty think block.
 EMPTY_THINK = "<think>\n\n</think>"
 BROKEN = "THORFLEET_STANDIN_BROKEN"
+# Where each engine compiles kernels on a first start (one of its caches in the catalogue):
+# the stand-in leaves a marker there, and says whether it found one from a start before.
+JIT_CACHE = {"vllm": "~/.cache/vllm", "sglang": "~/.cache/flashinfer"}
 PACE = "THORFLEET_STANDIN_TOKENS_PER_SECOND"
 
 
@@ -199,7 +203,8 @@ def make_handler(settings: dict, command: list[str]):
                 return self._send(HTTPStatus.OK, {})
             if self.path == "/thorfleet-standin/argv":
                 return self._send(HTTPStatus.OK, {"engine": settings["engine"],
-                                                  "argv": command})
+                                                  "argv": command,
+                                                  "jit_cache": settings.get("jit_cache")})
             if self.path == "/v1/models":
                 if not self._authorised():
                     return None
@@ -289,6 +294,19 @@ def make_handler(settings: dict, command: list[str]):
     return Handler
 
 
+def jit_cache(engine: str, served_name: str) -> str:
+    """"found" when a start before this one left its marker in the engine's compile cache
+    (the cache survived), else "new" (and the marker is left for the next start)."""
+    marker = os.path.join(os.path.expanduser(JIT_CACHE[engine]),
+                          "thorfleet-standin-" + served_name.replace("/", "_"))
+    if os.path.exists(marker):
+        return "found"
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    with open(marker, "w") as out:
+        out.write(f"{STANDIN}: kernels compiled here on a first start\n")
+    return "new"
+
+
 def main(engine: str, command: list[str]) -> None:
     """Serve as `engine` ("vllm" or "sglang"), started with `command` (the full argv)."""
     skip = 1 if engine == "vllm" else 3  # "vllm" | "python -m sglang.launch_server"
@@ -297,6 +315,7 @@ def main(engine: str, command: list[str]) -> None:
         # An image that cannot serve, as one whose engine cannot load its model: for tests
         # of a rollout that fails.
         sys.exit(f"{STANDIN}: this image is built broken ({BROKEN})")
+    settings["jit_cache"] = jit_cache(engine, settings["served_name"])
     # PID 1 of a container gets no default signal handlers: `docker stop` must still stop it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = ThreadingHTTPServer((settings["host"], settings["port"]),

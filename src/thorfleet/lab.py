@@ -100,9 +100,9 @@ NSPAWN_ENV = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}  # cgroup v2 for Docker i
 LAB_SERVICES = [
     {"name": "qwen3", "recipe": "llama-qwen3-8b-gguf-nothink"},
     {"name": "qwen3-vllm", "recipe": "vllm-qwen3-8b-nothink", "port": 8001,
-     "memory_share": 0.3},
+     "memory_share": 0.2},
     {"name": "whisper-vllm", "recipe": "vllm-whisper-small", "port": 8002,
-     "memory_share": 0.2, "source": "modelscope"},
+     "memory_share": 0.15, "source": "modelscope"},
     {"name": "qwen3-sglang", "recipe": "sglang-qwen3-8b-nothink", "port": 8003,
      "memory_share": 0.2},
     {"name": "whisper", "recipe": "whisper-large-v3-turbo"},

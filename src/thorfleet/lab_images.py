@@ -156,7 +156,10 @@ def image(layer: bytes, engine: str, version: str,
     config = json.dumps({
         "architecture": arch, "os": "linux",
         "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+            # NGC's images run as root with their home in /root, where the engines keep
+            # their compile caches (the catalogue's `caches`).
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                    "HOME=/root"]
             + ([f"{engine_standin.BROKEN}=1"] if broken else []),
             "Labels": {"org.thorfleet.standin": engine, "org.thorfleet.version": version},
         },

@@ -204,11 +204,28 @@ def test_a_tag_moved_upstream_builds_nothing_until_refreshed(first_build, thor01
     assert pinned("whisper.cpp", "v1.8.5") == pin
 
 
+def test_a_host_whose_services_are_all_containers_builds_nothing(first_build, hosts):
+    thor02 = hosts["thor02"]
+    thor02.run(f"rm -rf {ROOT}")
+    containers = [{"name": "chat", "recipe": "vllm-qwen3-8b", "memory_share": 0.3},
+                  {"name": "sglang", "recipe": "sglang-qwen3-8b", "port": 8001,
+                   "memory_share": 0.3}]
+    run = engines("-l", "thor02", "-e", json.dumps({"thorfleet_services": containers}))
+    assert run.rc == 0, run
+    # Preflight may record the platform; the engines phase changes nothing.
+    engines_play = run.output.split("PLAY [Engines]", 1)[1]
+    assert "changed: [thor02]" not in engines_play, run
+    assert "skipping: [thor02]" in engines_play.split("TASK [ggml_build : Install the build "
+                                                      "tools]", 1)[1].split("TASK [", 1)[0]
+    assert not thor02.file(ROOT).exists
+
+
 def test_a_second_host_builds_mostly_from_the_shared_cache(first_build, hosts, moved_tag):
     thor02 = hosts["thor02"]
     thor02.run(f"rm -rf {ROOT}")
     before = ccache_stats(thor02)
-    run = engines("-l", "thor02")
+    # thor02 runs no service in the lab: it builds the engines it is told to.
+    run = engines("-l", "thor02", "-e", '{"ggml_build_engines": ["llama.cpp", "whisper.cpp"]}')
     assert run.rc == 0, run
     hits, misses = compiles(before, ccache_stats(thor02))
     assert hits > 9 * misses, (hits, misses)

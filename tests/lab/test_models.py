@@ -281,7 +281,7 @@ def test_too_little_disk_fails_before_fetching_and_leaves_nothing(provisioned, t
      "thor01: service b: field port: 8000 is already the port of service a"),
     ([{"name": "a", "recipe": "vllm-qwen3-8b"},
       {"name": "b", "recipe": "sglang-qwen3-8b", "port": 8001}],
-     "thor01: field memory_share: the services take 1.78 of unified memory"),
+     "thor01: field memory_share: the services take 1.6 of unified memory"),
 ])
 def test_bad_services_are_refused_at_preflight_before_the_host_changes(provisioned, thor01,
                                                                        services, message):

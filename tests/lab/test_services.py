@@ -73,6 +73,15 @@ def recorded_argv(host, name: str) -> list[str]:
     return json.loads(get(host, PORTS[name], "/thorfleet-standin/argv")[1])["argv"]
 
 
+def jit_cache(host, name: str) -> str:
+    """Whether a stand-in found its compile cache marker from a start before: found|new."""
+    return json.loads(get(host, PORTS[name], "/thorfleet-standin/argv")[1])["jit_cache"]
+
+
+def cache_dir(digest: str) -> str:
+    return f"/var/cache/thorfleet/jit/{digest.replace(':', '-')}"
+
+
 def test_every_service_is_an_enabled_unit_answering_health(thor01):
     for name, port in PORTS.items():
         unit = thor01.service(f"thorfleet-{name}")
@@ -92,7 +101,7 @@ def test_each_engine_runs_the_guides_command(thor01):
     # The differences each service's settings allow (port, memory share), nothing else.
     expected = {
         "qwen3-vllm": guide("vllm-qwen3-8b-nothink")
-        + ["--port", "8001", "--gpu-memory-utilization", "0.3"],
+        + ["--port", "8001", "--gpu-memory-utilization", "0.2"],
         "qwen3-sglang": [*guide("sglang-qwen3-8b-nothink")],
         "qwen3": guide("llama-qwen3-8b-gguf-nothink"),
         "whisper": guide("whisper-large-v3-turbo"),
@@ -130,6 +139,15 @@ def test_containers_run_as_the_guide_runs_them_by_digest(thor01):
         f"{REGISTRY}/nvidia/vllm@{digest}"
     # A model from ModelScope tells vLLM so.
     assert "VLLM_USE_MODELSCOPE=true" in container(thor01, "whisper-vllm")["Config"]["Env"]
+
+
+def test_a_restart_keeps_the_engines_compile_cache(thor01):
+    digest = container(thor01, "qwen3-vllm")["Config"]["Image"].rsplit("@", 1)[1]
+    cache = f"{cache_dir(digest)}/root/.cache/vllm"
+    assert f"{cache}:/root/.cache/vllm" in container(thor01, "qwen3-vllm")["HostConfig"]["Binds"]
+    assert thor01.file(f"{cache}/thorfleet-standin-qwen3").exists
+    thor01.check_output("systemctl restart thorfleet-qwen3-vllm")
+    assert jit_cache(thor01, "qwen3-vllm") == "found"
 
 
 def test_stopping_a_unit_stops_its_container(thor01):
@@ -253,6 +271,7 @@ def test_the_readmes_image_bump_restarts_only_the_vllm_services(lab, thor01, res
     assert {name for name in PORTS if after[name] != before[name]} == VLLM_SERVICES
     for name in VLLM_SERVICES:
         assert container(thor01, name)["Config"]["Image"].endswith(bumped)
+        assert jit_cache(thor01, name) == "new"  # a cache of the new image's own
     assert first in vllm_digests(thor01)  # the previous one, for rollback
 
     # The same bump again has nothing to do.
@@ -271,6 +290,10 @@ def test_the_readmes_image_bump_restarts_only_the_vllm_services(lab, thor01, res
     for name in VLLM_SERVICES:
         assert container(thor01, name)["Config"]["Image"].endswith(moved)
     assert vllm_digests(thor01) == sorted([moved, bumped])
+    # The pruned image's compile cache goes with it; the kept ones stay.
+    assert not thor01.file(cache_dir(first)).exists
+    assert thor01.file(cache_dir(moved)).is_directory
+    assert thor01.file(cache_dir(bumped)).is_directory
 
 
 def test_a_rollout_that_fails_leaves_the_last_good_services_running(lab, thor01, restored):
@@ -286,6 +309,7 @@ def test_a_rollout_that_fails_leaves_the_last_good_services_running(lab, thor01,
         assert container(thor01, name)["Config"]["Image"] == f"{REGISTRY}/nvidia/vllm@{good}"
         unit = thor01.file(f"/etc/systemd/system/thorfleet-{name}.service").content_string
         assert good in unit and "25.11" not in unit
+        assert jit_cache(thor01, name) == "found"  # the good image's cache, as it was
     after = main_pids(thor01)
     assert {name for name in PORTS if after[name] != before[name]} == VLLM_SERVICES
 

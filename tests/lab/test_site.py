@@ -50,14 +50,33 @@ def thor02_unprovisioned(hosts):
     assert thorfleet("lab", "as-thor", "thor02", "--off").returncode == 0
 
 
+# A container service (Docker's nvidia runtime) and a native one (the CUDA toolkit).
+BOTH_KINDS = json.dumps({"thorfleet_services": [
+    {"name": "chat", "recipe": "vllm-qwen3-8b", "memory_share": 0.5},
+    {"name": "whisper", "recipe": "whisper-large-v3-turbo"}]})
+
+
 def test_a_host_that_is_no_thor_fails_preflight_and_changes_nothing(thor02_unprovisioned):
-    run = Playbook("site.yml", "-l", "thor02", "-e", "thorfleet_lab=false")
+    run = Playbook("site.yml", "-l", "thor02", "-e", "thorfleet_lab=false", "-e", BOTH_KINDS)
     assert run.rc != 0, run
     assert run.recap["thor02"]["failed"] == 1 and run.recap["thor02"]["changed"] == 0, run
     assert "thor02 is not fit for thorfleet" in run.output
     for missing in ("/etc/nv_tegra_release is missing", "nvidia-smi",
                     "CUDA not found", "no 'nvidia' runtime"):
         assert missing in run.output, missing
+    assert not thor02_unprovisioned.file(RECORD).exists
+
+
+def test_a_thor_without_the_cuda_toolkit_fails_preflight_when_it_must_build(
+        thor02_unprovisioned):
+    made = thorfleet("lab", "as-thor", "thor02")
+    assert made.returncode == 0, made.stderr
+    assert not thor02_unprovisioned.file("/usr/local/cuda/bin/nvcc").exists
+    run = Playbook("site.yml", "-l", "thor02", "-e", "thorfleet_lab=false", "-e", BOTH_KINDS)
+    assert run.rc != 0 and run.recap["thor02"]["changed"] == 0, run
+    assert ("no CUDA toolkit: /usr/local/cuda/bin/nvcc is missing, and whisper run engines "
+            "built on the host") in run.output, run
+    assert "no 'nvidia' runtime" not in run.output  # as a Thor, Docker has it
     assert not thor02_unprovisioned.file(RECORD).exists
 
 
@@ -145,7 +164,7 @@ def test_the_main_job_as_users_run_it_converges_verifies_and_stays_converged(
     # Every service was asked the guide's request, and answered.
     for check in ("qwen3: chat", "qwen3-vllm: chat", "qwen3-sglang: chat",
                   "whisper-vllm: transcription", "whisper: transcription"):
-        assert f"(item={check})" in first.output, check
+        assert f"{check}: answered 200" in first.output, check
     host = thor01_off_course
     assert host.service("thorfleet-qwen3-sglang").is_running
     assert host.service("thorfleet-qwen3-sglang").is_enabled

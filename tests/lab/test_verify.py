@@ -25,7 +25,7 @@ def test_every_service_answers_as_the_guide_shows(thor01):
     assert run.rc == 0, run
     for check in ("qwen3: chat", "qwen3-vllm: chat", "qwen3-sglang: chat",
                   "whisper-vllm: transcription", "whisper: transcription"):
-        assert f"(item={check})" in run.output, check
+        assert f"{check}: answered 200" in run.output, check
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_the_vision_model_gets_an_image_by_url_and_by_file(vision):
     run = verify("-e", vision)
     assert run.rc == 0, run
     for check in ("vl: image by URL", "vl: image by file"):
-        assert f"(item={check})" in run.output, check
+        assert f"{check}: answered 200" in run.output, check
     missing = verify("-e", vision, "-e", f"service_verify_image_url={FILE_MIRROR}/missing.png")
     fails_naming_only(missing, "vl (thorfleet-vl.service): image by URL, POST "
                                "http://127.0.0.1:8004/v1/chat/completions: answered 400",

@@ -69,6 +69,16 @@ def test_a_missing_model_stops_it_naming_the_path(tmp_path):
     assert "model" in str(refused.value.code) and "absent" in str(refused.value.code)
 
 
+def test_the_compile_cache_marker_is_left_once_and_found_after(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert engine_standin.jit_cache("vllm", "qwen3") == "new"
+    assert (tmp_path / ".cache/vllm/thorfleet-standin-qwen3").exists()
+    assert engine_standin.jit_cache("vllm", "qwen3") == "found"
+    assert engine_standin.jit_cache("vllm", "whisper") == "new"  # per service
+    assert engine_standin.jit_cache("sglang", "Qwen/Qwen3-8B") == "new"
+    assert (tmp_path / ".cache/flashinfer/thorfleet-standin-Qwen_Qwen3-8B").exists()
+
+
 def post(url, body, headers=None):
     request = urllib.request.Request(url, data=body, headers=headers or {}, method="POST")
     try:

@@ -98,3 +98,26 @@ def test_only_images_out_of_the_history_are_pruned():
                                              {"Id": "id-local", "RepoDigests": []}]}]
     pruned = catalogue_filters.images_to_prune(results, {"r/vllm": [NEW, OLD]})
     assert [i["Id"] for i in pruned] == ["id-older"]
+
+
+def test_compile_caches_are_kept_per_image_digest():
+    specs = [{**s, "caches": ["/root/.cache/vllm", "/root/.triton"]} if s.get("image") == VLLM
+             else {**s, "caches": ["/root/.cache/flashinfer"]} for s in SPECS]
+    images = plan(lock_images={VLLM: OLD})  # sglang not resolved yet (check mode)
+    mounts = catalogue_filters.jit_mounts(specs, images, "/var/cache/thorfleet/jit/")
+    root = "/var/cache/thorfleet/jit/sha256-" + "a" * 64
+    assert mounts == [
+        {"service": name, "container": cache, "host": root + cache,
+         "volume": f"--volume={root}{cache}:{cache}"}
+        for name in ("chat", "asr") for cache in ("/root/.cache/vllm", "/root/.triton")]
+    # A bump: the same service, a cache of its own under the new digest.
+    bumped = catalogue_filters.jit_mounts(specs, plan(lock_images={VLLM: NEW}), "/c")
+    assert bumped[0]["host"] == "/c/sha256-" + "b" * 64 + "/root/.cache/vllm"
+
+
+def test_the_caches_of_images_no_longer_kept_are_pruned():
+    found = {"files": [{"path": f"/c/{d.replace(':', '-')}"} for d in (OLD, NEW, NEWER)]}
+    keep = {"reg/nvidia/vllm": [NEW], "reg/nvidia/sglang": [NEWER]}
+    assert catalogue_filters.jit_caches_to_prune(found, keep) == ["/c/sha256-" + "a" * 64]
+    assert catalogue_filters.jit_caches_to_prune(found, {}) == sorted(
+        f["path"] for f in found["files"])

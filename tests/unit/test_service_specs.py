@@ -121,10 +121,31 @@ def test_the_guide_covers_every_recipe_of_the_catalogue():
     assert set(GUIDE) == set(CATALOGUE["recipes"])
 
 
+# The one difference every container recipe has: its memory share as a flag, which the
+# guide leaves to the engine (vLLM 0.10.2 on Jetson then takes about all of memory).
+MEMORY_FLAGS = {"vllm": "--gpu-memory-utilization", "sglang": "--mem-fraction-static"}
+
+
 @pytest.mark.parametrize("recipe", sorted(GUIDE))
 def test_each_recipe_runs_the_guides_command(recipe):
     argv = one(recipe)["argv"]
-    assert same_tokens(argv, guide(recipe)), f"{argv}\n!=\n{guide(recipe)}"
+    expected = guide(recipe)
+    engine = CATALOGUE["recipes"][recipe]["engine"]
+    if engine in MEMORY_FLAGS:
+        expected += [MEMORY_FLAGS[engine], "0.75"]
+    assert same_tokens(argv, expected), f"{argv}\n!=\n{expected}"
+
+
+def test_every_container_service_carries_its_memory_flag():
+    for recipe, entry in CATALOGUE["recipes"].items():
+        if entry["engine"] not in MEMORY_FLAGS:
+            continue
+        for given in (None, 0.3):
+            spec = one(recipe, **({"memory_share": given} if given else {}))
+            flag = MEMORY_FLAGS[entry["engine"]]
+            assert spec["argv"].count(flag) == 1, (recipe, spec["argv"])
+            assert spec["argv"][spec["argv"].index(flag) + 1] == str(spec["memory_share"])
+            assert spec["memory_share"] == (given or 0.75), recipe
 
 
 def test_allowed_differences_port_served_name_share_and_model_root():
@@ -138,7 +159,7 @@ def test_allowed_differences_port_served_name_share_and_model_root():
     assert sglang["argv"][-6:] == ["--host", "0.0.0.0", "--port", "8002",
                                    "--mem-fraction-static", "0.5"]
     vl = specs([{"name": "v", "recipe": "vllm-qwen2.5-vl-7b-awq"}], models_root="/data")[0]
-    assert vl["argv"][-2:] == ["--allowed-local-media-path", "/data"]
+    assert vl["argv"][-4:-2] == ["--allowed-local-media-path", "/data"]
 
 
 def test_a_bind_address_replaces_the_guides_and_is_a_listed_difference():
@@ -147,7 +168,8 @@ def test_a_bind_address_replaces_the_guides_and_is_a_listed_difference():
     expected[expected.index("--host") + 1] = "127.0.0.1"
     assert whisper["argv"] == expected and whisper["bind_address"] == "127.0.0.1"
     # vLLM's default address is the guide's; it gets --host only when moved.
-    assert one("vllm-qwen3-8b", bind_address="10.0.0.5")["argv"][-2:] == ["--host", "10.0.0.5"]
+    assert one("vllm-qwen3-8b", bind_address="10.0.0.5")["argv"][-4:-2] == ["--host",
+                                                                          "10.0.0.5"]
     assert one("vllm-qwen3-8b")["bind_address"] == "0.0.0.0"
 
 
@@ -173,7 +195,9 @@ def test_a_spec_names_its_unit_image_or_binary_and_memory_share():
     assert vllm["env"] == {"VLLM_USE_MODELSCOPE": "true"}
     assert vllm["model"] == "/models/openai-mirror/whisper-small"
     assert one("vllm-whisper-small")["env"] == {}
-    assert one("sglang-qwen3-8b")["memory_share"] == 0.88  # SGLang's own default
+    sglang = one("sglang-qwen3-8b")
+    assert (sglang["memory_share"], sglang["memory_overhead"]) == (0.75, 0.08)
+    assert one("vllm-qwen3-8b")["memory_overhead"] == 0.02
     whisper = one("whisper-large-v3-turbo")
     assert (whisper["kind"], whisper["binary"], whisper["port"], whisper["memory_share"]) == (
         "native", BINARIES["whisper-server"], 8080, 0.02)
@@ -200,8 +224,13 @@ def error(services, **kwargs):
      "thor01: service b: field port: 8000 is already the port of service a"),
     ([{"name": "a", "recipe": "vllm-qwen3-8b"}, {"name": "b", "recipe": "sglang-qwen3-8b-fp8",
                                                  "port": 8001}],
-     "thor01: field memory_share: the services take 1.78 of unified memory (a 0.9, b 0.88), "
-     "above the budget of 0.9"),
+     "thor01: field memory_share: the services take 1.6 of unified memory (share + the "
+     "engine's overhead: a 0.75 + 0.02, b 0.75 + 0.08), above the budget of 0.9"),
+    # Fits on shares alone (0.85), not with what the engines take beyond them (0.95).
+    ([{"name": "a", "recipe": "vllm-qwen3-8b", "memory_share": 0.5},
+      {"name": "b", "recipe": "sglang-qwen3-8b-fp8", "port": 8001, "memory_share": 0.35}],
+     "thor01: field memory_share: the services take 0.95 of unified memory (share + the "
+     "engine's overhead: a 0.5 + 0.02, b 0.35 + 0.08)"),
     ([{"name": "a", "recipe": "vllm-qwen3-8b", "extra_args": ["--hf-overrides", "{rope: 1"]}],
      "thor01: service a: field extra_args: --hf-overrides takes JSON"),
     ([{"name": "a", "recipe": "vllm-qwen3-8b",
@@ -257,3 +286,32 @@ def test_nonthinking_recipes_are_marked_and_the_host_reaches_each_bind_address()
     assert one("whisper-large-v3-turbo", bind_address="10.0.0.5")["probe_address"] == "10.0.0.5"
     assert one("whisper-large-v3-turbo", bind_address="::")["probe_address"] == "[::1]"
     assert one("whisper-large-v3-turbo", bind_address="fd00::5")["probe_address"] == "[fd00::5]"
+
+
+def test_a_spec_says_how_long_its_service_may_take_to_start():
+    assert one("vllm-qwen3-8b")["start_timeout"] == 1200
+    # NVFP4 kernels compile for up to 45 minutes on a first start; a 30B model loads long.
+    for recipe in ("vllm-qwen3-8b-fp4", "sglang-qwen3-8b-fp4-nothink",
+                   "sglang-qwen3-coder-30b-fp8", "llama-qwen3-coder-30b-gguf"):
+        assert one(recipe, **({"memory_share": 0.3}
+                              if "llama" not in recipe else {}))["start_timeout"] == 3600
+    # Container services name the caches their engine compiles into; native ones none.
+    assert one("vllm-qwen3-8b")["caches"] == [
+        "/root/.cache/vllm", "/root/.cache/flashinfer", "/root/.triton"]
+    assert "caches" not in one("whisper-large-v3-turbo")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"recipes": {"r": {"engine": "vllm", "model": "Qwen/Qwen3-8B", "start_timeout": 0}}},
+     "field start_timeout: 0 is not a number of seconds"),
+    ({"recipes": {"r": {"engine": "vllm", "model": "Qwen/Qwen3-8B", "start_timeout": "1h"}}},
+     "field start_timeout: '1h' is not"),
+    ({"engines": {"vllm": {"caches": ["/root/.cache/x:/etc"]}}, "recipes": {"r": {
+        "engine": "vllm", "model": "Qwen/Qwen3-8B"}}},
+     "field caches: '/root/.cache/x:/etc' is not an absolute path"),
+])
+def test_bad_timeouts_and_caches_are_refused(extra, message):
+    with pytest.raises(catalogue_filters.CatalogueError) as raised:
+        merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
+        catalogue_filters.service_specs([{"name": "a", "recipe": "r"}], merged, host="thor01")
+    assert message in str(raised.value)

@@ -218,3 +218,31 @@ def test_module_reports_problems_without_failing(monkeypatch, tmp_path):
     assert result["changed"] is False
     assert result["ansible_facts"]["thor"]["gpu"] is None
     assert any("nv_tegra_release" in p for p in result["problems"])
+
+
+def test_docker_is_checked_only_for_a_host_with_container_services():
+    plain = thor_host(docker=None)
+    assert thor_facts.assess(plain, require_gpu=True, **REQUIRE, container_services=[]) == []
+    assert thor_facts.assess(plain, require_gpu=True, **REQUIRE,
+                             container_services=["chat"]) == [
+        "Docker is not installed or its daemon does not answer"]
+
+
+@pytest.mark.parametrize(("nvcc", "driver", "problem"), [
+    ("13.0", "13.0", None),
+    ("12.8", "13.0", None),  # an older toolkit builds what a newer driver runs
+    (None, "13.0", "no CUDA toolkit: /usr/local/cuda/bin/nvcc is missing, and whisper run "
+                   "engines built on the host; install JetPack's toolkit"),
+    ("13.1", "13.0", "the CUDA toolkit at /usr/local/cuda is 13.1, newer than the driver "
+                     "supports (CUDA 13.0, from nvidia-smi)"),
+    ("13.10", "13.2", "is 13.10, newer than the driver supports (CUDA 13.2"),
+])
+def test_a_host_that_builds_engines_needs_a_toolkit_its_driver_runs(nvcc, driver, problem):
+    facts = thor_host(nvcc=nvcc, driver_cuda=driver)
+    found = thor_facts.assess(facts, require_gpu=True, **REQUIRE, native_services=["whisper"])
+    assert found == ([] if problem is None else [found[0]]) and (
+        problem is None or problem in found[0]), found
+    # Without a native service, or without a GPU (the lab), the toolkit is not asked for.
+    assert thor_facts.assess(facts, require_gpu=True, **REQUIRE) == []
+    assert thor_facts.assess(facts, require_gpu=False, **REQUIRE,
+                             native_services=["whisper"]) == []

@@ -118,6 +118,25 @@ def test_a_service_that_never_answers_health_fails_once_naming_it():
                      "answer 200 within 600 s: Connection refused"]
 
 
+def test_the_summary_shows_each_check_and_its_status_but_no_body():
+    lines = verify.verify_summary({"results": [
+        answer(by("chat"), body={"secret-ish": "body"}),
+        answer(by("asr"), status=401),
+        {"item": by("whisper"), "rc": 7, "stdout": ""},
+        {"item": by("vl", "image by URL"), "skipped": True}]})
+    assert lines == ["chat: chat: answered 200", "asr: transcription: answered 401",
+                     "whisper: transcription: no answer (curl failed)",
+                     "vl: image by URL: not sent: the service did not answer /health"]
+
+
+def test_the_health_wait_is_the_units_start_timeout_unless_one_is_given():
+    health = {"results": [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
+                           "url": f"http://127.0.0.1:{s['port']}/health",
+                           "msg": "Connection refused"} for s in SPECS]}
+    (found,) = verify.verify_failures(health, {"results": []}, 0)
+    assert "did not answer 200 within 1200 s" in found
+
+
 def test_a_service_that_never_answers_is_shown_with_the_end_of_its_log():
     health = {"results": [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
                            "url": f"http://127.0.0.1:{s['port']}/health",
