@@ -176,9 +176,10 @@ def version_tuple(version):
 
 
 def parse_docker_info(output):
-    """Docker's version and runtimes from `docker info --format '{{json .}}'`."""
+    """Docker's version and runtimes from `docker info --format '{{json .}}'`; None
+    without Docker (no output) or without a daemon."""
     try:
-        info = json.loads(output)
+        info = json.loads(output or "")
     except ValueError:
         return None
     if not isinstance(info, dict) or not info.get("ServerVersion"):

@@ -101,6 +101,7 @@ def test_docker_runtimes_are_listed_and_a_dead_daemon_is_none():
     assert thor_facts.parse_docker_info(DOCKER_THOR)["runtimes"] == [
         "io.containerd.runc.v2", "nvidia", "runc"]
     assert thor_facts.parse_docker_info(DOCKER_DOWN) is None
+    assert thor_facts.parse_docker_info(None) is None  # no docker command at all
 
 
 def test_a_thor_is_fit():
