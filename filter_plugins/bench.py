@@ -13,6 +13,7 @@ def bench_services(specs):
     return [{"name": spec["name"], "engine": spec["engine"], "recipe": spec["recipe"],
              "url": f"http://{spec['probe_address']}:{spec['port']}",
              "served_name": spec["served_name"],
+             "sampling": spec.get("sampling") or {},
              # The guide's table names a model by its repository and its quantisation.
              "model_name": posixpath.basename(spec["model_dir"]),
              "quantization": spec.get("quantization") or ""}

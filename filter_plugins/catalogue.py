@@ -124,7 +124,8 @@ ENTRY_FIELDS = {
                 "types": {"kind": str, "image": str, "build": str, "binary": str, "port": int,
                           "memory_share": (int, float), "memory_overhead": (int, float),
                           "caches": list, "start_timeout": int, "modelscope_env": str,
-                          "api_key_env": str, "api_key_flag": str}},
+                          "api_key_env": str, "api_key_flag": str,
+                          "sampling_reaches_clients": bool}},
     "models": {"required": (),
                "types": {"huggingface": dict, "modelscope": dict, "quantization": str,
                          "ignore_patterns": list}},
@@ -217,7 +218,8 @@ def _check_entry(section, where, entry):
         if expected is None:
             raise CatalogueError(f"{where}: unknown field {field}; {what} has "
                                  f"{', '.join(sorted(fields['types']))}")
-        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
+        if value is not None and (not isinstance(value, expected)
+                                  or (isinstance(value, bool) and expected is not bool)):
             raise CatalogueError(f"{where}: field {field}: {value!r} is not "
                                  f"{_type_name(expected)}")
     if section == "engines" and entry["kind"] not in ENGINE_KINDS:
@@ -258,7 +260,7 @@ def _check_entry(section, where, entry):
 
 def _type_name(expected):
     names = {str: "a string", int: "a whole number", dict: "a mapping", list: "a list",
-             (int, float): "a number"}
+             (int, float): "a number", bool: "true or false"}
     return names[expected]
 
 
@@ -644,6 +646,11 @@ def service_specs(services, catalogue, models_root="/models", default_source="hu
             "quantization": recipe.get("quantization")
             or catalogue["models"][recipe["model"]].get("quantization", ""),
             "chat_template": template,
+            # The recipe's sampling fields. Where the engine's own flag for them does not
+            # reach its OpenAI routes, clients must send them: verify and bench do.
+            "sampling": dict(recipe.get("sampling") or {}),
+            "sampling_from_clients": bool(recipe.get("sampling"))
+            and not engine.get("sampling_reaches_clients", True),
             "argv": argv, "env": env,
             # Where the engine takes an API key: an environment variable it reads, else a
             # flag; the key itself stays out of specs (they are printed) and of argv.

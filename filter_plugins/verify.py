@@ -33,8 +33,11 @@ def verify_requests(specs, prompt, max_tokens, audio, language, image_url, image
                            "modality": spec["modality"], "nonthinking": spec["nonthinking"]})
 
         def chat(content, spec=spec):
+            # The recipe's sampling fields, as its clients should send them (SGLang applies
+            # its own flag for them to /generate only).
             return ["-H", "Content-Type: application/json", "--data-binary", json.dumps({
-                "model": spec["served_name"], "max_tokens": max_tokens,
+                **spec.get("sampling", {}), "model": spec["served_name"],
+                "max_tokens": max_tokens,
                 "messages": [{"role": "user", "content": content}]}, ensure_ascii=False)]
 
         if spec["modality"] == "chat":

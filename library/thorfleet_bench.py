@@ -82,13 +82,14 @@ class BenchError(Exception):
     pass
 
 
-def request_body(served_name, prompt, max_tokens):
+def request_body(served_name, prompt, max_tokens, sampling=None):
     """A streamed chat completion of exactly max_tokens tokens; the prompt is tagged with
-    a random number of its own first, so that no prefix cache holds it."""
+    a random number of its own first, so that no prefix cache holds it. The recipe's
+    sampling fields as its clients send them (greedy where it has none)."""
     prompt = f"[{secrets.token_hex(4)}] {prompt}"
-    return {"model": served_name, "stream": True, "stream_options": {"include_usage": True},
-            "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
-            "messages": [{"role": "user", "content": prompt}]}
+    return {"temperature": 0, **(sampling or {}), "model": served_name, "stream": True,
+            "stream_options": {"include_usage": True}, "max_tokens": max_tokens,
+            "ignore_eos": True, "messages": [{"role": "user", "content": prompt}]}
 
 
 def stream(url, body, api_key, timeout, clock=time.perf_counter):
@@ -169,8 +170,9 @@ def bench(service, api_key, prompt, max_tokens, runs, warmup, timeout):
     result = dict(service)
 
     def run():
-        return stream(url, request_body(service["served_name"], prompt, max_tokens), api_key,
-                      timeout)
+        body = request_body(service["served_name"], prompt, max_tokens,
+                            service.get("sampling"))
+        return stream(url, body, api_key, timeout)
     try:
         for _ in range(warmup):
             run()

@@ -58,6 +58,29 @@ def test_every_request_gets_a_prompt_of_its_own_and_asks_for_every_token():
     assert first["stream_options"] == {"include_usage": True}
 
 
+def test_requests_carry_the_recipes_sampling_fields_and_are_greedy_without_them():
+    plain = module.request_body("qwen3", "Tell me.", 256)
+    assert plain["temperature"] == 0 and "top_k" not in plain
+    sampled = module.request_body("qwen3", "Tell me.", 256, {"temperature": 0.7, "top_k": 20})
+    assert (sampled["temperature"], sampled["top_k"], sampled["max_tokens"]) == (0.7, 20, 256)
+
+
+def test_the_module_sends_each_service_its_recipes_sampling(monkeypatch):
+    sent = []
+
+    def stream(url, body, api_key, timeout):
+        sent.append(body)
+        return 0.0, [(0.1, token()), (0.2, token()), (0.3, token())]
+    monkeypatch.setattr(module, "stream", stream)
+    (service,) = filters.bench_services([{**one("sglang-qwen3-8b-fp8"), "name": "fp8"}])
+    result = module.bench(service, None, "Hi.", 3, runs=1, warmup=1, timeout=5)
+    assert "error" not in result and len(sent) == 2
+    for body in sent:
+        assert {k: body[k] for k in ("repetition_penalty", "temperature", "top_p", "top_k",
+                                     "min_p")} == {"repetition_penalty": 1.2, "temperature": 0.6,
+                                                   "top_p": 0.95, "top_k": 20, "min_p": 0.0}
+
+
 def test_medians_over_runs():
     runs = [{"decode_tps": v, "ttft_s": 1.0} for v in (10.0, 30.0, 11.0)]
     values = module.median(runs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -364,3 +365,22 @@ def test_each_check_of_the_filters_names_what_it_refuses(call, message):
     with pytest.raises(catalogue_filters.CatalogueError) as raised:
         call()
     assert message in str(raised.value)
+
+
+def test_the_readmes_recipe_table_lists_every_recipe_and_what_its_clients_send():
+    text = (ROOT / "README.md").read_text()
+    table = text.split("### Recipes, and what clients send", 1)[1].split("\n###", 1)[0]
+    rows = {}
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].strip("`")] = cells
+    assert sorted(rows) == sorted(CATALOGUE["recipes"])
+    for name, recipe in CATALOGUE["recipes"].items():
+        engine = CATALOGUE["engines"][recipe["engine"]]
+        send = rows[name][4]
+        if recipe.get("sampling") and not engine.get("sampling_reaches_clients", True):
+            assert json.loads(send.strip("`")) == recipe["sampling"], name
+        else:
+            assert not send.startswith("`"), f"{name}: its engine applies its sampling"
+        assert rows[name][1:3] == [recipe["engine"], recipe["model"]]

@@ -315,3 +315,14 @@ def test_bad_timeouts_and_caches_are_refused(extra, message):
         merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
         catalogue_filters.service_specs([{"name": "a", "recipe": "r"}], merged, host="thor01")
     assert message in str(raised.value)
+
+
+def test_a_recipe_says_whether_its_clients_must_send_its_sampling_fields():
+    # vLLM's --override-generation-config reaches chat requests; SGLang's preferred
+    # sampling params do not (its OpenAI route fills every field).
+    vllm, sglang = one("vllm-qwen3-8b-fp4"), one("sglang-qwen3-8b-fp8")
+    plain = one("sglang-qwen3-8b")
+    assert vllm["sampling"] == {"repetition_penalty": 1.2, "temperature": 0.8, "top_p": 0.95}
+    assert not vllm["sampling_from_clients"]
+    assert sglang["sampling_from_clients"] and sglang["sampling"]["top_k"] == 20
+    assert plain["sampling"] == {} and not plain["sampling_from_clients"]

@@ -190,3 +190,16 @@ def test_curl_reads_the_key_from_its_config_and_always_has_one(echo_server, key)
     assert proc.returncode == 0, proc.stderr
     sent = json.loads(proc.stdout)["authorization"]
     assert sent == (f"Bearer {key}" if key else None)
+
+
+def test_chat_checks_send_the_recipes_sampling_fields_as_its_clients_should():
+    # SGLang applies --preferred-sampling-params to /generate only: on the OpenAI route
+    # the request's fields (its defaults where none are sent) win, so the check sends them.
+    fp8 = specs([{"name": "fp8", "recipe": "sglang-qwen3-8b-fp8-nothink"}])
+    (check,) = verify.verify_requests(fp8, "hi", 16, "/a.wav", "en", "http://i", "/m/i.png")
+    body = json.loads(check["argv"][-1])
+    assert body == {"repetition_penalty": 1.2, "temperature": 0.7, "top_p": 0.8, "top_k": 20,
+                    "min_p": 0.0, "model": "qwen3", "max_tokens": 16,
+                    "messages": [{"role": "user", "content": "hi"}]}
+    # A recipe without sampling fields sends none (the first test's chat check).
+    assert set(json.loads(by("chat")["argv"][-1])) == {"model", "max_tokens", "messages"}
