@@ -40,7 +40,17 @@ def bench_lines(results):
     return lines
 
 
+def bench_power(state):
+    """What the results record of a host's power: its mode and whether jetson_clocks is
+    on (jetson_power's state), or None for a host without nvpmodel."""
+    if not state or not state.get("nvpmodel"):
+        return None
+    return {"mode": state.get("mode"), "mode_id": state.get("mode_id"),
+            "jetson_clocks": bool(state.get("clocks"))}
+
+
 class FilterModule:
     def filters(self):
-        return {"thorfleet_bench_services": bench_services,
+        return {"thorfleet_bench_power": bench_power,
+                "thorfleet_bench_services": bench_services,
                 "thorfleet_bench_lines": bench_lines}

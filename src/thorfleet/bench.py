@@ -61,6 +61,15 @@ def detail_table(results: list[dict]) -> str:
     return text_table(lines)
 
 
+def power(result: dict) -> str:
+    """The power state the numbers were measured at, as the results record it."""
+    state = result.get("power")
+    if not state:
+        return "no power mode (not a Jetson)"
+    clocks = "jetson_clocks on" if state["jetson_clocks"] else "jetson_clocks off"
+    return f"power mode {state['mode']}, {clocks}"
+
+
 def report(results: list[dict]) -> str:
     parts = []
     for result in results:
@@ -68,7 +77,7 @@ def report(results: list[dict]) -> str:
             parts.append(f"{result['host']}: no chat or vision services to time")
             continue
         parts.append(f"{result['host']}: decode speed, median of {result['runs']} runs of "
-                     f"{result['max_tokens']} tokens\n{guide_table(result)}")
+                     f"{result['max_tokens']} tokens, {power(result)}\n{guide_table(result)}")
     parts.append(detail_table(results))
     return "\n\n".join(parts)
 

@@ -94,6 +94,16 @@ NSPAWN_ARGS = (
     "--console=passive",
 )
 NSPAWN_ENV = {"SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1"}  # cgroup v2 for Docker inside
+# A host that reboots (systemctl reboot, nvpmodel asking for one) ends nspawn with exit
+# status 133: boot it again, as a Thor comes back. SIGTERM shuts the host down for good.
+REBOOTING = (
+    'trap \'kill -TERM "$child" 2>/dev/null; wait "$child"; exit 143\' TERM\n'
+    'while :; do\n'
+    '  "$@" & child=$!\n'
+    '  wait "$child"; status=$?\n'
+    '  [ "$status" -eq 133 ] || exit "$status"\n'
+    'done\n'
+)
 
 # What thor01 runs in the lab: a service of each engine, recipes of the catalogue, models
 # from both hubs.
@@ -633,7 +643,8 @@ class Lab:
         ccache = self.cache / "ccache"
         ccache.mkdir(parents=True, exist_ok=True)
         log(f"booting {name}")
-        self._start_process(name, ["systemd-nspawn", "-D", str(root), f"--machine={name}",
+        self._start_process(name, ["/bin/sh", "-c", REBOOTING, "nspawn",
+                                   "systemd-nspawn", "-D", str(root), f"--machine={name}",
                                    f"--network-bridge={BRIDGE}",
                                    f"--bind={ccache}:{CCACHE_IN_HOST}", *NSPAWN_ARGS],
                             env=NSPAWN_ENV)

@@ -54,6 +54,123 @@ if "noheader" not in " ".join(args):
 print(", ".join(GPU[f] for f in fields))
 '''
 
+# Power: nvpmodel.conf in the shape of a Thor's (named modes, each with the CPU cores it
+# keeps online), with an nvpmodel and a jetson_clocks that answer as the real ones do and
+# record what they were asked in POWER_LOG. Like the real nvpmodel, the stand-in wants a
+# reboot for a mode that changes which cores are online, and asks for it on its standard
+# input. The mode is kept in nvpmodel's status file; the clocks are in /run, so they are
+# back to the mode's defaults after a reboot, as on a Thor.
+POWER_LOG = "/var/log/thorfleet-lab/power.log"
+POWER_STATUS = "/var/lib/nvpmodel/status"
+CLOCKS_STATE = "/run/thorfleet-lab/jetson_clocks"
+CORES = 14
+POWER_MODES = ((0, "MAXN", CORES), (1, "120W", CORES), (2, "90W", 12), (3, "70W", 10))
+
+
+def nvpmodel_conf() -> str:
+    lines = [f"# {STANDIN}", "# Power modes in the shape of a Jetson AGX Thor's.", "",
+             "< PARAM TYPE=FILE NAME=CPU_ONLINE >"]
+    lines += [f"CORE_{n} /sys/devices/system/cpu/cpu{n}/online" for n in range(CORES)]
+    for mode_id, name, online in POWER_MODES:
+        lines += ["", f"< POWER_MODEL ID={mode_id} NAME={name} >"]
+        lines += [f"CPU_ONLINE CORE_{n} {int(n < online)}" for n in range(CORES)]
+    lines += ["", "< PM_CONFIG DEFAULT=0 >", ""]
+    return "\n".join(lines)
+
+
+NVPMODEL = f'''#!/usr/bin/python3
+# {STANDIN}
+import os, re, subprocess, sys
+
+CONF, STATUS, LOG = "/etc/nvpmodel.conf", "{POWER_STATUS}", "{POWER_LOG}"
+
+
+def record(*words):
+    os.makedirs(os.path.dirname(LOG), exist_ok=True)
+    with open(LOG, "a") as log:
+        log.write(" ".join(words) + "\\n")
+
+
+def modes():
+    found, current = {{}}, None
+    for line in open(CONF):
+        header = re.match(r"<\\s*POWER_MODEL\\s+ID=(\\d+)\\s+NAME=(\\S+?)\\s*>", line)
+        if header:
+            current = int(header.group(1))
+            found[current] = {{"name": header.group(2), "online": set()}}
+        elif current is not None and re.match(r"CPU_ONLINE\\s+\\S+\\s+1", line):
+            found[current]["online"].add(line.split()[1])
+    default = re.search(r"<\\s*PM_CONFIG\\s+DEFAULT=(\\d+)", open(CONF).read())
+    return found, int(default.group(1))
+
+
+found, default = modes()
+try:
+    mode = int(open(STATUS).read().strip().removeprefix("pmode:"))
+except (OSError, ValueError):
+    mode = default
+args = sys.argv[1:]
+record("nvpmodel", *args)
+if args[:1] == ["-q"]:
+    print(f"NV Power Mode: {{found[mode]['name']}}")
+    print(mode)
+    sys.exit(0)
+if len(args) != 2 or args[0] != "-m":
+    print("usage: nvpmodel [-q] [-m <mode id>]", file=sys.stderr)
+    sys.exit(1)
+try:
+    wanted = int(args[1])
+    found[wanted]
+except (ValueError, KeyError):
+    print(f"NVPM ERROR: Invalid power mode ID: {{args[1]}}", file=sys.stderr)
+    sys.exit(1)
+if found[wanted]["online"] != found[mode]["online"]:
+    print(f"NVPM WARN: Reboot required for changing to this power mode: {{wanted}}")
+    print("NVPM WARN: DO YOU WANT TO REBOOT NOW? enter YES/yes to confirm:")
+    sys.stdout.flush()
+    answer = sys.stdin.readline().strip()
+    if answer not in ("YES", "yes"):
+        print("NVPM ERROR: optMask is 1, no request for power mode")
+        sys.exit(0)
+    os.makedirs(os.path.dirname(STATUS), exist_ok=True)
+    open(STATUS, "w").write(f"pmode:{{wanted:04d}}\\n")
+    record("reboot", "for", "mode", str(wanted))
+    subprocess.run(["systemctl", "reboot"], check=False)
+    sys.exit(0)
+os.makedirs(os.path.dirname(STATUS), exist_ok=True)
+open(STATUS, "w").write(f"pmode:{{wanted:04d}}\\n")
+'''
+
+JETSON_CLOCKS = f'''#!/usr/bin/python3
+# {STANDIN}
+import os, subprocess, sys
+
+STATE, LOG = "{CLOCKS_STATE}", "{POWER_LOG}"
+args = sys.argv[1:]
+os.makedirs(os.path.dirname(LOG), exist_ok=True)
+with open(LOG, "a") as log:
+    log.write(" ".join(["jetson_clocks", *args]) + "\\n")
+if args[:1] == ["--show"]:
+    print(subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True).stdout, end="")
+    print("clocks: " + ("maximum" if os.path.exists(STATE) else "the power mode's defaults"))
+elif args[:1] == ["--store"]:
+    path = args[1] if len(args) > 1 else os.path.expanduser("~/l4t_dfs.conf")
+    open(path, "w").write("stand-in clock settings\\n")
+elif args[:1] == ["--restore"]:
+    path = args[1] if len(args) > 1 else os.path.expanduser("~/l4t_dfs.conf")
+    if not os.path.exists(path):
+        print(f"Error: file {{path}} does not exist", file=sys.stderr)
+        sys.exit(1)
+    if os.path.exists(STATE):
+        os.unlink(STATE)
+elif not args:
+    os.makedirs(os.path.dirname(STATE), exist_ok=True)
+    open(STATE, "w").write("maximum\\n")
+else:
+    print("usage: jetson_clocks [--show] [--store [file]] [--restore [file]]", file=sys.stderr)
+    sys.exit(1)
+'''
+
 NVIDIA_RUNTIME = f'''#!/bin/sh
 # {STANDIN}: the nvidia runtime is runc here.
 exec runc "$@"
@@ -64,8 +181,13 @@ FILES = {
     "/usr/local/cuda/version.json": (CUDA_VERSION_JSON, 0o644),
     "/usr/bin/nvidia-smi": (NVIDIA_SMI, 0o755),
     "/usr/bin/nvidia-container-runtime": (NVIDIA_RUNTIME, 0o755),
+    "/etc/nvpmodel.conf": (nvpmodel_conf(), 0o644),
+    "/usr/sbin/nvpmodel": (NVPMODEL, 0o755),
+    "/usr/bin/jetson_clocks": (JETSON_CLOCKS, 0o755),
     MARKER: (STANDIN + "\n", 0o644),
 }
+# What the stand-ins leave behind, removed with them.
+STATE = (POWER_LOG, POWER_STATUS)
 
 
 def daemon_config(as_thor: bool) -> dict:
@@ -87,6 +209,8 @@ def apply(root: Path, on: bool) -> None:
         else:
             target.unlink(missing_ok=True)
     if not on:
+        for path in STATE:
+            (root / path.lstrip("/")).unlink(missing_ok=True)
         cuda = root / "usr/local/cuda"
         if cuda.is_dir() and not any(cuda.iterdir()):
             cuda.rmdir()

@@ -20,9 +20,13 @@ import fabric
 from thorfleet.runs import use_installed_ansible
 from thorfleet.tables import text_table
 
-# Runs on each host with its python3: the host's thorfleet units as JSON.
+# The unit that keeps jetson_clocks on (thorfleet_jetson_clocks, library/jetson_power.py).
+CLOCKS_UNIT = "thorfleet-jetson-clocks.service"
+
+# Runs on each host with its python3: the host's thorfleet units, and its power mode
+# (nvpmodel -q) and clocks where it is a Jetson, as JSON.
 REMOTE = r'''
-import glob, json, re, subprocess, urllib.request
+import glob, json, re, shutil, subprocess, urllib.request
 services = []
 for path in sorted(glob.glob("/etc/systemd/system/thorfleet-*.service")):
     unit = path.rsplit("/", 1)[1]
@@ -46,8 +50,15 @@ for path in sorted(glob.glob("/etc/systemd/system/thorfleet-*.service")):
         "health": health, "port": int(probe.group(2)) if probe else None,
         "runs": runs.group(1) if runs else "", "model": model.group(1) if model else "",
         "commit": model.group(2) if model else ""})
-print(json.dumps(sorted(services, key=lambda s: s["service"])))
-'''
+power = None
+nvpmodel = shutil.which("nvpmodel", path="/usr/sbin:/usr/bin:/sbin:/bin")
+if nvpmodel:
+    said = subprocess.run([nvpmodel, "-q"], capture_output=True, text=True).stdout
+    mode = re.search(r"NV Power Mode:\s*(\S+)", said)
+    clocks = subprocess.run(["systemctl", "is-active", "--quiet", CLOCKS_UNIT]).returncode
+    power = {"mode": mode.group(1) if mode else "unknown", "clocks": clocks == 0}
+print(json.dumps({"services": sorted(services, key=lambda s: s["service"]), "power": power}))
+'''.replace("CLOCKS_UNIT", repr(CLOCKS_UNIT))
 
 
 def inventory_hosts(project: Path, inventory: str | None, limit: str | None) -> dict:
@@ -90,7 +101,7 @@ def host_status(name: str, hostvars: dict) -> dict:
     if result.exited != 0:
         return {"host": name, "reachable": True, "error": result.stderr.strip(),
                 "services": []}
-    return {"host": name, "reachable": True, "services": json.loads(result.stdout)}
+    return {"host": name, "reachable": True, **json.loads(result.stdout)}
 
 
 def fleet_status(project: Path, inventory: str | None = None,
@@ -117,18 +128,27 @@ def healthy(hosts: list[dict]) -> bool:
                for host in hosts)
 
 
+def power(host: dict) -> str:
+    """A Jetson's power mode, and `+clocks` while thorfleet keeps jetson_clocks on; `-`
+    for a host without nvpmodel."""
+    state = host.get("power")
+    if not state:
+        return "-"
+    return state["mode"] + ("+clocks" if state["clocks"] else "")
+
+
 def table(hosts: list[dict]) -> str:
-    rows = [("host", "service", "state", "health", "port", "runs", "model")]
+    rows = [("host", "service", "state", "health", "port", "runs", "model", "power")]
     for host in hosts:
         if not host["reachable"] or host.get("error"):
             rows.append((host["host"], "-", "unreachable" if not host["reachable"] else "error",
-                         "-", "-", host.get("error", "")[:60], "-"))
+                         "-", "-", host.get("error", "")[:60], "-", "-"))
             continue
         if not host["services"]:
-            rows.append((host["host"], "-", "no services", "-", "-", "-", "-"))
+            rows.append((host["host"], "-", "no services", "-", "-", "-", "-", power(host)))
         for service in host["services"]:
             model = service["model"].split("/", 2)[-1] if service["model"] else ""
             rows.append((host["host"], service["service"], service["state"], service["health"],
                          str(service["port"] or "-"), _short(service["runs"]),
-                         f"{model}@{service['commit'][:12]}" if model else "-"))
+                         f"{model}@{service['commit'][:12]}" if model else "-", power(host)))
     return text_table(rows)

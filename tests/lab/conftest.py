@@ -56,7 +56,7 @@ def lab_leftovers() -> list[str]:
     processes = bounded.run(["ps", "-eo", "args"], 30).stdout
     found += [f"process: {line}" for line in processes.splitlines()
               if line.startswith(("systemd-nspawn", "docker-registry serve", "git daemon",
-                                  "git-daemon"))
+                                  "git-daemon", "/bin/sh -c trap"))
               or any(server in line for server in ("-m olah.server", "thorfleet.modelscope_standin",
                                                    "http.server --bind 10.213."))]
     if bounded.run(["ip", "link", "show", BRIDGE], 30).returncode == 0:
@@ -109,3 +109,22 @@ def thor01(lab, hosts):
     run = Playbook("site.yml", "-l", "thor01")
     assert run.rc == 0, run
     return hosts["thor01"]
+
+
+CLOCKS_UNIT = "/etc/systemd/system/thorfleet-jetson-clocks.service"
+
+
+@pytest.fixture
+def jetson(lab):
+    """thor02 as a fresh Thor (power mode MAXN, no clocks unit, the stand-ins' record
+    empty); a plain lab host again after."""
+    def plain():
+        lab.ssh("thor02", f"systemctl disable --now {CLOCKS_UNIT.rsplit('/', 1)[1]}; "
+                          f"rm -f {CLOCKS_UNIT}; systemctl daemon-reload", check=False)
+        made = thorfleet("lab", "as-thor", "thor02", "--off")
+        assert made.returncode == 0, made.stderr
+    plain()
+    made = thorfleet("lab", "as-thor", "thor02")
+    assert made.returncode == 0, made.stderr
+    yield lambda command: lab.ssh("thor02", command).stdout
+    plain()

@@ -100,7 +100,8 @@ def bench(thor01, tmp_path_factory):
 def test_bench_prints_the_guides_table_for_the_lab(bench):
     run, _ = bench
     lines = run.stdout.splitlines()
-    start = lines.index("thor01: decode speed, median of 3 runs of 256 tokens")
+    start = lines.index("thor01: decode speed, median of 3 runs of 256 tokens, "
+                        "no power mode (not a Jetson)")
     header, *rows = lines[start + 1:start + 4]
     assert header.split() == ["model", "quantisation", "vLLM", "(tok/s)", "SGLang", "(tok/s)",
                               "llama.cpp", "(tok/s)"]

@@ -179,3 +179,17 @@ def test_a_host_without_chat_services_says_so():
                                      "services": []}])
     assert "thor02: no chat or vision services to time" in text
     assert text.count("decode speed, median of 3 runs") == 1
+
+
+def test_the_report_says_at_which_power_mode_the_numbers_were_measured():
+    state = {"nvpmodel": "/usr/sbin/nvpmodel", "modes": {"MAXN": 0}, "mode": "MAXN",
+             "mode_id": 0, "clocks": True}
+    recorded = filters.bench_power(state)
+    assert recorded == {"mode": "MAXN", "mode_id": 0, "jetson_clocks": True}
+    assert filters.bench_power({"nvpmodel": None, "clocks": False}) is None
+    text = report.report([{**result(), "power": recorded},
+                          {**result("thor02"), "power": None}])
+    assert "thor01: decode speed, median of 3 runs of 256 tokens, power mode MAXN, " \
+           "jetson_clocks on\n" in text
+    assert "thor02: decode speed, median of 3 runs of 256 tokens, no power mode " \
+           "(not a Jetson)\n" in text
