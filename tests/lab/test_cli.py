@@ -12,7 +12,7 @@ from tests.lab.conftest import ROOT, thorfleet
 from thorfleet import stock
 from thorfleet.lab import LAB_SERVICES
 
-PHASES = ["Preflight", "Models", "Engines", "Images", "Services", "Verify"]
+PHASES = ["Preflight", "Models", "Engines", "Images", "Power", "Services", "Verify"]
 
 
 def summary(output: str) -> dict:
