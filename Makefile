@@ -33,7 +33,7 @@ test: lint
 	$(BIN)/pytest -q tests
 
 lint: venv
-	$(BIN)/ruff check src library filter_plugins strategy_plugins tests bench scripts
+	$(BIN)/ruff check src library filter_plugins plugin_utils roles strategy_plugins tests bench scripts
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production
 

@@ -3,8 +3,9 @@ judgement of what came back.
 
 Requests are the guide's curl examples, sent with curl on the host: a chat completion
 for LLMs, the image chat of the vision model (an http URL and a file:// under the model
-root), vLLM's /v1/audio/transcriptions and whisper-server's /inference for speech (curl's
-multipart upload sends the file's bytes as they are, which whisper-server needs).
+root), OpenAI's /v1/audio/transcriptions (vLLM) or whisper.cpp's /inference for speech,
+as the engine's transcription_api says (curl's multipart upload sends the file's bytes
+as they are, which whisper-server needs).
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ def verify_requests(specs, prompt, max_tokens, audio, language, image_url, image
                 add(check, "/v1/chat/completions", chat([
                     {"type": "image_url", "image_url": {"url": url}},
                     {"type": "text", "text": prompt}]))
-        elif spec["engine"] == "whisper-server":
+        elif spec.get("transcription_api") == "whisper.cpp":
             add("transcription", "/inference",
                 ["-F", f"file=@{audio}", "-F", "response_format=json"])
-        else:
+        else:  # OpenAI's route
             add("transcription", "/v1/audio/transcriptions",
                 ["-F", f"file=@{audio}", "-F", f"model={spec['served_name']}",
                  "-F", "response_format=json", "-F", f"language={language}"])

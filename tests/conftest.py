@@ -6,14 +6,27 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import ansible.module_utils
 import pytest
+import yaml
 from ansible.module_utils.testing import patch_module_args
 
 ROOT = Path(__file__).resolve().parents[1]
+# The shared settings' defaults, as a fleet gets them when its inventory says nothing.
+SHARED_DEFAULTS = yaml.safe_load((ROOT / "roles/thorfleet/defaults/main.yml").read_text())
+BUILDS_ROOT = SHARED_DEFAULTS["ggml_build_root"]
+
+
+# Roles' own module_utils (roles/<role>/module_utils), which Ansible makes importable as
+# ansible.module_utils.<name> for the role's modules: the same for modules loaded here.
+ansible.module_utils.__path__.extend(
+    str(p) for p in sorted(ROOT.glob("roles/*/module_utils"))
+    if str(p) not in ansible.module_utils.__path__)
 
 
 def load(relative: str):
-    """Import a file of the project (a module in library/, a filter plugin) by path."""
+    """Import a file of the project (a module in library/ or a role's library/, a filter
+    plugin) by path."""
     path = ROOT / relative
     name = "thorfleet_test_" + path.stem
     spec = importlib.util.spec_from_file_location(name, path)

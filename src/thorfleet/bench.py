@@ -34,10 +34,14 @@ def guide_table(result: dict) -> str:
         cells = rows.setdefault((service["model_name"], service["quantization"]), {})
         decode = (service.get("median") or {}).get("decode_tps")
         cells.setdefault(service["engine"], []).append(_number(decode))
-    lines = [("model", "quantisation", *(title for _, title in ENGINES))]
+    # The guide's engines, then any other engine a host runs, by its catalogue name.
+    named = dict(ENGINES)
+    others = sorted({s["engine"] for s in result["services"]} - set(named))
+    columns = [*ENGINES, *((engine, f"{engine} (tok/s)") for engine in others)]
+    lines = [("model", "quantisation", *(title for _, title in columns))]
     for (model, quantization), cells in rows.items():
         lines.append((model, quantization or "-",
-                      *(" / ".join(cells.get(engine, [])) or "" for engine, _ in ENGINES)))
+                      *(" / ".join(cells.get(engine, [])) or "" for engine, _ in columns)))
     return text_table(lines)
 
 

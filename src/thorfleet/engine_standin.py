@@ -47,6 +47,18 @@ BROKEN = "THORFLEET_STANDIN_BROKEN"
 # the stand-in leaves a marker there, and says whether it found one from a start before.
 JIT_CACHE = {"vllm": "~/.cache/vllm", "sglang": "~/.cache/flashinfer"}
 PACE = "THORFLEET_STANDIN_TOKENS_PER_SECOND"
+# Each engine's command inside its image (`vllm` on PATH, the `sglang.launch_server`
+# module), files of the stand-in image that start this module as that engine; the image
+# holds this file as thorfleet_engine_standin.py.
+ENTRY_POINTS = {
+    "usr/local/bin/vllm": "#!/usr/bin/python3\nimport sys\n"
+                          "from thorfleet_engine_standin import main\n"
+                          'main("vllm", ["vllm", *sys.argv[1:]])\n',
+    "usr/local/lib/python3.11/dist-packages/sglang/__init__.py": "",
+    "usr/local/lib/python3.11/dist-packages/sglang/launch_server.py":
+        "import sys\nfrom thorfleet_engine_standin import main\n"
+        'main("sglang", sys.orig_argv)\n',
+}
 
 
 def _json(value: str):

@@ -15,6 +15,7 @@ import testinfra
 
 from thorfleet import bounded
 from thorfleet.lab import BRIDGE, Lab, host_address
+from thorfleet.lab import images as lab_images
 
 ROOT = Path(__file__).resolve().parents[2]
 HOSTS = ["thor01", "thor02"]
@@ -128,3 +129,13 @@ def jetson(lab):
     assert made.returncode == 0, made.stderr
     yield lambda command: lab.ssh("thor02", command).stdout
     plain()
+
+
+def push_standin(lab: Lab, engine: str, tag: str, version: str | None = None,
+                 broken: bool = False) -> str:
+    """Push an engine's stand-in under `tag` as a publisher would: `version` labels the
+    image (default: the tag), so one tag can be moved to a different image; a `broken`
+    one exits at start. Returns the digest."""
+    repository, _tag = lab.container_engines()[engine]
+    parts = lab_images.image(lab.standin_layer(), engine, version or tag, broken)
+    return lab.registry().push(repository, tag, parts)

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from tests.lab.conftest import ROOT, Playbook
-from thorfleet import bounded, lab_hub
+from thorfleet import bounded
+from thorfleet.lab import hub as lab_hub
 
 LOCK = ROOT / "inventory" / "lab" / ".thorfleet.lock.yml"
 TEMPLATE_URL = ("https://qwen.readthedocs.io/en/latest/_downloads/"

@@ -1,5 +1,5 @@
 """A Jetson's power mode by name and jetson_clocks, on a lab host made to look like a Thor:
-its nvpmodel and jetson_clocks are stand-ins (src/thorfleet/lab_thor.py) with a
+its nvpmodel and jetson_clocks are stand-ins (src/thorfleet/lab/thor.py) with a
 Thor-shaped nvpmodel.conf, that answer as the real ones do and record what they were
 asked. The power phase runs alone (`--tags power`, preflight always runs)."""
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 from tests.lab.conftest import CLOCKS_UNIT, Playbook, thorfleet
-from thorfleet.lab_thor import POWER_LOG
+from thorfleet.lab.thor import POWER_LOG
 
 POWER = ("site.yml", "-l", "thor02", "--tags", "power")
 STORE = "/var/lib/thorfleet/jetson_clocks.conf"

@@ -8,13 +8,14 @@ with); llama-server and whisper-server are the real builds serving tiny real mod
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
 
-from tests.lab.conftest import ROOT, Playbook
+from tests.guide import guide, same_tokens
+from tests.lab.conftest import ROOT, Playbook, push_standin
 from tests.snippets import commands_with
-from tests.unit.test_service_specs import guide, same_tokens
 from thorfleet.lab import LAB_SERVICES, REGISTRY, REGISTRY_PASSWORD
 
 SERVICES = {s["name"]: s for s in LAB_SERVICES}
@@ -241,7 +242,7 @@ def restored(lab, thor01):
     original = lock_images()[VLLM_REF]
     yield
     # The stand-in is reproducible: pushing it again gives the tag its original digest.
-    assert lab.push_standin("vllm", "25.10-py3") == original
+    assert push_standin(lab, "vllm", "25.10-py3") == original
     LOCK.write_text(locked)
     back = site()
     assert back.rc == 0, back
@@ -254,7 +255,7 @@ def vllm_digests(host) -> list[str]:
 
 
 def test_the_readmes_image_bump_restarts_only_the_vllm_services(lab, thor01, restored):
-    bumped = lab.push_standin("vllm", "25.11-py3")
+    bumped = push_standin(lab, "vllm", "25.11-py3")
     first = lock_images()[VLLM_REF]
     before = main_pids(thor01)
 
@@ -283,7 +284,7 @@ def test_the_readmes_image_bump_restarts_only_the_vllm_services(lab, thor01, res
     # The README's refresh, after the catalogue's tag moved upstream: a run without the
     # -e is back on 25.10, re-resolved to what it points to now; the image before the
     # previous one (the first 25.10) is removed.
-    moved = lab.push_standin("vllm", "25.10-py3", version="25.10-py3-rebuilt")
+    moved = push_standin(lab, "vllm", "25.10-py3", version="25.10-py3-rebuilt")
     refresh = readme(REFRESH)
     assert refresh.rc == 0, refresh
     assert lock_images()[VLLM_REF] == moved
@@ -298,7 +299,7 @@ def test_the_readmes_image_bump_restarts_only_the_vllm_services(lab, thor01, res
 
 def test_a_rollout_that_fails_leaves_the_last_good_services_running(lab, thor01, restored):
     good = lock_images()[VLLM_REF]
-    lab.push_standin("vllm", "25.11-py3", broken=True)
+    push_standin(lab, "vllm", "25.11-py3", broken=True)
     before = main_pids(thor01)
     run = readme(BUMP)
     assert run.rc != 0, run
@@ -344,7 +345,7 @@ def test_a_native_rollout_that_fails_runs_the_last_good_build_again(thor01, brok
 def test_a_tag_moved_upstream_changes_no_host(lab, thor01):
     pinned = lock_images()[VLLM_REF]
     before = main_pids(thor01)
-    moved = lab.push_standin("vllm", "25.10-py3", version="25.10-py3-rebuilt")
+    moved = push_standin(lab, "vllm", "25.10-py3", version="25.10-py3-rebuilt")
     try:
         assert moved != pinned
         run = site()
@@ -353,7 +354,7 @@ def test_a_tag_moved_upstream_changes_no_host(lab, thor01):
         assert main_pids(thor01) == before and lock_images()[VLLM_REF] == pinned
     finally:
         # The stand-in is reproducible: pushing it again restores the original digest.
-        assert lab.push_standin("vllm", "25.10-py3") == pinned
+        assert push_standin(lab, "vllm", "25.10-py3") == pinned
 
 
 def test_a_service_taken_out_is_stopped_and_its_unit_removed(thor01):
@@ -369,3 +370,14 @@ def test_a_service_taken_out_is_stopped_and_its_unit_removed(thor01):
         back = site()
         assert back.rc == 0, back
     assert thor01.service("thorfleet-qwen3-sglang").is_running
+
+
+def test_native_units_follow_the_builds_root_the_inventory_moves(thor01):
+    # ggml_build_root reaches the units: moved, each native unit would run its engine
+    # from under the new root (a preview; nothing on the host changes).
+    run = site("--check", "--diff", "-e", "ggml_build_root=/opt/elsewhere")
+    assert run.rc == 0, run
+    for engine, binary in (("llama.cpp", "llama-server"), ("whisper.cpp", "whisper-server")):
+        assert re.search(rf'^\+ExecStart="?/opt/elsewhere/{re.escape(engine)}/[^/]+/bin/'
+                         rf'{binary}\b', run.output, re.MULTILINE), (engine, run)
+    assert not thor01.file("/opt/elsewhere").exists

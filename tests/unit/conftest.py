@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from thorfleet import bounded, engine_standin, lab_hub
-from thorfleet.lab_hub import Commit, Repo
+from thorfleet import bounded, engine_standin
+from thorfleet.lab import hub as lab_hub
+from thorfleet.lab.hub import Commit, Repo
 
 GATED_TOKEN = "ms-unit-test-token-7f3a"
 CONFIG = b'{"model_type": "qwen3"}\n'

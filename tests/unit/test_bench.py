@@ -193,3 +193,12 @@ def test_the_report_says_at_which_power_mode_the_numbers_were_measured():
            "jetson_clocks on\n" in text
     assert "thor02: decode speed, median of 3 runs of 256 tokens, no power mode " \
            "(not a Jetson)\n" in text
+
+
+def test_an_engine_the_guide_does_not_have_gets_a_column_of_its_own():
+    other = {**result()["services"][0], "name": "e", "engine": "trtllm",
+             "median": {"decode_tps": 44.4, "ttft_s": 0.1}}
+    text = report.guide_table({**result(), "services": [*result()["services"], other]})
+    header = text.splitlines()[0]
+    assert header.endswith("llama.cpp (tok/s)  trtllm (tok/s)")
+    assert "44.4" in text

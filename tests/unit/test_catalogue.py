@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, load
+from tests.conftest import BUILDS_ROOT, ROOT, load
+from tests.guide import GUIDE
+from tests.guide import model_path as guide_model_path
 
 catalogue_filters = load("filter_plugins/catalogue.py")
+# Resolved with the default builds root, as a fleet whose inventory says nothing.
+service_specs = functools.partial(catalogue_filters.service_specs, builds_root=BUILDS_ROOT)
 CATALOGUE = yaml.safe_load((ROOT / "roles/thorfleet/vars/main.yml").read_text())[
     "thorfleet_catalogue"]
 TEMPLATE_URL = ("https://qwen.readthedocs.io/en/latest/_downloads/"
@@ -18,30 +23,6 @@ TEMPLATE_URL = ("https://qwen.readthedocs.io/en/latest/_downloads/"
 # The published template's sum (4148 bytes, CRLF line ends), written here by hand.
 PUBLISHED_TEMPLATE = "3dd897869fdc38d301d820ce130bbf35ed031add46e1b9c8d8f260579c6c0f2a"
 
-# Written by hand from the guide's commands (what each serves, under /models), apart from
-# the catalogue, so the catalogue cannot agree with itself.
-GUIDE_MODEL_PATHS = {
-    "vllm-qwen3-8b": "Qwen/Qwen3-8B",
-    "vllm-qwen3-8b-nothink": "Qwen/Qwen3-8B",
-    "vllm-qwen3-8b-fp4": "nv-community/Qwen3-8B-FP4",
-    "vllm-qwen3-8b-fp4-nothink": "nv-community/Qwen3-8B-FP4",
-    "vllm-qwen3-coder-30b-fp8": "Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8",
-    "vllm-whisper-small": "openai-mirror/whisper-small",
-    "vllm-qwen2.5-vl-7b-awq": "Qwen/Qwen2.5-VL-7B-Instruct-AWQ",
-    "sglang-qwen3-8b": "Qwen/Qwen3-8B",
-    "sglang-qwen3-8b-nothink": "Qwen/Qwen3-8B",
-    "sglang-qwen3-8b-quickstart": "Qwen/Qwen3-8B",
-    "sglang-qwen3-8b-fp8": "Qwen/Qwen3-8B-FP8",
-    "sglang-qwen3-8b-fp8-nothink": "Qwen/Qwen3-8B-FP8",
-    "sglang-qwen3-8b-fp4": "nv-community/Qwen3-8B-FP4",
-    "sglang-qwen3-8b-fp4-nothink": "nv-community/Qwen3-8B-FP4",
-    "sglang-qwen3-coder-30b-fp8": "Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8",
-    "llama-qwen3-8b-gguf": "Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q5_K_M.gguf",
-    "llama-qwen3-8b-gguf-nothink": "Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q5_K_M.gguf",
-    "llama-qwen3-coder-30b-gguf":
-        "unsloth/Qwen3-Coder-30B-A3B-Instruct-GGUF/Qwen3-Coder-30B-A3B-Instruct-Q5_K_M.gguf",
-    "whisper-large-v3-turbo": "whisper.cpp/models/ggml-large-v3-turbo.bin",
-}
 # The Hugging Face ids of the guide's ModelScope organisations (DESIGN.md).
 HF_IDS = {"nv-community/Qwen3-8B-FP4": "nvidia/Qwen3-8B-FP4",
           "openai-mirror/whisper-small": "openai/whisper-small",
@@ -59,8 +40,9 @@ def error(services, **kwargs):
 
 
 def test_every_recipe_of_the_guide_serves_the_guides_model_path():
-    assert set(CATALOGUE["recipes"]) == set(GUIDE_MODEL_PATHS)
-    for name, expected in GUIDE_MODEL_PATHS.items():
+    assert set(CATALOGUE["recipes"]) == set(GUIDE)
+    for name in GUIDE:
+        expected = guide_model_path(name)
         recipe = CATALOGUE["recipes"][name]
         served = "/".join(filter(None, [recipe["model"], recipe.get("model_file")]))
         assert served == expected, name
@@ -261,7 +243,7 @@ def test_a_complete_new_entry_is_added():
              "recipes": {"vllm-tiny": {"engine": "vllm", "model": "acme/Tiny"}}}
     result = merged(extra)
     assert result["recipes"]["vllm-tiny"] == {"engine": "vllm", "model": "acme/Tiny"}
-    specs = catalogue_filters.service_specs([{"name": "t", "recipe": "vllm-tiny"}], result)
+    specs = service_specs([{"name": "t", "recipe": "vllm-tiny"}], result)
     assert specs[0]["argv"][:3] == ["vllm", "serve", "/models/acme/Tiny"]
 
 
@@ -346,15 +328,15 @@ def with_entries(section, **entries):
         host="thor01"),
      "thor01: service a: file qwen3_nonthinking.jinja path '../../etc/x' is outside the model "
      "root /models"),
-    *((lambda share=share: catalogue_filters.service_specs(
+    *((lambda share=share: service_specs(
         [{"name": "a", "recipe": "vllm-qwen3-8b", "memory_share": share}], CATALOGUE,
         host="thor01"),
        f"thor01: service a: field memory_share: {share!r} is not a share of unified memory")
       for share in (0, True, False)),
-    (lambda: catalogue_filters.service_specs(
+    (lambda: service_specs(
         [{"name": "a", "recipe": "vllm-qwen3-8b", "port": True}], CATALOGUE, host="thor01"),
      "thor01: service a: field port: True is not a port (1-65535)"),
-    (lambda: catalogue_filters.service_specs(
+    (lambda: service_specs(
         [{"name": "a", "recipe": "vllm-qwen3-8b", "served_name": ""}], CATALOGUE,
         host="thor01"),
      "thor01: service a: field served_name: '' is not a name of 1 to 128"),

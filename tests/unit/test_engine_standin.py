@@ -10,7 +10,8 @@ import urllib.request
 
 import pytest
 
-from tests.unit.test_service_specs import CATALOGUE, guide, one
+from tests.guide import guide
+from tests.unit.test_service_specs import CATALOGUE, one
 from thorfleet import engine_standin
 
 CONTAINER_RECIPES = sorted(r for r, spec in CATALOGUE["recipes"].items()

@@ -6,14 +6,17 @@ quoting a secret."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 
 import pytest
 
-from tests.conftest import load
+from tests.conftest import BUILDS_ROOT, load
 from tests.unit.test_service_specs import CATALOGUE
 
 catalogue_filters = load("filter_plugins/catalogue.py")
+# Resolved with the default builds root, as a fleet whose inventory says nothing.
+service_specs = functools.partial(catalogue_filters.service_specs, builds_root=BUILDS_ROOT)
 SHELL = ["$(id)", "`id`", "; id", "50%"]
 CONTROL = ["\n", "\r", "\x00"]
 
@@ -22,7 +25,7 @@ def refused(services=None, extra=None, **settings) -> str:
     services = services if services is not None else [{"name": "a", "recipe": "vllm-qwen3-8b"}]
     with pytest.raises(catalogue_filters.CatalogueError) as raised:
         merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
-        catalogue_filters.service_specs(services, merged, host="thor01", **settings)
+        service_specs(services, merged, host="thor01", **settings)
     return str(raised.value)
 
 
@@ -61,7 +64,7 @@ def test_an_api_key_outside_its_characters_is_refused_without_quoting_it(key):
 
 
 def test_an_api_key_that_starts_with_a_dash_is_a_key():
-    specs = catalogue_filters.service_specs(service(api_key="-starts-with-a-dash"),
+    specs = service_specs(service(api_key="-starts-with-a-dash"),
                                             CATALOGUE, host="thor01")
     assert specs[0]["name"] == "a"
 
@@ -90,7 +93,7 @@ def test_a_model_root_that_is_not_a_plain_absolute_path_outside_the_system_is_re
 
 
 def test_a_model_root_of_ones_own_is_taken():
-    specs = catalogue_filters.service_specs(service(), CATALOGUE, host="thor01",
+    specs = service_specs(service(), CATALOGUE, host="thor01",
                                             models_root="/data/models")
     assert specs[0]["model"] == "/data/models/Qwen/Qwen3-8B"
 
@@ -134,7 +137,7 @@ def test_the_projects_catalogue_and_the_sample_fleet_pass_every_rule():
     merged = catalogue_filters.merge_catalogue(CATALOGUE, {})
     for recipe in merged["recipes"]:
         port = 8000 if recipe.startswith(("vllm", "sglang", "llama")) else 8080
-        catalogue_filters.service_specs([{"name": "a", "recipe": recipe, "port": port,
+        service_specs([{"name": "a", "recipe": recipe, "port": port,
                                           "memory_share": 0.5}], merged, host="thor01",
                                         api_key="sk-thor-fleet-example-key")
 

@@ -13,9 +13,12 @@ import json
 
 import pytest
 
+# A role's module_utils: importable once tests/conftest.py has run, as under Ansible.
+from ansible.module_utils.thorfleet_model_files import RemoteFile
+
 from tests.conftest import load, run_module
 
-model_download = load("library/model_download.py")
+model_download = load("roles/model_store/library/model_download.py")
 COMMIT_1, COMMIT_2 = "1" * 40, "2" * 40
 
 
@@ -41,7 +44,7 @@ class AnsweringHub:
         commit = self.commits.get(revision, revision)
         listed = {}
         for path, data in self.files[commit].items():
-            listed[path] = model_download.RemoteFile(
+            listed[path] = RemoteFile(
                 path, len(data), hashlib.sha256(data).hexdigest() if self.hashes == "sha256"
                 else None, git_blob(data) if self.hashes == "git" else None)
         return commit, listed

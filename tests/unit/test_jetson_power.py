@@ -5,7 +5,7 @@ the host does not have, naming those it has."""
 from __future__ import annotations
 
 from tests.conftest import load
-from thorfleet import lab_thor
+from thorfleet.lab import thor as lab_thor
 
 power = load("library/jetson_power.py")
 

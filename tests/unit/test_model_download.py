@@ -3,25 +3,34 @@ ModelScope stand-in for ModelScope. Each behaviour is checked for both hubs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
 import pytest
 
+# A role's module_utils: importable once tests/conftest.py has run, as under Ansible.
+from ansible.module_utils.thorfleet_model_files import select
+
 from tests.conftest import load, run_module
 from tests.unit.conftest import GATED_TOKEN
 
-model_download = load("library/model_download.py")
+model_download = load("roles/model_store/library/model_download.py")
 
 HUBS = ["huggingface", "modelscope"]
+# Each unit hub's default branch, as tests/unit/conftest.py makes them.
+BRANCH = {"huggingface": "main", "modelscope": "master"}
 UNREACHABLE = "http://127.0.0.1:9"
 
 
 @pytest.fixture
 def download(hubs, tmp_path, monkeypatch):
-    def run(source, repo="unit/tiny", check=False, endpoint=None, **args):
+    def run(source, repo="unit/tiny", check=False, endpoint=None, revision=None, **args):
+        # A revision is always given (the catalogue names one); by default the hub's
+        # default branch, which the unit hubs are made with.
         args = {"source": source, "repo_id": repo, "dest": str(tmp_path / "models" / "m"),
-                "endpoint": endpoint or hubs.endpoints[source], **args}
+                "endpoint": endpoint or hubs.endpoints[source],
+                "revision": revision or BRANCH[source], **args}
         return run_module(model_download, args, monkeypatch, check=check)
     return run
 
@@ -46,7 +55,7 @@ def test_a_tag_is_resolved_to_its_commit_and_every_file_verified(source, downloa
     assert record["commit"] == hubs.commits[source]["v1"] and record["revision"] == "v1"
     assert record["files"]["weights.bin"]["size"] == 40_000
     weights = (tmp_path / "models" / "m" / "weights.bin").read_bytes()
-    assert record["files"]["weights.bin"]["sha256"] == model_download.hashlib.sha256(
+    assert record["files"]["weights.bin"]["sha256"] == hashlib.sha256(
         weights).hexdigest()
     assert done.result["bytes_downloaded"] >= 43_000
     assert not (tmp_path / "models" / ".m.partial").exists()
@@ -150,5 +159,5 @@ def test_too_little_disk_fails_before_fetching(source, download, tmp_path, monke
 
 def test_patterns_match_as_the_hubs_do():
     paths = ["a.gguf", "sub/b.gguf", "x.bin"]
-    assert model_download.select(paths, ["*.gguf"], []) == ["a.gguf", "sub/b.gguf"]
-    assert model_download.select(paths, [], ["sub/*"]) == ["a.gguf", "x.bin"]
+    assert select(paths, ["*.gguf"], []) == ["a.gguf", "sub/b.gguf"]
+    assert select(paths, [], ["sub/*"]) == ["a.gguf", "x.bin"]

@@ -7,114 +7,26 @@ after parsing. The only differences allowed are listed with the test that allows
 
 from __future__ import annotations
 
+import functools
 import json
-import shlex
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, load
+from tests.conftest import BUILDS_ROOT, ROOT, load
+from tests.guide import BINARIES, GUIDE, guide, same_tokens
 
 catalogue_filters = load("filter_plugins/catalogue.py")
+# Resolved with the default builds root, as a fleet whose inventory says nothing.
+service_specs = functools.partial(catalogue_filters.service_specs, builds_root=BUILDS_ROOT)
 CATALOGUE = yaml.safe_load((ROOT / "roles/thorfleet/vars/main.yml").read_text())[
     "thorfleet_catalogue"]
-T = "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja"
-
-GUIDE = {
-    "vllm-qwen3-8b": "vllm serve /models/Qwen/Qwen3-8B --served-model-name qwen3",
-    "vllm-qwen3-8b-nothink":
-        f"vllm serve /models/Qwen/Qwen3-8B --served-model-name qwen3 --chat-template {T}",
-    "vllm-qwen3-8b-fp4": """vllm serve /models/nv-community/Qwen3-8B-FP4 \\
-        --served-model-name qwen3 \\
-        --override-generation-config '{"repetition_penalty": 1.2, "temperature": 0.8,
-        "top_p": 0.95}'""",
-    "vllm-qwen3-8b-fp4-nothink": f"""vllm serve /models/nv-community/Qwen3-8B-FP4 \\
-        --served-model-name qwen3 \\
-        --override-generation-config '{{"repetition_penalty": 1.2, "temperature": 0.8,
-        "top_p": 0.95}}' --chat-template {T}""",
-    "vllm-qwen3-coder-30b-fp8": """vllm serve /models/Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8 \\
-        --served-model-name qwen3 --max-model-len 65536 --enforce-eager \\
-        --override-generation-config '{"repetition_penalty": 1.05, "temperature": 0.7,
-        "top_p": 0.8, "top_k": 20}'""",
-    "vllm-whisper-small":
-        "vllm serve /models/openai-mirror/whisper-small --served-model-name whisper",
-    # The guide writes --allowed-local-media-path without its value, which vLLM rejects:
-    # the one difference from the guide the catalogue makes on purpose.
-    "vllm-qwen2.5-vl-7b-awq": "vllm serve /models/Qwen/Qwen2.5-VL-7B-Instruct-AWQ "
-                              "--served-model-name qwen3 --allowed-local-media-path /models",
-    "sglang-qwen3-8b": """python -m sglang.launch_server --model-path /models/Qwen/Qwen3-8B \\
-        --served-model-name qwen3 --host 0.0.0.0 --port 8000""",
-    "sglang-qwen3-8b-nothink": f"""python -m sglang.launch_server \\
-        --model-path /models/Qwen/Qwen3-8B --served-model-name qwen3 \\
-        --host 0.0.0.0 --port 8000 --chat-template {T}""",
-    "sglang-qwen3-8b-quickstart": """python -m sglang.launch_server \\
-        --model-path /models/Qwen/Qwen3-8B --served-model-name qwen3 \\
-        --host 0.0.0.0 --port 8000 --cuda-graph-bs 2""",
-    "sglang-qwen3-8b-fp8": """python -m sglang.launch_server \\
-        --model-path /models/Qwen/Qwen3-8B-FP8 --served-model-name qwen3 \\
-        --host 0.0.0.0 --port 8000 --max-running-requests 2 \\
-        --preferred-sampling-params '{"repetition_penalty": 1.2, "temperature": 0.6,
-        "top_p": 0.95, "top_k": 20, "min_p": 0.0}'""",
-    "sglang-qwen3-8b-fp8-nothink": f"""python -m sglang.launch_server \\
-        --model-path /models/Qwen/Qwen3-8B-FP8 --served-model-name qwen3 \\
-        --host 0.0.0.0 --port 8000 --max-running-requests 2 \\
-        --preferred-sampling-params '{{"repetition_penalty": 1.2, "temperature": 0.7,
-        "top_p": 0.8, "top_k": 20, "min_p": 0.0}}' --chat-template {T}""",
-    "sglang-qwen3-8b-fp4": """python -m sglang.launch_server \\
-        --model-path /models/nv-community/Qwen3-8B-FP4 --served-model-name qwen3 \\
-        --host 0.0.0.0 --port 8000 --quantization modelopt_fp4 --max-running-requests 2""",
-    "sglang-qwen3-8b-fp4-nothink": f"""python -m sglang.launch_server \\
-        --model-path /models/nv-community/Qwen3-8B-FP4 --served-model-name qwen3 \\
-        --host 0.0.0.0 --port 8000 --quantization modelopt_fp4 --max-running-requests 2 \\
-        --chat-template {T}""",
-    "sglang-qwen3-coder-30b-fp8": """python -m sglang.launch_server \\
-        --model-path /models/Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8 --served-model-name qwen3 \\
-        --host 0.0.0.0 --port 8000 --max-running-requests 1 --max-total-tokens 65536 \\
-        --disable-cuda-graph --preferred-sampling-params '{"repetition_penalty": 1.05,
-        "temperature": 0.7, "top_p": 0.8, "top_k": 20}'""",
-    "llama-qwen3-8b-gguf": """./build/bin/llama-server \\
-        --model /models/Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q5_K_M.gguf --alias qwen3 \\
-        --host 0.0.0.0 --port 8000 --ctx-size 0""",
-    "llama-qwen3-8b-gguf-nothink": """./build/bin/llama-server \\
-        --model /models/Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q5_K_M.gguf --alias qwen3 \\
-        --host 0.0.0.0 --port 8000 --ctx-size 0 --jinja --reasoning-budget 0""",
-    "llama-qwen3-coder-30b-gguf": "./build/bin/llama-server --model "
-        "/models/unsloth/Qwen3-Coder-30B-A3B-Instruct-GGUF/Qwen3-Coder-30B-A3B-Instruct-Q5_K_M.gguf"
-        " --alias qwen3 --host 0.0.0.0 --port 8000 --ctx-size 0",
-    "whisper-large-v3-turbo": """./whisper-server \\
-        --model /models/whisper.cpp/models/ggml-large-v3-turbo.bin \\
-        --host 0.0.0.0 --port 8080 --flash-attn --language auto""",
-}
-BINARIES = {"llama-server": "/opt/thorfleet/llama.cpp/current/bin/llama-server",
-            "whisper-server": "/opt/thorfleet/whisper.cpp/current/bin/whisper-server"}
-
-
 def specs(services, **kwargs):
-    return catalogue_filters.service_specs(services, CATALOGUE, host="thor01", **kwargs)
+    return service_specs(services, CATALOGUE, host="thor01", **kwargs)
 
 
 def one(recipe, **service):
     return specs([{"name": "svc", "recipe": recipe, **service}])[0]
-
-
-def same_tokens(got, expected):
-    """Token by token; a token that is a JSON object is compared after parsing."""
-    if len(got) != len(expected):
-        return False
-    for a, b in zip(got, expected, strict=True):
-        if a.startswith("{") and b.startswith("{"):
-            if json.loads(a) != json.loads(b):
-                return False
-        elif a != b:
-            return False
-    return True
-
-
-def guide(recipe):
-    argv = shlex.split(GUIDE[recipe].replace("\\\n", " "))  # continuation lines joined
-    # A native engine runs from the `current` build, not the guide's working directory.
-    engine = argv[0].rsplit("/", 1)[-1]
-    return [BINARIES.get(engine, argv[0]), *argv[1:]]
 
 
 def test_the_guide_covers_every_recipe_of_the_catalogue():
@@ -273,7 +185,7 @@ def test_an_engine_without_an_adapter_is_refused():
                                       "served_name": "qwen3"}}}
     merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
     with pytest.raises(catalogue_filters.CatalogueError) as raised:
-        catalogue_filters.service_specs([{"name": "a", "recipe": "tgi-qwen"}], merged,
+        service_specs([{"name": "a", "recipe": "tgi-qwen"}], merged,
                                         host="thor01")
     assert "thor01: service a: recipe tgi-qwen: field engine: unknown engine 'tgi'" in str(
         raised.value)
@@ -313,7 +225,7 @@ def test_a_spec_says_how_long_its_service_may_take_to_start():
 def test_bad_timeouts_and_caches_are_refused(extra, message):
     with pytest.raises(catalogue_filters.CatalogueError) as raised:
         merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
-        catalogue_filters.service_specs([{"name": "a", "recipe": "r"}], merged, host="thor01")
+        service_specs([{"name": "a", "recipe": "r"}], merged, host="thor01")
     assert message in str(raised.value)
 
 
@@ -326,3 +238,57 @@ def test_a_recipe_says_whether_its_clients_must_send_its_sampling_fields():
     assert not vllm["sampling_from_clients"]
     assert sglang["sampling_from_clients"] and sglang["sampling"]["top_k"] == 20
     assert plain["sampling"] == {} and not plain["sampling_from_clients"]
+
+
+def test_native_units_run_from_the_builds_root_the_inventory_names():
+    # The default, as the guide lays it out (written here by hand).
+    assert BUILDS_ROOT == "/opt/thorfleet"
+    assert one("llama-qwen3-8b-gguf")["binary"] == BINARIES["llama-server"]
+    whisper = [{"name": "svc", "recipe": "whisper-large-v3-turbo"}]
+    (moved,) = specs(whisper, builds_root="/srv/engines")
+    assert moved["engine_root"] == "/srv/engines/whisper.cpp"
+    assert moved["argv"][0] == "/srv/engines/whisper.cpp/current/bin/whisper-server"
+    for bad in ("srv/engines", "/srv/../etc", "/srv/eng ines", "/srv/e\nExecStartPre=x", "/"):
+        with pytest.raises(catalogue_filters.CatalogueError) as raised:
+            specs(whisper, builds_root=bad)
+        assert "thor01: ggml_build_root: " in str(raised.value)
+
+
+def test_a_recipe_says_whether_it_thinks_and_each_nonthinking_one_is_made_so():
+    # What verify checks comes from the recipe's own `thinking: false`; each such recipe
+    # has what makes its engine answer without thinking (the nonthinking template, or
+    # llama.cpp's zero reasoning budget).
+    for name, recipe in CATALOGUE["recipes"].items():
+        spec = one(name, **({"memory_share": 0.5} if recipe["engine"] in ("vllm", "sglang")
+                            else {}))
+        assert spec["nonthinking"] is (recipe.get("thinking") is False), name
+        if spec["nonthinking"]:
+            budget = spec["argv"].index("--reasoning-budget") + 1 \
+                if "--reasoning-budget" in spec["argv"] else None
+            assert spec["chat_template"] or spec["argv"][budget] == "0", name
+    assert [n for n, r in CATALOGUE["recipes"].items() if r.get("thinking") is False] == [
+        n for n in CATALOGUE["recipes"] if n.endswith("-nothink")]
+
+
+def test_an_engine_names_the_flags_a_recipe_needs_or_the_recipe_is_refused():
+    extra = {"recipes": {"llama-sampled": {
+        "engine": "llama-server", "model": "Qwen/Qwen3-8B-GGUF", "model_file": "x.gguf",
+        "sampling": {"temperature": 0.7}}}}
+    merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
+    with pytest.raises(catalogue_filters.CatalogueError) as raised:
+        service_specs([{"name": "a", "recipe": "llama-sampled"}], merged, host="thor01")
+    assert ("thor01: service a: recipe llama-sampled: engine llama-server has no "
+            "sampling_flag, so it cannot take the recipe's sampling") in str(raised.value)
+    with pytest.raises(catalogue_filters.CatalogueError) as raised:
+        catalogue_filters.merge_catalogue(CATALOGUE, {"engines": {"vllm": {
+            "transcription_api": "grpc"}}})
+    assert "field transcription_api: 'grpc' is not one of openai, whisper.cpp" in str(
+        raised.value)
+
+
+def test_a_moved_vllm_default_port_is_passed_to_vllm():
+    # vLLM listens on 8000 unless told: a catalogue that moves vLLM's port must say so.
+    merged = catalogue_filters.merge_catalogue(CATALOGUE, {"engines": {"vllm": {"port": 9000}}})
+    (spec,) = service_specs([{"name": "a", "recipe": "vllm-qwen3-8b", "memory_share": 0.5}],
+                            merged, host="thor01")
+    assert spec["port"] == 9000 and spec["argv"][-4:-2] == ["--port", "9000"]

@@ -36,15 +36,6 @@ LAYER_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 SKIP_STDLIB = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
                "pydoc_data", "__pycache__")
 STANDIN_MODULE = "usr/local/lib/python3.11/dist-packages/thorfleet_engine_standin.py"
-ENTRY_POINTS = {
-    "usr/local/bin/vllm": "#!/usr/bin/python3\nimport sys\n"
-                          "from thorfleet_engine_standin import main\n"
-                          'main("vllm", ["vllm", *sys.argv[1:]])\n',
-    "usr/local/lib/python3.11/dist-packages/sglang/__init__.py": "",
-    "usr/local/lib/python3.11/dist-packages/sglang/launch_server.py":
-        "import sys\nfrom thorfleet_engine_standin import main\n"
-        'main("sglang", sys.orig_argv)\n',
-}
 # Commands people type: `python` and `python3` both start the interpreter.
 LINKS = {"usr/bin/python3": PYTHON, "usr/bin/python": PYTHON}
 
@@ -143,7 +134,7 @@ def build_layer(root: Path) -> bytes:
         layer.special(link, tarfile.SYMTYPE, target=target)
     layer.special("tmp", tarfile.DIRTYPE, 0o1777)
     layer.text(STANDIN_MODULE, Path(engine_standin.__file__).read_text())
-    for name, text in ENTRY_POINTS.items():
+    for name, text in engine_standin.ENTRY_POINTS.items():
         layer.text(name, text, 0o755 if "/bin/" in name else 0o644)
     return layer.bytes()
 

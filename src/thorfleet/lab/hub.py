@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from thorfleet import lab_gguf
+from thorfleet.lab import gguf as lab_gguf
 
 # A token the ModelScope stand-in requires for its gated repository (lab only).
 GATED_TOKEN = "ms-lab-gated-0a1b2c3d4e5f"

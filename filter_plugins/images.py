@@ -1,0 +1,138 @@
+"""Filters of the images phase: the container images a host's services run, pinned by
+digest in the lock, the digests each host keeps for rollback, what to prune, and the
+engines' compile caches kept per image digest."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Code the filters share: the package thorfleet_lib in the project's plugin_utils/ (as in
+# an Ansible collection; a directory of its own, so that Ansible does not load it as
+# plugins). Appended, so that it shadows no installed module.
+_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "plugin_utils")
+if _UTILS not in sys.path:
+    sys.path.append(_UTILS)
+
+from thorfleet_lib.rules import CatalogueError  # noqa: E402
+
+
+def image_plan(specs, lock_images=None, registry_mirror="", refresh=False):
+    """The container images a host's services run, each once.
+
+    An entry: ref (the catalogue's reference, the lock's key, e.g.
+    nvcr.io/nvidia/vllm:25.10-py3), repository (where it is pulled from: nvcr.io, or the
+    registry mirror with the same path), tag, digest (the lock's, "" when the tag is to be
+    resolved, as with refresh), image (repository@digest, what units run; the tag before
+    it is resolved) and services.
+    """
+    lock_images = lock_images or {}
+    plan = {}
+    for spec in specs or []:
+        if spec.get("kind") != "container":
+            continue
+        ref = spec["image"]
+        entry = plan.get(ref)
+        if entry is None:
+            name, tag = _split_reference(ref)
+            repository = name
+            if registry_mirror and name.startswith("nvcr.io/"):
+                repository = f"{registry_mirror.rstrip('/')}/{name.removeprefix('nvcr.io/')}"
+            digest = "" if refresh else str(lock_images.get(ref) or "")
+            entry = plan[ref] = {
+                "ref": ref, "repository": repository, "tag": tag, "digest": digest,
+                "image": f"{repository}@{digest}" if digest else f"{repository}:{tag}",
+                "services": []}
+        entry["services"].append(spec["name"])
+    return sorted(plan.values(), key=lambda e: e["ref"])
+
+
+def _split_reference(ref):
+    """(name, tag) of an image reference; the tag is what follows the last ':' after the
+    last '/', so a registry's port is not taken for one."""
+    name, _, tag = ref.rpartition(":")
+    if not name or "/" in tag:
+        raise CatalogueError(f"image {ref!r}: field image: name it with a tag "
+                             "(nvcr.io/nvidia/vllm:25.10-py3)")
+    return name, tag
+
+
+def image_digests(results):
+    """{ref: digest} of images pulled by tag, from the docker_image_pull results registered
+    on each host (a list, one per host); the digest is the one the pulled repository gives."""
+    digests = {}
+    for result in results or []:
+        for item in (result or {}).get("results", []):
+            if item.get("failed") or item.get("skipped"):
+                continue
+            entry = item.get("item") or {}
+            for repo_digest in (item.get("image") or {}).get("RepoDigests") or []:
+                repository, _, digest = repo_digest.partition("@")
+                if repository == entry.get("repository"):
+                    digests.setdefault(entry["ref"], digest)
+    return digests
+
+
+def image_history(plan, history=None, resolved=None, keep=2):
+    """Digests each repository ran, newest first, at most `keep`: the plan's digests (from
+    the lock, else just resolved) put in front of what the host ran before."""
+    updated = {repository: list(digests) for repository, digests in (history or {}).items()}
+    for entry in plan or []:
+        digest = entry["digest"] or (resolved or {}).get(entry["ref"])
+        if not digest:
+            continue  # check mode: not resolved
+        before = updated.get(entry["repository"], [])
+        updated[entry["repository"]] = ([digest] + [d for d in before if d != digest])[:keep]
+    return updated
+
+
+def jit_mounts(specs, images, root):
+    """Each container service's compile caches as mounts: {service, host, container,
+    volume (the `docker run` option)}. The
+    host side is kept per image digest (<root>/sha256-<hex><container path>), so that an
+    image bump starts with an empty cache of its own and a rollback finds the old one. An
+    image not resolved to a digest yet (check mode on a new host) has none."""
+    digests = {entry["ref"]: entry.get("digest") for entry in images or []}
+    mounts = []
+    for spec in specs or []:
+        digest = digests.get(spec.get("image")) if spec.get("kind") == "container" else None
+        for cache in spec.get("caches") or [] if digest else []:
+            host = f"{root.rstrip('/')}/{digest.replace(':', '-')}{cache}"
+            mounts.append({"service": spec["name"], "container": cache, "host": host,
+                           "volume": f"--volume={host}:{cache}"})
+    return mounts
+
+
+def jit_caches_to_prune(found, keep):
+    """Cache directories (find results under the cache root) of images no longer kept:
+    keep is {repository: [digest, ...]}, what the host may still run."""
+    kept = {digest.replace(":", "-") for digests in (keep or {}).values() for digest in digests}
+    return sorted(entry["path"] for entry in (found or {}).get("files", [])
+                  if entry["path"].rsplit("/", 1)[-1] not in kept)
+
+
+def images_to_prune(results, keep):
+    """Images to remove, from docker_host_info results per repository (registered in a
+    loop over `keep`'s repositories): those whose digest in that repository is not kept."""
+    prune = {}
+    for result in results or []:
+        repository = result.get("item")
+        for image in result.get("images") or []:
+            digests = [d.partition("@")[2] for d in image.get("RepoDigests") or []
+                       if d.partition("@")[0] == repository]
+            if digests and not set(digests) & set(keep.get(repository, [])):
+                prune[image["Id"]] = image
+    return list(prune.values())
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "thorfleet_image_plan": image_plan,
+            "thorfleet_image_digests": image_digests,
+            "thorfleet_image_history": image_history,
+            "thorfleet_images_to_prune": images_to_prune,
+            "thorfleet_jit_mounts": jit_mounts,
+            "thorfleet_jit_caches_to_prune": jit_caches_to_prune,
+        }

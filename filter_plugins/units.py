@@ -1,0 +1,87 @@
+"""The services phase's one computation: what each unit runs, from the host's resolved
+services and what the phases found on the host, so that the unit templates only render.
+
+For each service (a spec of __thorfleet_services) the result is the spec with `run`:
+  image         the image it runs, by digest (container engines; "" before one is pinned)
+  build         the engine build `current` points to (native engines; "not built")
+  binary        the binary in that build, by the build's own name, so that the last good
+                unit names the last good build, which a rollback starts again
+  model_commit  the commit the model's manifest records ("not downloaded")
+  template_sum  the chat template's sha256 ("not fetched")
+  container     the container's fixed name
+  cache_volumes the `docker run` mounts of its compile caches (per image digest)
+  docker        the `docker run` command before the image (container engines), with the
+                options `docker` gives: runtime, models_root, volumes, env_dir, extra
+  api_key_argv  what the unit appends for an engine that takes its key on the command
+                line (SGLang): systemd puts it there from the environment file
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import sys
+
+# Code the filters share: the package thorfleet_lib in the project's plugin_utils/ (as in
+# an Ansible collection; a directory of its own, so that Ansible does not load it as
+# plugins). Appended, so that it shadows no installed module.
+_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "plugin_utils")
+if _UTILS not in sys.path:
+    sys.path.append(_UTILS)
+
+from thorfleet_lib.models import manifest_commit  # noqa: E402
+
+
+def _by_item(registered, value):
+    """{loop item: value(result)} of a looped task's registered results."""
+    return {result.get("item"): value(result) for result in (registered or {}).get("results", [])}
+
+
+def docker_run(spec, container, cache_volumes, docker):
+    """`docker run` as the guide runs an engine, up to the image: host IPC and network,
+    the runtime, the model root and the other mounts, the environment file, the compile
+    caches, then the site's own options."""
+    return ["/usr/bin/docker", "run", "--rm", "--name", container, "--ipc=host",
+            "--net=host", f"--runtime={docker['runtime']}",
+            f"--volume={docker['models_root']}:{docker['models_root']}",
+            *(f"--volume={volume}" for volume in docker.get("volumes") or []),
+            f"--env-file={docker['env_dir']}/{spec['name']}.env",
+            *cache_volumes, *(docker.get("extra") or [])]
+
+
+def unit_inputs(specs, images, builds, manifests, templates, caches, api_keys, docker):
+    """specs: the resolved services; images: the image plan (thorfleet_image_plan);
+    builds: stat results of each engine root's `current` (looped over engine roots);
+    manifests: slurp results of each model's manifest (looped over model dirs);
+    templates: stat results of each chat template (sha256, looped over paths);
+    caches: thorfleet_jit_mounts; api_keys: {service name: key}; docker: the settings
+    of `docker run` (runtime, models_root, volumes, env_dir, extra)."""
+    image_of = {entry["ref"]: entry["image"] for entry in images or []}
+    build_of = _by_item(builds, lambda r: (r.get("stat") or {}).get("lnk_target"))
+    manifest_of = _by_item(manifests, lambda r: r)
+    sum_of = _by_item(templates, lambda r: (r.get("stat") or {}).get("checksum"))
+    units = []
+    for spec in specs or []:
+        run = {"container": f"thorfleet-{spec['name']}",
+               "cache_volumes": [c["volume"] for c in caches or []
+                                 if c["service"] == spec["name"]],
+               "model_commit": manifest_commit(manifest_of.get(spec["model_dir"]),
+                                               spec["model_dir"]),
+               "template_sum": sum_of.get(spec.get("chat_template")) or "not fetched",
+               "api_key_argv": f" {spec['api_key_flag']}=${{THORFLEET_API_KEY}}"
+               if (api_keys or {}).get(spec["name"]) and spec.get("api_key_flag") else ""}
+        if spec["kind"] == "container":
+            run["image"] = image_of.get(spec.get("image"), "")
+            run["docker"] = docker_run(spec, run["container"], run["cache_volumes"], docker)
+        else:
+            run["build"] = build_of.get(spec["engine_root"]) or "not built"
+            run["binary"] = posixpath.join(spec["engine_root"], run["build"], "bin",
+                                           posixpath.basename(spec["binary"]))
+        units.append({**spec, "run": run})
+    return units
+
+
+class FilterModule:
+    def filters(self):
+        return {"thorfleet_unit_inputs": unit_inputs}

@@ -1,0 +1,1 @@
+"""Code shared by thorfleet's filter plugins (filter_plugins/catalogue.py, images.py)."""

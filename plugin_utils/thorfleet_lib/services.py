@@ -1,0 +1,272 @@
+"""Each service of a host resolved to what its unit runs: one adapter per engine turns a
+recipe into the engine's command line, from the traits its catalogue entry names."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import posixpath
+
+from thorfleet_lib.models import model_plan
+from thorfleet_lib.rules import (
+    CatalogueError,
+    check_absolute,
+    check_field,
+    check_models_root,
+    check_token,
+)
+
+GUIDE_BIND = "0.0.0.0"  # the guide serves every engine on all addresses
+
+
+# --- services: each resolved to what its unit runs --------------------------------------
+
+DEFAULT_START_TIMEOUT = 1200  # seconds; an engine or a recipe of the catalogue may say more
+# Flags whose value is JSON, for the engines that take them.
+JSON_FLAGS = ("--override-generation-config", "--preferred-sampling-params", "--hf-overrides",
+              "--compilation-config", "--speculative-config", "--kv-transfer-config",
+              "--limit-mm-per-prompt", "--json-model-override-args")
+
+
+def _trait(run, field, why):
+    """A flag the engine's catalogue entry must name for what the recipe asks of it."""
+    if not run["engine"].get(field):
+        raise CatalogueError(f"{run['where']}: recipe {run['recipe_name']}: engine "
+                             f"{run['recipe']['engine']} has no {field}, so it cannot "
+                             f"take {why}")
+    return run["engine"][field]
+
+
+def _tuning(run):
+    """What vLLM and SGLang share after their own flags: the recipe's sampling fields and
+    the chat template, through the flags their engine entry names."""
+    recipe, argv = run["recipe"], []
+    if recipe.get("sampling"):
+        argv += [_trait(run, "sampling_flag", "the recipe's sampling"),
+                 json.dumps(recipe["sampling"])]
+    if run["template"]:
+        argv += [_trait(run, "chat_template_flag", "a chat template"), run["template"]]
+    return argv
+
+
+def _memory(run):
+    """The memory share, always, through the engine's flag for it."""
+    return [_trait(run, "memory_flag", "a memory share"), str(run["share"])]
+
+
+def _vllm(run):
+    """vllm serve <model> as the guide writes it; address and port only where moved, the
+    memory share always."""
+    argv = ["vllm", "serve", run["model"], "--served-model-name", run["served_name"],
+            *run["args"], *_tuning(run)]
+    if run["bind"] != GUIDE_BIND:
+        argv += ["--host", run["bind"]]
+    # vLLM listens on its own default without --port, whatever the catalogue's port is.
+    if run["port"] != run["engine"].get("builtin_port"):
+        argv += ["--port", str(run["port"])]
+    return [*argv, *_memory(run)]
+
+
+def _sglang(run):
+    return ["python", "-m", "sglang.launch_server", "--model-path", run["model"],
+            "--served-model-name", run["served_name"], "--host", run["bind"],
+            "--port", str(run["port"]), *run["args"], *_tuning(run), *_memory(run)]
+
+
+def _llama_server(run):
+    return ["llama-server", "--model", run["model"], "--alias", run["served_name"],
+            "--host", run["bind"], "--port", str(run["port"]), *run["args"]]
+
+
+def _whisper_server(run):
+    return ["whisper-server", "--model", run["model"], "--host", run["bind"],
+            "--port", str(run["port"]), *run["args"]]
+
+
+# One adapter per engine: the engine's argv from `run`, a service resolved against its
+# recipe and engine: model (the path it loads), served_name, bind, port, share (of
+# unified memory), recipe, args (the recipe's flags), template (the chat template's
+# path, or None) and engine (its catalogue entry, whose traits the adapters read).
+ADAPTERS = {"vllm": _vllm, "sglang": _sglang, "llama-server": _llama_server,
+            "whisper-server": _whisper_server}
+
+
+def _check_overrides(where, service):
+    port = service.get("port")
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
+                             or not 1 <= port <= 65535):
+        raise CatalogueError(f"{where}: field port: {port!r} is not a port (1-65535)")
+    share = service.get("memory_share")
+    if share is not None and (not isinstance(share, int | float) or isinstance(share, bool)
+                              or not 0 < share <= 1):
+        raise CatalogueError(f"{where}: field memory_share: {share!r} is not a share of "
+                             "unified memory (above 0, at most 1)")
+    bind = service.get("bind_address")
+    if bind is not None:
+        try:
+            # A zone id (fe80::1%eth0) is refused: it is free text, and `%` a unit specifier.
+            if not isinstance(bind, str) or "%" in bind:
+                raise ValueError
+            ipaddress.ip_address(bind)
+        except ValueError:
+            raise CatalogueError(f"{where}: field bind_address: {bind!r} is not an IP "
+                                 "address (without a zone id)") from None
+    if service.get("api_key") is not None:
+        check_field(where, "api_key", service["api_key"], secret=True)
+    if service.get("served_name") is not None:
+        check_field(where, "served_name", service["served_name"])
+    extra = service.get("extra_args", [])
+    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+        raise CatalogueError(f"{where}: field extra_args: a list of strings, one per argv token")
+    for token in extra:
+        check_token(where, "extra_args", token)
+    for index, token in enumerate(extra):
+        flag, eq, value = token.partition("=")
+        if flag not in JSON_FLAGS:
+            continue
+        if not eq:
+            value = extra[index + 1] if index + 1 < len(extra) else ""
+        try:
+            json.loads(value)
+        except ValueError as error:
+            raise CatalogueError(f"{where}: field extra_args: {flag} takes JSON: {error}: "
+                                 f"{value!r}") from None
+
+
+def _start_timeout(where, recipe, engine):
+    """Seconds the service may take to answer /health: the recipe's, else the engine's."""
+    timeout = recipe.get("start_timeout", engine.get("start_timeout", DEFAULT_START_TIMEOUT))
+    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 < timeout <= 86400:
+        raise CatalogueError(f"{where}: field start_timeout: {timeout!r} is not a number of "
+                             "seconds from 1 to 86400")
+    return timeout
+
+
+def _probe_address(bind):
+    """Where the host itself reaches a service bound to `bind` (URL form)."""
+    wildcard = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}
+    if bind in wildcard:
+        return wildcard[bind]
+    return f"[{bind}]" if ":" in bind else bind
+
+
+def service_specs(services, catalogue, *, builds_root, models_root="/models",
+                  default_source="huggingface", host="host", memory_budget=0.9, api_key=""):
+    """Each service resolved to what its unit runs, every service checked first.
+
+    A spec: name, unit, recipe, engine, kind (container or native), modality, port,
+    served_name (the service's, else the recipe's, else the service name), memory_share
+    (given, else the recipe's, else the engine's default), memory_overhead (what the
+    engine takes beyond its share), model (the path the engine loads),
+    model_dir (the downloaded repository it is in), chat_template (its path, or None),
+    bind_address and probe_address (where
+    the host reaches it), nonthinking, argv (the engine's command), env,
+    api_key_env/api_key_flag (how the engine takes an API key, if it does), and image
+    (container engines, by tag) or engine_root and binary (native engines: where their
+    builds live, and the binary in the `current` build).
+    """
+    services = services or []
+    check_models_root(models_root, f"{host}: thorfleet_models_root")
+    check_absolute(builds_root, f"{host}: ggml_build_root")
+    if api_key:
+        check_field(f"{host}: thorfleet_api_key", "api_key", api_key, secret=True)
+    plan = model_plan(services, catalogue, models_root, default_source, host)
+    models_by_service = {name: m for m in plan["models"] for name in m["services"]}
+    files = {f["name"]: f["dest"] for f in plan["files"]}
+    root = posixpath.normpath(models_root)
+    engines, recipes = catalogue["engines"], catalogue["recipes"]
+    specs, ports = [], {}
+    for service in services:
+        name = service["name"]
+        where = f"{host}: service {name}"
+        recipe = recipes[service["recipe"]]
+        engine = engines.get(recipe.get("engine"))
+        if engine is None or recipe["engine"] not in ADAPTERS:
+            raise CatalogueError(f"{where}: recipe {service['recipe']}: field engine: unknown "
+                                 f"engine {recipe.get('engine')!r}; known: "
+                                 f"{', '.join(sorted(ADAPTERS))}")
+        _check_overrides(where, service)
+        port = service.get("port") or engine["port"]
+        if port in ports:
+            raise CatalogueError(f"{where}: field port: {port} is already the port of service "
+                                 f"{ports[port]}")
+        ports[port] = name
+        model = models_by_service[name]
+        model_path = posixpath.join(model["dest"], recipe["model_file"]) \
+            if recipe.get("model_file") else model["dest"]
+        args = [a.replace("{models_root}", root) for a in recipe.get("args") or []]
+        template = files.get(recipe.get("chat_template"))
+        given_share = service.get("memory_share")
+        share = given_share if given_share is not None else \
+            recipe.get("memory_share", engine.get("memory_share", 0))
+        served_name = service.get("served_name") or recipe.get("served_name") or name
+        if service.get("api_key") and not (engine.get("api_key_env")
+                                           or engine.get("api_key_flag")):
+            raise CatalogueError(f"{where}: field api_key: {recipe['engine']} takes no API "
+                                 "key; restrict who reaches it with bind_address instead")
+        run = {"where": where, "recipe_name": service["recipe"], "recipe": recipe,
+               "engine": engine}
+        if recipe.get("sampling"):
+            _trait(run, "sampling_flag", "the recipe's sampling")
+        if template:
+            _trait(run, "chat_template_flag", "a chat template")
+        argv = ADAPTERS[recipe["engine"]]({
+            "model": model_path, "served_name": served_name,
+            "bind": service.get("bind_address") or GUIDE_BIND, "port": port, "share": share,
+            "recipe": recipe, "args": args, "template": template, "engine": engine,
+            "where": where, "recipe_name": service["recipe"],
+        }) + list(service.get("extra_args") or [])
+        env = {}
+        if engine.get("modelscope_env") and model["source"] == "modelscope":
+            env[engine["modelscope_env"]] = "true"
+        spec = {
+            "name": name, "unit": f"thorfleet-{name}.service", "recipe": service["recipe"],
+            "engine": recipe["engine"], "kind": engine["kind"],
+            "modality": recipe.get("modality", "chat"),
+            "transcription_api": engine.get("transcription_api", "openai"),
+            "bind_address": service.get("bind_address") or GUIDE_BIND, "port": port,
+            "probe_address": _probe_address(service.get("bind_address") or GUIDE_BIND),
+            # A recipe that says it does not think: verify checks it answers without.
+            "nonthinking": recipe.get("thinking") is False,
+            "served_name": served_name,
+            "memory_share": share,
+            "memory_overhead": engine.get("memory_overhead", 0),
+            "model": model_path, "model_dir": model["dest"], "source": model["source"],
+            "quantization": recipe.get("quantization")
+            or catalogue["models"][recipe["model"]].get("quantization", ""),
+            "chat_template": template,
+            # The recipe's sampling fields. Where the engine's own flag for them does not
+            # reach its OpenAI routes, clients must send them: verify and bench do.
+            "sampling": dict(recipe.get("sampling") or {}),
+            "sampling_from_clients": bool(recipe.get("sampling"))
+            and not engine.get("sampling_reaches_clients", True),
+            "argv": argv, "env": env,
+            # Where the engine takes an API key: an environment variable it reads, else a
+            # flag; the key itself stays out of specs (they are printed) and of argv.
+            "api_key_env": engine.get("api_key_env"),
+            "api_key_flag": engine.get("api_key_flag"),
+            "start_timeout": _start_timeout(where, recipe, engine)}
+        if engine["kind"] == "container":
+            spec["image"] = engine["image"]
+            # Where the engine compiles kernels into, kept on the host per image digest.
+            spec["caches"] = list(engine.get("caches") or [])
+        else:
+            # Where the engine's builds and its `current` link live.
+            spec["engine_root"] = f"{builds_root}/{engine['build']}"
+            spec["binary"] = f"{spec['engine_root']}/current/bin/{engine['binary']}"
+            spec["argv"][0] = spec["binary"]
+        specs.append(spec)
+    # What each engine takes: its share, and what it takes beyond the share's flag.
+    total = round(sum(s["memory_share"] + s["memory_overhead"] for s in specs), 4)
+    if total > memory_budget:
+        shares = ", ".join(f"{s['name']} {s['memory_share']}"
+                           + (f" + {s['memory_overhead']}" if s["memory_overhead"] else "")
+                           for s in specs)
+        raise CatalogueError(f"{host}: field memory_share: the services take {total} of unified "
+                             f"memory (share + the engine's overhead: {shares}), above the "
+                             f"budget of {memory_budget} (thorfleet_memory_budget); give the "
+                             "services memory_share values that fit")
+    return specs
+
+
+# --- images: the tags services use, resolved to digests -----------------------------------

@@ -1,0 +1,44 @@
+"""The inventory `up` writes for the lab (inventory/lab): its hosts, the lab profile
+(profile.yml beside this file: the differences from a real Thor that DESIGN.md allows,
+and nothing else) and thor01's services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from thorfleet.lab.config import LAB_SERVICES, host_address
+
+# The lab profile, as YAML the linters read.
+PROFILE = Path(__file__).with_name("profile.yml")
+
+
+class Inventory:
+    """Rewritten on every `up`."""
+
+    def _write_inventory(self, names: list[str]) -> None:
+        hosts = {name: {"ansible_host": host_address(i)} for i, name in enumerate(names, 1)}
+        inventory = {
+            "thor": {
+                "hosts": hosts,
+                "vars": {
+                    "ansible_user": "root",
+                    "ansible_ssh_private_key_file": str(self.key),
+                    "ansible_ssh_common_args":
+                        f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes",
+                },
+            }
+        }
+        group_vars = self.inventory / "group_vars" / "thor"
+        group_vars.mkdir(parents=True, exist_ok=True)
+        header = "# Written by `thorfleet lab up`; rewritten on every up.\n"
+        (self.inventory / "hosts.yml").write_text(
+            header + "---\n" + yaml.safe_dump(inventory, sort_keys=False))
+        (group_vars / "lab.yml").write_text(header + PROFILE.read_text())
+        # The demo host runs one service of each kind the lab can serve, from both hubs.
+        host_vars = self.inventory / "host_vars"
+        host_vars.mkdir(parents=True, exist_ok=True)
+        (host_vars / "thor01.yml").write_text(
+            header + "---\n" + yaml.safe_dump({"thorfleet_services": LAB_SERVICES},
+                                               sort_keys=False))

@@ -1,0 +1,99 @@
+"""This machine's part of the lab: its packages, the hosts' root file system (built once,
+cached), the lab's SSH key, and the bridge the hosts join with NAT to the outside."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from thorfleet import bounded
+from thorfleet.lab.config import (
+    BRIDGE,
+    GATEWAY,
+    MACHINE_PACKAGES,
+    NETWORK,
+    ROOTFS_PACKAGES,
+    ROOTFS_RECIPE,
+    SUITE,
+    debian_mirror,
+    run,
+)
+
+
+class Machine:
+    """Set up once per machine; the network is taken down with the lab."""
+
+    def _ensure_machine_packages(self, log) -> None:
+        missing = sorted({pkg for cmd, pkg in MACHINE_PACKAGES.items() if not shutil.which(cmd)})
+        if not missing:
+            return
+        log(f"installing on this machine: {' '.join(missing)}")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run(["apt-get", "update", "-qq"], env=env)
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+
+    def _ensure_rootfs(self, log) -> Path:
+        recipe = json.dumps([SUITE, ROOTFS_PACKAGES, ROOTFS_RECIPE]).encode()
+        base = self.cache / "rootfs" / f"{SUITE}-{hashlib.sha256(recipe).hexdigest()[:12]}"
+        if (base / ".thorfleet-complete").exists():
+            return base
+        mirror = debian_mirror()
+        log(f"building the lab root file system ({SUITE}, a few minutes, cached in {base})")
+        partial = base.with_name(base.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        run(["debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}",
+             SUITE, str(partial), mirror])
+        # Per-host identity is made per host: host keys and machine id.
+        for key in (partial / "etc" / "ssh").glob("ssh_host_*"):
+            key.unlink()
+        (partial / "etc" / "machine-id").write_text("")
+        wants = partial / "etc/systemd/system/multi-user.target.wants"
+        wants.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            (wants / "systemd-networkd.service").symlink_to(
+                "/lib/systemd/system/systemd-networkd.service")
+        run(["chroot", str(partial), "apt-get", "clean"])
+        (partial / ".thorfleet-complete").write_text(recipe.decode())
+        partial.rename(base)
+        return base
+
+    def _ensure_key(self) -> None:
+        if self.key.exists():
+            return
+        self.key.parent.mkdir(parents=True, exist_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "thorfleet-lab",
+             "-f", str(self.key)])
+
+    def _ensure_network(self) -> None:
+        if bounded.run(["ip", "link", "show", BRIDGE], 60).returncode:
+            run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+            run(["ip", "addr", "add", f"{GATEWAY}/{NETWORK.prefixlen}", "dev", BRIDGE])
+        run(["ip", "link", "set", BRIDGE, "up"])
+        # Hosts reach the package registries this machine reaches, through NAT.
+        forward = Path("/proc/sys/net/ipv4/ip_forward")
+        saved = self.state / "ip_forward.orig"
+        if not saved.exists():
+            saved.write_text(forward.read_text())
+        forward.write_text("1\n")
+        if bounded.run(["iptables", "-t", "nat", "-C", *self._nat_rule()], 60).returncode:
+            run(["iptables", "-t", "nat", "-A", *self._nat_rule()])
+
+    def _remove_network(self) -> None:
+        while bounded.run(["iptables", "-t", "nat", "-C", *self._nat_rule()], 60).returncode == 0:
+            run(["iptables", "-t", "nat", "-D", *self._nat_rule()])
+        saved = self.state / "ip_forward.orig"
+        if saved.exists():
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
+            saved.unlink()
+        if bounded.run(["ip", "link", "show", BRIDGE], 60).returncode == 0:
+            run(["ip", "link", "del", BRIDGE])
+
+    @staticmethod
+    def _nat_rule() -> list[str]:
+        return ["POSTROUTING", "-s", str(NETWORK), "!", "-d", str(NETWORK),
+                "-j", "MASQUERADE", "-m", "comment", "--comment", "thorfleet-lab"]

@@ -1,0 +1,83 @@
+"""What each unit runs, computed in one filter from the resolved services and what the
+phases found on the host: image by digest, the build `current` points to, the model's
+commit, the template's sum, the compile-cache mounts and the API key's place."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from tests.conftest import load
+from tests.unit.test_service_specs import specs
+
+units = load("filter_plugins/units.py")
+images = load("filter_plugins/images.py")
+
+COMMIT = "a1af6a7a0be8f3fe51ed0b5d1e3bafe3cbf13b4e"
+DIGEST = "sha256:" + "4" * 64
+DOCKER = {"runtime": "nvidia", "models_root": "/models", "env_dir": "/etc/thorfleet/services",
+          "volumes": ["/root/.cache/huggingface:/root/.cache/huggingface"],
+          "extra": ["--shm-size=16g"]}
+SERVICES = specs([{"name": "chat", "recipe": "sglang-qwen3-8b-nothink", "memory_share": 0.5},
+                  {"name": "asr", "recipe": "whisper-large-v3-turbo"}])
+
+
+def slurped(model_dir, commit=COMMIT):
+    content = base64.b64encode(json.dumps({"commit": commit}).encode()).decode()
+    return {"item": model_dir, "content": content}
+
+
+def inputs(manifest_commit=COMMIT, built=True, keys=None):
+    chat, asr = SERVICES
+    plan = images.image_plan(SERVICES, {chat["image"]: DIGEST})
+    builds = {"results": [{"item": asr["engine_root"],
+                           "stat": {"exists": True, "lnk_target": "build-0123abcd"}
+                           if built else {"exists": False}}]}
+    manifests = {"results": [slurped(chat["model_dir"], manifest_commit),
+                             slurped(asr["model_dir"])]}
+    templates = {"results": [{"item": chat["chat_template"], "stat": {"checksum": "5" * 64}}]}
+    caches = images.jit_mounts(SERVICES, plan, "/var/cache/thorfleet/jit")
+    return units.unit_inputs(SERVICES, plan, builds, manifests, templates, caches,
+                             keys or {"chat": "", "asr": ""}, DOCKER)
+
+
+def test_each_unit_gets_what_it_runs():
+    chat, asr = inputs()
+    assert chat["name"] == "chat" and chat["argv"] == SERVICES[0]["argv"]  # the spec, kept
+    assert chat["run"]["image"].endswith(f"/nvidia/sglang@{DIGEST}")
+    assert chat["run"]["model_commit"] == COMMIT
+    assert chat["run"]["template_sum"] == "5" * 64
+    assert chat["run"]["container"] == "thorfleet-chat"
+    assert chat["run"]["cache_volumes"] == [
+        f"--volume=/var/cache/thorfleet/jit/sha256-{'4' * 64}{path}:{path}"
+        for path in ("/root/.cache/flashinfer", "/root/.triton")]
+    assert "build" not in chat["run"] and "image" not in asr["run"]
+    # docker run as the guide runs the engine, up to the image; the site's options last.
+    assert chat["run"]["docker"] == [
+        "/usr/bin/docker", "run", "--rm", "--name", "thorfleet-chat", "--ipc=host",
+        "--net=host", "--runtime=nvidia", "--volume=/models:/models",
+        "--volume=/root/.cache/huggingface:/root/.cache/huggingface",
+        "--env-file=/etc/thorfleet/services/chat.env", *chat["run"]["cache_volumes"],
+        "--shm-size=16g"]
+    # A native engine runs the build `current` points to, by that build's own name.
+    assert asr["run"]["build"] == "build-0123abcd"
+    assert asr["run"]["binary"] == "/opt/thorfleet/whisper.cpp/build-0123abcd/bin/whisper-server"
+    assert asr["run"]["cache_volumes"] == [] and asr["run"]["template_sum"] == "not fetched"
+
+
+def test_before_a_build_or_a_key_there_is_nothing_to_name():
+    chat, asr = inputs(built=False)
+    assert asr["run"]["build"] == "not built"
+    assert chat["run"]["api_key_argv"] == ""
+    # SGLang takes its key on the command line: from the environment file, joined to its
+    # flag; the key itself is never in the unit.
+    chat, _ = inputs(keys={"chat": "sk-secret-key-1", "asr": ""})
+    assert chat["run"]["api_key_argv"] == " --api-key=${THORFLEET_API_KEY}"
+    assert "sk-secret" not in json.dumps(chat)
+
+
+def test_a_manifest_whose_commit_is_not_a_commit_is_refused():
+    with pytest.raises(Exception, match="is not 40 hex characters"):
+        inputs(manifest_commit="main\nExecStartPre=/bin/sh")
