@@ -82,6 +82,23 @@ def unit_inputs(specs, images, builds, manifests, templates, caches, api_keys, d
     return units
 
 
+def last_good_to_keep(specs, units, envs, found, env_dir):
+    """The unit and environment files to keep as each service's last good ones: those of
+    a service whose unit or environment file changed in this run, and any whose copy is
+    missing (found: a find result of the last good directory). A run that changed
+    nothing keeps nothing again."""
+    changed = {r["spec"]["name"] for registered in (units, envs)
+               for r in (registered or {}).get("results", []) if r.get("changed")}
+    kept = {posixpath.basename(f["path"]) for f in (found or {}).get("files", [])}
+    keep = []
+    for spec in specs or []:
+        files = [f"/etc/systemd/system/{spec['unit']}", f"{env_dir}/{spec['name']}.env"]
+        if spec["name"] in changed or any(posixpath.basename(f) not in kept for f in files):
+            keep += files
+    return keep
+
+
 class FilterModule:
     def filters(self):
-        return {"thorfleet_unit_inputs": unit_inputs}
+        return {"thorfleet_unit_inputs": unit_inputs,
+                "thorfleet_last_good_to_keep": last_good_to_keep}

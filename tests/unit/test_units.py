@@ -81,3 +81,21 @@ def test_before_a_build_or_a_key_there_is_nothing_to_name():
 def test_a_manifest_whose_commit_is_not_a_commit_is_refused():
     with pytest.raises(Exception, match="is not 40 hex characters"):
         inputs(manifest_commit="main\nExecStartPre=/bin/sh")
+
+
+def test_only_what_changed_or_is_missing_is_kept_as_last_good():
+    chat, asr = SERVICES
+    env_dir = "/etc/thorfleet/services"
+    found = {"files": [{"path": f"/var/lib/thorfleet/last-good/{name}"} for name in (
+        chat["unit"], "chat.env", asr["unit"], "asr.env")]}
+    nothing = {"results": [{"spec": chat, "changed": False}, {"spec": asr, "changed": False}]}
+    assert units.last_good_to_keep(SERVICES, nothing, nothing, found, env_dir) == []
+    # A changed unit keeps that service's unit and environment file; a missing copy too.
+    changed = {"results": [{"spec": chat, "changed": True}]}
+    assert units.last_good_to_keep(SERVICES, changed, nothing, found, env_dir) == [
+        f"/etc/systemd/system/{chat['unit']}", f"{env_dir}/chat.env"]
+    missing = {"files": found["files"][:3]}
+    assert units.last_good_to_keep(SERVICES, nothing, nothing, missing, env_dir) == [
+        f"/etc/systemd/system/{asr['unit']}", f"{env_dir}/asr.env"]
+    # A first run keeps everything.
+    assert len(units.last_good_to_keep(SERVICES, None, None, {"files": []}, env_dir)) == 4

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tests.conftest import load
+from tests.conftest import load, run_module
 from tests.unit.test_service_specs import specs
 from thorfleet import bounded
 
@@ -203,3 +203,40 @@ def test_chat_checks_send_the_recipes_sampling_fields_as_its_clients_should():
                     "messages": [{"role": "user", "content": "hi"}]}
     # A recipe without sampling fields sends none (the first test's chat check).
     assert set(json.loads(by("chat")["argv"][-1])) == {"model", "max_tokens", "messages"}
+
+
+# The thorfleet_verify module: the phase's waits and requests in one task, registered as
+# the looped tasks were, so the filters above judge them.
+verify_module = load("library/thorfleet_verify.py")
+
+
+def test_one_task_waits_asks_and_skips_a_silent_service(standin, monkeypatch):
+    serve, _root = standin
+    port = int(serve().rsplit(":", 1)[1])
+    answering = {"name": "think", "unit": "thorfleet-think.service",
+                 "probe_address": "127.0.0.1", "port": port, "start_timeout": 1,
+                 "modality": "chat", "nonthinking": True, "served_name": "qwen3",
+                 "engine": "vllm", "sampling": {}}
+    silent = {**answering, "name": "down", "unit": "thorfleet-down.service", "port": 9}
+    checks = verify.verify_requests([answering, silent], "hi", 8, "/a.wav", "en", "http://i",
+                                    "/m/i.png")
+    done = run_module(verify_module, {
+        "services": [answering, silent], "checks": checks, "health_timeout": 1, "delay": 1,
+        "curl_configs": {"think": verify.curl_config(""), "down": verify.curl_config("")}},
+        monkeypatch)
+    assert not done.failed, done.result
+    result = done.result
+    assert [(r["spec"]["name"], r["status"]) for r in result["health"]["results"]] == [
+        ("think", 200), ("down", -1)]
+    assert [r["spec"]["name"] for r in result["logs"]["results"]] == ["down"]
+    answered, skipped = result["answers"]["results"]
+    assert answered["rc"] == 0 and answered["stdout"].endswith("\n200")
+    assert skipped == {"item": checks[1], "skipped": True}
+    # The filters judge it as they judged the looped tasks.
+    assert verify.verify_summary(result["answers"]) == [
+        "think: chat: answered 200", "down: chat: not sent: the service did not answer /health"]
+    failures = verify.verify_failures(result["health"], result["answers"], 1, True,
+                                      result["logs"])
+    assert len(failures) == 1 and failures[0].startswith(
+        "down (thorfleet-down.service): GET http://127.0.0.1:9/health did not answer 200 "
+        "within 1 s: Status code was -1")

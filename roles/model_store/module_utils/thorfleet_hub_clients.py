@@ -47,6 +47,8 @@ class HuggingFace:
         os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
         huggingface_hub = import_client("huggingface_hub")
         self.hub, self.errors = huggingface_hub, import_client("huggingface_hub.errors")
+        # The client's own default branch, where the catalogue names no revision.
+        self.default_revision = import_client("huggingface_hub.constants").DEFAULT_REVISION
         self.endpoint = endpoint or None
         self.token = token or False  # False: never read a token from the host's files
         self.api = huggingface_hub.HfApi(endpoint=self.endpoint, token=self.token)
@@ -75,7 +77,7 @@ class HuggingFace:
             return f"revision {revision} not found"
         if isinstance(error, errors.HfHubHTTPError):  # RepositoryNotFoundError among them
             status = getattr(getattr(error, "response", None), "status_code", None)
-            if self._exists(repo_id):
+            if revision != self.default_revision and self._exists(repo_id):
                 return f"revision {revision} not found"
             if status in (401, 403) and not self.token:
                 return ("repository not found, or private/gated and no token was given "
@@ -85,7 +87,8 @@ class HuggingFace:
 
     def _exists(self, repo_id):
         try:
-            self.api.model_info(repo_id)  # at the repository's default branch
+            # At the client's own default branch (olah offline wants a revision).
+            self.api.model_info(repo_id, revision=self.default_revision)
             return True
         except Exception:  # noqa: BLE001
             return False
