@@ -13,7 +13,9 @@ For each service (a spec of __thorfleet_services) the result is the spec with `r
   docker        the `docker run` command before the image (container engines), with the
                 options `docker` gives: runtime, models_root, volumes, env_dir, extra
   api_key_argv  what the unit appends for an engine that takes its key on the command
-                line (SGLang): systemd puts it there from the environment file
+                line (SGLang): systemd puts it there from the environment file, so the
+                key is in no unit file; joined to its flag, so that a key that starts
+                with '-' is not taken for a flag
 """
 
 from __future__ import annotations
