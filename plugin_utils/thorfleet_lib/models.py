@@ -7,9 +7,14 @@ import base64
 import binascii
 import json
 import posixpath
-import re
 
-from thorfleet_lib.rules import DEFAULT_REVISION, SOURCES, CatalogueError, check_field
+from thorfleet_lib.rules import (
+    DEFAULT_REVISION,
+    FULL_COMMIT,
+    SOURCES,
+    CatalogueError,
+    check_field,
+)
 
 SERVICE_FIELDS = {"name", "recipe", "port", "served_name", "memory_share", "extra_args", "source",
                   "bind_address", "api_key"}
@@ -173,7 +178,7 @@ def manifest_commit(slurped, model_dir):
         commit = json.loads(base64.b64decode(slurped["content"]))["commit"]
     except (ValueError, binascii.Error, KeyError, TypeError):
         commit = None
-    if not isinstance(commit, str) or not re.fullmatch(r"[0-9a-f]{40}", commit):
+    if not isinstance(commit, str) or not FULL_COMMIT.fullmatch(commit):
         raise CatalogueError(f"{model_dir}/thorfleet-manifest.json: commit "
                              f"{str(commit)[:80]!r} is not 40 hex characters; run the models "
                              "phase again (--tags models)")
