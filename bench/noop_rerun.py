@@ -51,7 +51,7 @@ def timed_run(host: str, env: dict, bound: float, arm: str, marks: Path) -> dict
         sys.exit(f"{arm}: the phase_times callback wrote nothing: is {CALLBACKS} loaded?")
     points = json.loads(marks.read_text())
     parts = {"start-up": points[0][1] - start}
-    for (name, at), (_next, until) in zip(points, points[1:]):
+    for (name, at), (_next, until) in zip(points, points[1:], strict=False):
         parts[name] = parts.get(name, 0.0) + until - at
     parts["exit"] = end - points[-1][1]
     parts["total"] = end - start
