@@ -95,6 +95,10 @@ binaries:
   returned: always
   type: dict
   sample: {llama-server: /opt/thorfleet/llama.cpp/current/bin/llama-server}
+up_to_date:
+  description: Whether C(current) already had the wanted stamp (nothing to build or switch).
+  returned: always
+  type: bool
 compiled:
   description: Whether a compiler ran.
   returned: always
@@ -248,8 +252,9 @@ class Builder:
         previous = stamp_of(current_record) if current_record else ""
         result = {"stamp": stamp, "previous": previous, "build_dir": build_dir,
                   "binaries": {t: os.path.join(self.current, "bin", t) for t in p["targets"]},
-                  "compiled": False}
-        if current == build_dir and current_record:
+                  "compiled": False,
+                  "up_to_date": current == build_dir and current_record is not None}
+        if result["up_to_date"]:
             self.module.exit_json(changed=False, reason="build is current", **result)
 
         ready = self.read_record(build_dir) is not None

@@ -110,6 +110,7 @@ def test_same_inputs_run_no_compiler_and_change_nothing(project, build):
     before = marker.stat().st_mtime_ns
     second = build(project)
     assert second.result["changed"] is False and second.result["compiled"] is False
+    assert second.result["up_to_date"] is True
     assert second.result["stamp"] == first["stamp"]
     assert marker.stat().st_mtime_ns == before
 
@@ -118,6 +119,7 @@ def test_check_mode_says_why_and_touches_nothing(project, build):
     first = build(project).result
     preview = build(project, commit="c2", check=True)
     assert preview.result["changed"] is True and preview.result["compiled"] is False
+    assert preview.result["up_to_date"] is False
     assert preview.result["reason"] == "commit c1 -> c2; building"
     assert '"commit": "c1"' in preview.result["diff"]["before"]
     assert '"commit": "c2"' in preview.result["diff"]["after"]
