@@ -1,0 +1,198 @@
+#!/usr/bin/python
+"""Ansible module: everything the services phase reads on a host, in one task."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: thorfleet_service_state
+short_description: Read what a host's units run and how they stand, in one task
+description:
+  - Reads, for the services phase, what eight looped tasks read one file at a time: the
+    units thorfleet wrote, each model's manifest, each chat template's sha256, the build
+    each engine's C(current) link points to, which directories are missing or not as
+    wanted, which units are not both enabled and active, and the last good copies.
+  - The manifests, templates and builds come back shaped as the looped C(slurp) and
+    C(stat) tasks registered them, so the C(thorfleet_unit_inputs) filter reads them
+    unchanged.
+  - Reads only; runs in check mode too.
+options:
+  units:
+    description: The unit files of the host's services (C(thorfleet-<name>.service)).
+    type: list
+    elements: str
+    default: []
+  unit_dir:
+    description: Where the units are.
+    type: path
+    default: /etc/systemd/system
+  model_dirs:
+    description: Model directories, each with its C(thorfleet-manifest.json).
+    type: list
+    elements: path
+    default: []
+  templates:
+    description: Chat template files, whose sha256 goes into the units.
+    type: list
+    elements: path
+    default: []
+  engine_roots:
+    description: Engine build roots, each with its C(current) link.
+    type: list
+    elements: path
+    default: []
+  directories:
+    description: Directories the services need, each C(path) and C(mode) (owned by root).
+    type: list
+    elements: dict
+    default: []
+  last_good_dir:
+    description: Where the last good units and environment files are kept.
+    type: path
+    required: true
+author:
+  - thorfleet
+"""
+
+RETURN = r"""
+found:
+  description: The C(thorfleet-*.service) files in O(unit_dir), shaped as a C(find) result.
+  returned: always
+  type: dict
+manifests:
+  description: Each model's manifest, shaped as a looped C(slurp) (C(content), base64).
+  returned: always
+  type: dict
+templates:
+  description: Each template's C(stat) (C(exists), C(checksum) in sha256), looped shape.
+  returned: always
+  type: dict
+builds:
+  description: Each engine root's C(current) C(stat) (C(lnk_target)), looped shape.
+  returned: always
+  type: dict
+directories_to_fix:
+  description: Paths of O(directories) missing, or not root's with their mode.
+  returned: always
+  type: list
+  elements: str
+to_start:
+  description: Units of O(units) that are not both enabled and active (or activating).
+  returned: always
+  type: list
+  elements: str
+last_good:
+  description: The files in O(last_good_dir), shaped as a C(find) result.
+  returned: always
+  type: dict
+"""
+
+import base64  # noqa: E402
+import fnmatch  # noqa: E402
+import hashlib  # noqa: E402
+import os  # noqa: E402
+import stat  # noqa: E402
+
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402
+
+MANIFEST = "thorfleet-manifest.json"
+RUNNING = ("active", "activating", "reloading")
+
+
+def files_matching(directory, patterns):
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    return [{"path": os.path.join(directory, name)} for name in names
+            if any(fnmatch.fnmatch(name, p) for p in patterns)
+            and os.path.isfile(os.path.join(directory, name))]
+
+
+def slurped(model_dir):
+    try:
+        with open(os.path.join(model_dir, MANIFEST), "rb") as handle:
+            return {"item": model_dir, "content": base64.b64encode(handle.read()).decode()}
+    except OSError as error:
+        return {"item": model_dir, "failed": True, "msg": str(error)}
+
+
+def checksum(path):
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return {"item": path, "stat": {"exists": True, "checksum": digest.hexdigest()}}
+    except OSError:
+        return {"item": path, "stat": {"exists": False}}
+
+
+def current_build(root):
+    link = os.path.join(root, "current")
+    if not os.path.islink(link):
+        return {"item": root, "stat": {"exists": os.path.exists(link)}}
+    return {"item": root, "stat": {"exists": True, "islnk": True,
+                                   "lnk_target": os.readlink(link)}}
+
+
+def needs_fixing(directory):
+    try:
+        info = os.stat(directory["path"])
+    except OSError:
+        return True
+    return (not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_gid != 0
+            or stat.S_IMODE(info.st_mode) != int(str(directory.get("mode", "0755")), 8))
+
+
+def unit_states(module, units):
+    """{unit: (UnitFileState, ActiveState)}, from one `systemctl show`."""
+    if not units:
+        return {}
+    systemctl = module.get_bin_path("systemctl", required=True)
+    _rc, out, _err = module.run_command(
+        [systemctl, "show", "--property=Id,UnitFileState,ActiveState", "--", *units])
+    states, block = {}, {}
+    for line in out.splitlines() + [""]:
+        if line.strip():
+            key, _, value = line.partition("=")
+            block[key] = value
+        elif block:
+            states[block.get("Id", "")] = (block.get("UnitFileState", ""),
+                                           block.get("ActiveState", ""))
+            block = {}
+    return states
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "units": {"type": "list", "elements": "str", "default": []},
+            "unit_dir": {"type": "path", "default": "/etc/systemd/system"},
+            "model_dirs": {"type": "list", "elements": "path", "default": []},
+            "templates": {"type": "list", "elements": "path", "default": []},
+            "engine_roots": {"type": "list", "elements": "path", "default": []},
+            "directories": {"type": "list", "elements": "dict", "default": []},
+            "last_good_dir": {"type": "path", "required": True},
+        },
+        supports_check_mode=True,
+    )
+    p = module.params
+    states = unit_states(module, p["units"])
+    module.exit_json(
+        changed=False,
+        found={"files": files_matching(p["unit_dir"], ["thorfleet-*.service"])},
+        manifests={"results": [slurped(d) for d in p["model_dirs"]]},
+        templates={"results": [checksum(t) for t in p["templates"]]},
+        builds={"results": [current_build(r) for r in p["engine_roots"]]},
+        directories_to_fix=[d["path"] for d in p["directories"] if needs_fixing(d)],
+        to_start=[u for u in p["units"]
+                  if states.get(u, ("", ""))[0] != "enabled"
+                  or states.get(u, ("", ""))[1] not in RUNNING],
+        last_good={"files": files_matching(p["last_good_dir"], ["thorfleet-*.service",
+                                                                 "*.env"])},
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The services phase's one read: what the units run (manifests, template sums, builds)
+in the shapes the unit filter reads, which directories need fixing, which units need
+enabling or starting, and the units and last good copies there are."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from tests.conftest import load, run_module
+from tests.unit.test_units import DOCKER, SERVICES
+
+state = load("roles/inference_services/library/thorfleet_service_state.py")
+units = load("filter_plugins/units.py")
+images = load("filter_plugins/images.py")
+
+COMMIT = "b" * 40
+SHOW = """Id=thorfleet-chat.service
+UnitFileState=enabled
+ActiveState=active
+
+Id=thorfleet-asr.service
+UnitFileState=disabled
+ActiveState=active
+
+Id=thorfleet-new.service
+UnitFileState=
+ActiveState=inactive
+"""
+
+
+def host(tmp_path):
+    """A host's files under tmp_path, for the two services of test_units."""
+    chat, asr = SERVICES
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    for name in ("thorfleet-chat.service", "thorfleet-old.service", "other.service"):
+        (unit_dir / name).write_text("[Unit]\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "thorfleet-manifest.json").write_text(json.dumps({"commit": COMMIT}))
+    template = tmp_path / "chat.jinja"
+    template.write_text("{{ messages }}")
+    engine = tmp_path / "engine"
+    engine.mkdir()
+    (engine / "build-0123abcd").mkdir()
+    (engine / "current").symlink_to("build-0123abcd")
+    private = tmp_path / "private"
+    private.mkdir(mode=0o755)
+    os.chmod(private, 0o755)  # the umask may have left less
+    last_good = tmp_path / "last-good"
+    last_good.mkdir()
+    (last_good / "thorfleet-chat.service").write_text("[Unit]\n")
+    (last_good / "chat.env").write_text("")
+    return {"unit_dir": str(unit_dir), "model": str(model), "template": str(template),
+            "engine": str(engine), "private": str(private), "missing": str(tmp_path / "no"),
+            "last_good": str(last_good)}
+
+
+def read(tmp_path, monkeypatch, units_=("thorfleet-chat.service", "thorfleet-asr.service",
+                                        "thorfleet-new.service")):
+    paths = host(tmp_path)
+    asked = []
+
+    def run_command(self, argv, **_kwargs):
+        asked.append(argv)
+        return 0, SHOW, ""
+
+    monkeypatch.setattr(state.AnsibleModule, "run_command", run_command)
+    monkeypatch.setattr(state.AnsibleModule, "get_bin_path",
+                        lambda self, name, required=False: f"/usr/bin/{name}")
+    done = run_module(state, {
+        "units": list(units_), "unit_dir": paths["unit_dir"],
+        "model_dirs": [paths["model"], paths["missing"]], "templates": [paths["template"]],
+        "engine_roots": [paths["engine"], paths["missing"]],
+        "directories": [{"path": paths["private"], "mode": "0700"},
+                        {"path": paths["model"], "mode": "0755"},
+                        {"path": paths["missing"], "mode": "0755"}],
+        "last_good_dir": paths["last_good"]}, monkeypatch, check=True)
+    assert not done.failed, done.result
+    return paths, done.result, asked
+
+
+def test_one_read_finds_what_each_unit_runs(tmp_path, monkeypatch):
+    paths, result, _ = read(tmp_path, monkeypatch)
+    assert result["changed"] is False
+    manifest, missing = result["manifests"]["results"]
+    assert manifest["item"] == paths["model"] and "content" in manifest
+    assert missing["item"] == paths["missing"] and "content" not in missing
+    assert result["templates"]["results"] == [{"item": paths["template"], "stat": {
+        "exists": True, "checksum": hashlib.sha256(b"{{ messages }}").hexdigest()}}]
+    built, unbuilt = result["builds"]["results"]
+    assert built["stat"]["lnk_target"] == "build-0123abcd"
+    assert "lnk_target" not in unbuilt["stat"]
+
+    # What the filter makes of them, as it did of the looped slurp and stat results.
+    chat, asr = SERVICES
+    relabel = {paths["model"]: chat["model_dir"], paths["engine"]: asr["engine_root"],
+               paths["template"]: chat["chat_template"]}
+    for key in ("manifests", "templates", "builds"):
+        for entry in result[key]["results"]:
+            entry["item"] = relabel.get(entry["item"], entry["item"])
+    plan = images.image_plan(SERVICES, {chat["image"]: "sha256:" + "4" * 64})
+    chat_run, asr_run = units.unit_inputs(
+        SERVICES, plan, result["builds"], result["manifests"], result["templates"], [],
+        {"chat": "", "asr": ""}, DOCKER)
+    assert chat_run["run"]["model_commit"] == COMMIT
+    assert chat_run["run"]["template_sum"] == hashlib.sha256(b"{{ messages }}").hexdigest()
+    assert asr_run["run"]["build"] == "build-0123abcd"
+
+
+def test_it_names_what_needs_fixing_starting_or_retiring(tmp_path, monkeypatch):
+    paths, result, asked = read(tmp_path, monkeypatch)
+    # A directory with another mode, and one missing; the one as wanted is left alone.
+    assert result["directories_to_fix"] == [paths["private"], paths["missing"]]
+    # One `systemctl show` for all units: a disabled one and a new one need starting.
+    assert asked == [["/usr/bin/systemctl", "show", "--property=Id,UnitFileState,ActiveState",
+                      "--", "thorfleet-chat.service", "thorfleet-asr.service",
+                      "thorfleet-new.service"]]
+    assert result["to_start"] == ["thorfleet-asr.service", "thorfleet-new.service"]
+    # Only thorfleet's own units, for retiring those no longer wanted.
+    assert [os.path.basename(f["path"]) for f in result["found"]["files"]] == [
+        "thorfleet-chat.service", "thorfleet-old.service"]
+    assert sorted(os.path.basename(f["path"]) for f in result["last_good"]["files"]) == [
+        "chat.env", "thorfleet-chat.service"]
+
+
+def test_a_host_without_services_asks_systemd_nothing(tmp_path, monkeypatch):
+    _, result, asked = read(tmp_path, monkeypatch, units_=())
+    assert asked == [] and result["to_start"] == []
