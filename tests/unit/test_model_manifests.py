@@ -1,0 +1,61 @@
+"""The models phase's one read on the host's own Python: which models already hold the
+revision asked for (then model_download, on the hub clients' interpreter, is not run for
+them), judged by their manifests exactly as model_download judges them."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import load, run_module
+
+manifests = load("roles/model_store/library/model_manifests.py")
+
+COMMIT = "c" * 40
+
+
+def model(tmp_path, name, **request):
+    dest = tmp_path / name
+    dest.mkdir()
+    (dest / "model.gguf").write_bytes(b"x" * 10)
+    asked = {"dest": str(dest), "source": "huggingface", "repo_id": f"org/{name}",
+             "revision": "main", "lock_key": f"huggingface:org/{name}@main", **request}
+    (dest / "thorfleet-manifest.json").write_text(json.dumps({
+        "source": "huggingface", "repo_id": f"org/{name}", "revision": "main",
+        "commit": COMMIT, "allow_patterns": [], "ignore_patterns": [],
+        "files": {"model.gguf": {"size": 10, "sha256": "0" * 64}}}))
+    return asked
+
+
+def test_present_models_are_reported_as_a_download_that_changed_nothing(tmp_path, monkeypatch):
+    present = model(tmp_path, "present")
+    pinned = model(tmp_path, "pinned", revision=COMMIT)  # the lock's commit, not the branch
+    done = run_module(manifests, {"models": [present, pinned]}, monkeypatch, check=True)
+    assert not done.failed and done.result["changed"] is False
+    assert done.result["missing"] == []
+    # Shaped as model_download's registered loop, for the lock's filter.
+    assert done.result["results"] == [
+        {"item": present, "changed": False, "commit": COMMIT, "files": ["model.gguf"],
+         "first_sums": {}},
+        {"item": pinned, "changed": False, "commit": COMMIT, "files": ["model.gguf"],
+         "first_sums": {}}]
+
+
+def test_anything_else_is_missing(tmp_path, monkeypatch):
+    other_revision = model(tmp_path, "moved", revision="d" * 40)
+    other_patterns = model(tmp_path, "patterns", allow_patterns=["*.safetensors"])
+    truncated = model(tmp_path, "truncated")
+    (tmp_path / "truncated" / "model.gguf").write_bytes(b"x" * 3)
+    no_manifest = model(tmp_path, "new")
+    (tmp_path / "new" / "thorfleet-manifest.json").unlink()
+    never = {"dest": str(tmp_path / "never"), "source": "modelscope", "repo_id": "a/b",
+             "revision": "master"}
+    asked = [other_revision, other_patterns, truncated, no_manifest, never]
+    done = run_module(manifests, {"models": asked}, monkeypatch)
+    assert done.result["missing"] == [m["dest"] for m in asked]
+    assert done.result["results"] == []
+
+
+def test_an_entry_without_its_request_is_refused(tmp_path, monkeypatch):
+    done = run_module(manifests, {"models": [{"dest": str(tmp_path), "source": "huggingface",
+                                              "revision": "main"}]}, monkeypatch)
+    assert done.failed and done.result["msg"] == "models: an entry has no repo_id"
