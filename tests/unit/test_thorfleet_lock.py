@@ -100,3 +100,33 @@ def test_a_lock_under_its_old_name_stops_the_run_asking_for_a_rename(tmp_path, m
     (tmp_path / LOCK_NAME).write_text("models: {a: c}\n")
     read = lock(tmp_path, monkeypatch, state="read", previous_path=str(old))
     assert read.result["lock"]["models"] == {"a": "c"}
+
+
+def test_the_roles_read_it_in_ansibles_own_process_with_the_modules_checks(tmp_path,
+                                                                           monkeypatch):
+    from ansible.errors import AnsibleLookupError
+
+    lookup = load("roles/thorfleet/lookup_plugins/thorfleet_lock.py").LookupModule()
+    path = str(tmp_path / LOCK_NAME)
+    assert lookup.run([path]) == [{"models": {}, "model_files": {}, "files": {},
+                                   "images": {}, "engines": {}}]
+    lock(tmp_path, monkeypatch, section="images", entries={"r:t": "sha256:" + "1" * 64})
+    assert lookup.run([path])[0]["images"] == {"r:t": "sha256:" + "1" * 64}
+    # The same refusals as the module's, raised as Ansible errors that name the cause.
+    old = tmp_path / "old" / "thorfleet.lock.yml"
+    old.parent.mkdir()
+    old.write_text("models: {a: b}\n")
+    moved = str(old.parent / LOCK_NAME)
+    try:
+        lookup.run([moved], previous_path=str(old))
+    except AnsibleLookupError as error:
+        assert str(error).startswith(f"the lock file is now {moved}: rename {old} to it")
+    else:
+        raise AssertionError("a lock under its old name was read")
+    (tmp_path / LOCK_NAME).write_text("- a list\n")
+    try:
+        lookup.run([path])
+    except AnsibleLookupError as error:
+        assert ".thorfleet.lock.yml: not a mapping" in str(error)
+    else:
+        raise AssertionError("a lock that is not a mapping was read")
