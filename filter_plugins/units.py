@@ -89,7 +89,7 @@ def last_good_to_keep(specs, units, envs, found, env_dir):
     a service whose unit or environment file changed in this run, and any whose copy is
     missing (found: a find result of the last good directory). A run that changed
     nothing keeps nothing again."""
-    changed = {r["spec"]["name"] for registered in (units, envs)
+    changed = {r["file"]["name"] for registered in (units, envs)
                for r in (registered or {}).get("results", []) if r.get("changed")}
     kept = {posixpath.basename(f["path"]) for f in (found or {}).get("files", [])}
     keep = []

@@ -50,8 +50,11 @@ def verify_requests(specs, prompt, max_tokens, audio, language, image_url, image
                     {"type": "image_url", "image_url": {"url": url}},
                     {"type": "text", "text": prompt}]))
         elif spec.get("transcription_api") == "whisper.cpp":
+            # The sample's language, as to vLLM: without it a server started with
+            # `--language auto` first runs a detection pass on the sample.
             add("transcription", "/inference",
-                ["-F", f"file=@{audio}", "-F", "response_format=json"])
+                ["-F", f"file=@{audio}", "-F", "response_format=json",
+                 "-F", f"language={language}"])
         else:  # OpenAI's route
             add("transcription", "/v1/audio/transcriptions",
                 ["-F", f"file=@{audio}", "-F", f"model={spec['served_name']}",

@@ -64,6 +64,11 @@ options:
     description: Free space (GB, 10^9 bytes) needed under O(models_root).
     type: float
     default: 20
+  record_path:
+    description:
+      - A JSON file an earlier run left (the role's platform record), returned parsed in
+        C(record), so the caller writes it only when it differs.
+    type: path
 author:
   - thorfleet
 """
@@ -104,6 +109,10 @@ ansible_facts:
         docker: {version: "28.2.2", running: true, runtimes: [nvidia, runc], default_runtime: runc}
         models_root: /models
         disk: {path: /, free_gb: 812.4}
+record:
+  description: The content of O(record_path) (JSON); null when it is absent, unreadable or not JSON.
+  returned: when O(record_path) is given
+  type: raw
 problems:
   description: Why the host is not fit; empty when it is.
   returned: always
@@ -336,6 +345,15 @@ class Probe:
         }
 
 
+def read_record(path):
+    """The JSON in path, or None."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -348,6 +366,7 @@ def main():
             "native_services": {"type": "list", "elements": "str", "default": []},
             "cuda_home": {"type": "path", "default": "/usr/local/cuda"},
             "min_free_gb": {"type": "float", "default": 20},
+            "record_path": {"type": "path"},
         },
         supports_check_mode=True,
     )
@@ -357,7 +376,10 @@ def main():
                       params["min_cuda"], params["container_runtime"], params["min_free_gb"],
                       params["container_services"], params["native_services"],
                       params["cuda_home"])
-    module.exit_json(changed=False, ansible_facts={"thor": facts}, problems=problems)
+    result = {"changed": False, "ansible_facts": {"thor": facts}, "problems": problems}
+    if params["record_path"]:
+        result["record"] = read_record(params["record_path"])
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

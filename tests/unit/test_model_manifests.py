@@ -4,7 +4,9 @@ them), judged by their manifests exactly as model_download judges them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 
 from tests.conftest import load, run_module
 
@@ -59,3 +61,23 @@ def test_an_entry_without_its_request_is_refused(tmp_path, monkeypatch):
     done = run_module(manifests, {"models": [{"dest": str(tmp_path), "source": "huggingface",
                                               "revision": "main"}]}, monkeypatch)
     assert done.failed and done.result["msg"] == "models: an entry has no repo_id"
+
+
+def test_files_by_url_are_present_only_at_their_pinned_sum_as_url_file_leaves_them(
+        tmp_path, monkeypatch):
+    def fetched(name, content=b"{{ messages }}", mode=0o644):
+        path = tmp_path / name
+        path.write_bytes(content)
+        os.chmod(path, mode)
+        return str(path)
+
+    pinned = hashlib.sha256(b"{{ messages }}").hexdigest()
+    files = [
+        {"dest": fetched("present.jinja"), "sha256": pinned.upper()},  # any case
+        {"dest": fetched("changed.jinja", b"edited"), "sha256": pinned},
+        {"dest": fetched("open.jinja", mode=0o666), "sha256": pinned},
+        {"dest": fetched("unpinned.jinja"), "sha256": ""},  # fetched to record its sum
+        {"dest": str(tmp_path / "never.jinja"), "sha256": pinned}]
+    done = run_module(manifests, {"models": [], "files": files}, monkeypatch, check=True)
+    assert not done.failed and done.result["changed"] is False
+    assert done.result["files_missing"] == [f["dest"] for f in files[1:]]

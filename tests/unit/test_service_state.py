@@ -129,3 +129,28 @@ def test_it_names_what_needs_fixing_starting_or_retiring(tmp_path, monkeypatch):
 def test_a_host_without_services_asks_systemd_nothing(tmp_path, monkeypatch):
     _, result, asked = read(tmp_path, monkeypatch, units_=())
     assert asked == [] and result["to_start"] == []
+
+
+def test_unit_and_environment_files_are_summed_as_written_or_not_at_all(tmp_path, monkeypatch):
+    paths = host(tmp_path)
+    unit = os.path.join(paths["unit_dir"], "thorfleet-chat.service")
+    os.chmod(unit, 0o644)
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    (env_dir / "chat.env").write_text("KEY=1\n")
+    os.chmod(env_dir / "chat.env", 0o600)
+    (env_dir / "asr.env").write_text("KEY=2\n")
+    os.chmod(env_dir / "asr.env", 0o644)  # readable by all: to be written again
+    monkeypatch.setattr(state.AnsibleModule, "run_command", lambda self, argv, **kw: (0, "", ""))
+    monkeypatch.setattr(state.AnsibleModule, "get_bin_path",
+                        lambda self, name, required=False: f"/usr/bin/{name}")
+    done = run_module(state, {
+        "units": ["thorfleet-chat.service", "thorfleet-new.service"],
+        "unit_dir": paths["unit_dir"], "last_good_dir": paths["last_good"],
+        "env_files": [str(env_dir / "chat.env"), str(env_dir / "asr.env")]}, monkeypatch,
+        check=True)
+    assert done.result["file_sums"] == {
+        unit: hashlib.sha1(b"[Unit]\n").hexdigest(),
+        os.path.join(paths["unit_dir"], "thorfleet-new.service"): "",
+        str(env_dir / "chat.env"): hashlib.sha1(b"KEY=1\n").hexdigest(),
+        str(env_dir / "asr.env"): ""}

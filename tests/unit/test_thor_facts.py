@@ -247,3 +247,18 @@ def test_a_host_that_builds_engines_needs_a_toolkit_its_driver_runs(nvcc, driver
     assert thor_facts.assess(facts, require_gpu=True, **REQUIRE) == []
     assert thor_facts.assess(facts, require_gpu=False, **REQUIRE,
                              native_services=["whisper"]) == []
+
+
+def test_the_record_an_earlier_run_left_is_returned_for_comparing(monkeypatch, tmp_path):
+    record = tmp_path / "thorfleet.fact"
+    asked = {"min_free_gb": 0, "record_path": str(record)}
+    # None before the first run and for a file that is not JSON: the play writes it.
+    assert run_module(monkeypatch, tmp_path, asked, outputs={}, files={})["record"] is None
+    record.write_text("{not json")
+    assert run_module(monkeypatch, tmp_path, asked, outputs={}, files={})["record"] is None
+    record.write_text('{"lab": true, "gpu": null}\n')
+    assert run_module(monkeypatch, tmp_path, asked, outputs={}, files={})["record"] == {
+        "lab": True, "gpu": None}
+    # Not asked for, not read.
+    assert "record" not in run_module(monkeypatch, tmp_path, {"min_free_gb": 0},
+                                      outputs={}, files={})

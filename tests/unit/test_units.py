@@ -88,10 +88,10 @@ def test_only_what_changed_or_is_missing_is_kept_as_last_good():
     env_dir = "/etc/thorfleet/services"
     found = {"files": [{"path": f"/var/lib/thorfleet/last-good/{name}"} for name in (
         chat["unit"], "chat.env", asr["unit"], "asr.env")]}
-    nothing = {"results": [{"spec": chat, "changed": False}, {"spec": asr, "changed": False}]}
+    nothing = {"results": [{"file": chat, "changed": False}, {"file": asr, "changed": False}]}
     assert units.last_good_to_keep(SERVICES, nothing, nothing, found, env_dir) == []
     # A changed unit keeps that service's unit and environment file; a missing copy too.
-    changed = {"results": [{"spec": chat, "changed": True}]}
+    changed = {"results": [{"file": chat, "changed": True}]}
     assert units.last_good_to_keep(SERVICES, changed, nothing, found, env_dir) == [
         f"/etc/systemd/system/{chat['unit']}", f"{env_dir}/chat.env"]
     missing = {"files": found["files"][:3]}

@@ -50,6 +50,11 @@ options:
     description: Where the last good units and environment files are kept.
     type: path
     required: true
+  env_files:
+    description: The services' environment files (root's, mode 0600).
+    type: list
+    elements: path
+    default: []
 author:
   - thorfleet
 """
@@ -83,6 +88,14 @@ to_start:
   elements: str
 last_good:
   description: The files in O(last_good_dir), shaped as a C(find) result.
+  returned: always
+  type: dict
+file_sums:
+  description:
+    - The sha1 of each of O(units) (in O(unit_dir)) and O(env_files), by path, as the
+      C(template) module would write it ("" when missing, or not root's with mode 0644
+      for a unit and 0600 for an environment file), so the caller renders on the
+      controller and writes only what differs.
   returned: always
   type: dict
 """
@@ -145,6 +158,19 @@ def needs_fixing(directory):
             or stat.S_IMODE(info.st_mode) != int(str(directory.get("mode", "0755")), 8))
 
 
+def sha1_as_written(path, mode):
+    """The file's sha1 when it is root's with mode, else ""."""
+    try:
+        info = os.stat(path)
+        if (not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_gid != 0
+                or stat.S_IMODE(info.st_mode) != mode):
+            return ""
+        with open(path, "rb") as handle:
+            return hashlib.sha1(handle.read()).hexdigest()
+    except OSError:
+        return ""
+
+
 def unit_states(module, units):
     """{unit: (UnitFileState, ActiveState)}, from one `systemctl show`."""
     if not units:
@@ -174,6 +200,7 @@ def main():
             "engine_roots": {"type": "list", "elements": "path", "default": []},
             "directories": {"type": "list", "elements": "dict", "default": []},
             "last_good_dir": {"type": "path", "required": True},
+            "env_files": {"type": "list", "elements": "path", "default": []},
         },
         supports_check_mode=True,
     )
@@ -191,6 +218,9 @@ def main():
                   or states.get(u, ("", ""))[1] not in RUNNING],
         last_good={"files": files_matching(p["last_good_dir"], ["thorfleet-*.service",
                                                                  "*.env"])},
+        file_sums={**{os.path.join(p["unit_dir"], u): sha1_as_written(
+                          os.path.join(p["unit_dir"], u), 0o644) for u in p["units"]},
+                   **{e: sha1_as_written(e, 0o600) for e in p["env_files"]}},
     )
 
 

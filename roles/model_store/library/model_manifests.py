@@ -14,6 +14,8 @@ description:
     for (or its commit), and every file there at its recorded size.
   - Needs no hub client and runs on the host's own Python, so a converged host is checked
     in one task and M(model_download) runs only for the models listed in C(missing).
+  - Checks the files fetched by URL (O(files)) the way M(url_file) leaves them: there,
+    of the pinned sha256, owned by root with mode 0644.
   - Never changes anything.
 options:
   models:
@@ -24,6 +26,14 @@ options:
     type: list
     elements: dict
     required: true
+  files:
+    description:
+      - Files fetched by URL, each with C(dest) and C(sha256) (empty when none is pinned
+        yet: such a file is always listed in C(files_missing), to be fetched and its sum
+        recorded).
+    type: list
+    elements: dict
+    default: []
 author:
   - thorfleet
 """
@@ -32,12 +42,18 @@ EXAMPLES = r"""
 - name: Check each model against its manifest
   model_manifests:
     models: "{{ __model_store_plan.models }}"
+    files: "{{ __model_store_plan.files }}"
   register: __model_store_present
 """
 
 RETURN = r"""
 missing:
   description: C(dest) of each model whose directory does not hold what was asked.
+  returned: always
+  type: list
+  elements: str
+files_missing:
+  description: C(dest) of each file that is absent, of another sum, or not as M(url_file) leaves it.
   returned: always
   type: list
   elements: str
@@ -50,6 +66,10 @@ results:
   type: list
   elements: dict
 """
+
+import hashlib  # noqa: E402
+import os  # noqa: E402
+import stat  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.thorfleet_model_files import (  # noqa: E402
@@ -69,9 +89,27 @@ def present(model):
     return manifest if manifest_satisfies(manifest, request, dest) else None
 
 
+def file_present(entry):
+    """Whether a file fetched by URL is at its dest as url_file leaves it."""
+    dest, expected = str(entry.get("dest") or ""), str(entry.get("sha256") or "").lower()
+    try:
+        info = os.stat(dest)
+    except OSError:
+        return False
+    if not (expected and stat.S_ISREG(info.st_mode) and info.st_uid == 0 and info.st_gid == 0
+            and stat.S_IMODE(info.st_mode) == 0o644):
+        return False
+    digest = hashlib.sha256()
+    with open(dest, "rb") as source:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == expected
+
+
 def main():
     module = AnsibleModule(
-        argument_spec={"models": {"type": "list", "elements": "dict", "required": True}},
+        argument_spec={"models": {"type": "list", "elements": "dict", "required": True},
+                       "files": {"type": "list", "elements": "dict", "default": []}},
         supports_check_mode=True,
     )
     missing, results = [], []
@@ -85,7 +123,10 @@ def main():
         else:
             results.append({"item": model, "changed": False, "commit": manifest["commit"],
                             "files": sorted(manifest["files"]), "first_sums": {}})
-    module.exit_json(changed=False, missing=missing, results=results)
+    files_missing = [entry.get("dest") for entry in module.params["files"]
+                     if not file_present(entry)]
+    module.exit_json(changed=False, missing=missing, files_missing=files_missing,
+                     results=results)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ which also writes it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -35,6 +36,7 @@ _MODULE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.d
     os.path.abspath(__file__))))), "library", "thorfleet_lock.py")
 
 
+@functools.cache
 def _lock_code():
     spec = importlib.util.spec_from_file_location("thorfleet_lock_module", _MODULE)
     code = importlib.util.module_from_spec(spec)
