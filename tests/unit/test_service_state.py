@@ -154,3 +154,24 @@ def test_unit_and_environment_files_are_summed_as_written_or_not_at_all(tmp_path
         os.path.join(paths["unit_dir"], "thorfleet-new.service"): "",
         str(env_dir / "chat.env"): hashlib.sha1(b"KEY=1\n").hexdigest(),
         str(env_dir / "asr.env"): ""}
+
+
+def test_the_packages_the_units_need_are_asked_of_dpkg_in_the_same_read(tmp_path, monkeypatch):
+    paths = host(tmp_path)
+    asked = []
+
+    def run_command(self, argv, **_kwargs):
+        asked.append(argv)
+        return 1, "curl ii \nbusybox un \n", "dpkg-query: no packages found matching jq\n"
+
+    monkeypatch.setattr(state.AnsibleModule, "run_command", run_command)
+    monkeypatch.setattr(state.AnsibleModule, "get_bin_path",
+                        lambda self, name, required=False: f"/usr/bin/{name}")
+    done = run_module(state, {"last_good_dir": paths["last_good"],
+                              "packages": ["curl", "busybox", "jq", "curl=8.5.0-2"]},
+                      monkeypatch, check=True)
+    assert asked == [["/usr/bin/dpkg-query", "--show",
+                      "--showformat=${Package} ${db:Status-Abbrev}\n", "--",
+                      "curl", "busybox", "jq", "curl=8.5.0-2"]]
+    # Removed (`un`), unknown, or pinned to a version (apt judges those): to install.
+    assert done.result["packages_missing"] == ["busybox", "jq", "curl=8.5.0-2"]

@@ -55,6 +55,13 @@ options:
     type: list
     elements: path
     default: []
+  packages:
+    description:
+      - Debian/Ubuntu packages the units need, asked of dpkg in the same read. An entry
+        with a version (C(curl=8.5.0-2)) always counts as missing, for apt to judge.
+    type: list
+    elements: str
+    default: []
 author:
   - thorfleet
 """
@@ -90,6 +97,11 @@ last_good:
   description: The files in O(last_good_dir), shaped as a C(find) result.
   returned: always
   type: dict
+packages_missing:
+  description: The entries of O(packages) that dpkg does not report installed.
+  returned: always
+  type: list
+  elements: str
 file_sums:
   description:
     - The sha1 of each of O(units) (in O(unit_dir)) and O(env_files), by path, as the
@@ -171,6 +183,17 @@ def sha1_as_written(path, mode):
         return ""
 
 
+def packages_missing(module, packages):
+    """The packages dpkg does not report installed (status `ii`), in one dpkg-query."""
+    if not packages:
+        return []
+    _rc, out, _err = module.run_command(
+        [module.get_bin_path("dpkg-query", required=True), "--show",
+         "--showformat=${Package} ${db:Status-Abbrev}\n", "--", *packages])
+    installed = {line.split(" ")[0] for line in out.splitlines() if line.split(" ")[1:2] == ["ii"]}
+    return [p for p in packages if p not in installed]
+
+
 def unit_states(module, units):
     """{unit: (UnitFileState, ActiveState)}, from one `systemctl show`."""
     if not units:
@@ -201,6 +224,7 @@ def main():
             "directories": {"type": "list", "elements": "dict", "default": []},
             "last_good_dir": {"type": "path", "required": True},
             "env_files": {"type": "list", "elements": "path", "default": []},
+            "packages": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -218,6 +242,7 @@ def main():
                   or states.get(u, ("", ""))[1] not in RUNNING],
         last_good={"files": files_matching(p["last_good_dir"], ["thorfleet-*.service",
                                                                  "*.env"])},
+        packages_missing=packages_missing(module, p["packages"]),
         file_sums={**{os.path.join(p["unit_dir"], u): sha1_as_written(
                           os.path.join(p["unit_dir"], u), 0o644) for u in p["units"]},
                    **{e: sha1_as_written(e, 0o600) for e in p["env_files"]}},
