@@ -67,12 +67,12 @@ results:
   elements: dict
 """
 
-import hashlib  # noqa: E402
 import os  # noqa: E402
 import stat  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.thorfleet_model_files import (  # noqa: E402
+    file_hashes,
     manifest_satisfies,
     read_manifest,
 )
@@ -99,11 +99,7 @@ def file_present(entry):
     if not (expected and stat.S_ISREG(info.st_mode) and info.st_uid == 0 and info.st_gid == 0
             and stat.S_IMODE(info.st_mode) == 0o644):
         return False
-    digest = hashlib.sha256()
-    with open(dest, "rb") as source:
-        for chunk in iter(lambda: source.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest() == expected
+    return file_hashes(dest)[0] == expected
 
 
 def main():
