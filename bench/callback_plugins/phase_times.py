@@ -1,5 +1,6 @@
-"""When each play of a run started, and when the run ended: the bench's per-phase
-breakdown (each phase of site.yml is one play).
+"""When each phase of a run started, and when the run ended: the bench's per-phase
+breakdown. A phase is a play of site.yml, except in the switch, whose tasks count to
+their role's phase (thorfleet.phases, which `thorfleet deploy` counts by too).
 
 Enabled by bench/noop_rerun.py only, for both arms alike: ANSIBLE_CALLBACK_PLUGINS names
 this directory, ANSIBLE_CALLBACKS_ENABLED names phase_times, and THORFLEET_PHASE_TIMES
@@ -14,12 +15,14 @@ import time
 
 from ansible.plugins.callback import CallbackBase
 
+from thorfleet.phases import phase
+
 DOCUMENTATION = """
 name: phase_times
 type: aggregate
 short_description: write when each play started and when the run ended
 description:
-  - Writes a JSON list of [play name, time] pairs, then ["end", time], to the file that
+  - Writes a JSON list of [phase, time] pairs, then ["end", time], to the file that
     THORFLEET_PHASE_TIMES names.
 requirements:
   - enabled in ANSIBLE_CALLBACKS_ENABLED
@@ -35,9 +38,19 @@ class CallbackModule(CallbackBase):
     def __init__(self):
         super().__init__()
         self.marks = []
+        self.play = ""
+
+    def _mark(self, name):
+        if not self.marks or self.marks[-1][0] != name:
+            self.marks.append([name, time.time()])
 
     def v2_playbook_on_play_start(self, play):
-        self.marks.append([play.get_name(), time.time()])
+        self.play = play.get_name()
+        self._mark(phase(self.play, None))
+
+    def v2_playbook_on_task_start(self, task, is_conditional):
+        role = task._role.get_name() if task._role else None
+        self._mark(phase(self.play, role))
 
     def v2_playbook_on_stats(self, stats):
         self.marks.append(["end", time.time()])

@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                "summary per host and phase", extra=True)
     deploy.add_argument("--check", action="store_true",
                         help="change nothing; show what would change (--check --diff)")
+    deploy.add_argument("--batch", metavar="N|P%",
+                        help="hosts switched together (thorfleet_rollout_batch; default: all)")
+    deploy.add_argument("--canary", metavar="HOST",
+                        help="a host or group switched first, alone (thorfleet_rollout_canary)")
+    deploy.add_argument("--max-fail", metavar="N|P%",
+                        help="hosts that may fail before later batches are not started "
+                             "(thorfleet_rollout_max_fail; default 0)")
 
     speed = fleet_command(commands, "bench", "run playbooks/bench.yml; the guide's speed "
                                              "table, details and a chart", extra=True)
@@ -98,11 +105,19 @@ def extra_vars(pairs: list[str]) -> dict:
     return variables
 
 
+ROLLOUT_FLAGS = {"batch": "thorfleet_rollout_batch", "canary": "thorfleet_rollout_canary",
+                 "max_fail": "thorfleet_rollout_max_fail"}
+
+
 def deploy(args) -> int:
-    """site.yml through ansible-runner; exit status as ansible-playbook's."""
+    """site.yml through ansible-runner; exit status as ansible-playbook's. The rollout's
+    flags are its variables, passed as given: preflight checks them."""
     progress = Progress()
+    variables = extra_vars(args.extra_vars)
+    variables.update({name: getattr(args, flag) for flag, name in ROLLOUT_FLAGS.items()
+                      if getattr(args, flag) is not None})
     rc = run_playbook(project_root(), "site.yml", progress, args.inventory, args.limit,
-                      args.check, extra_vars(args.extra_vars))
+                      args.check, variables)
     print(f"\n{progress.table()}\n\n{progress.recap()}")
     if rc != 0 and not progress.failed():
         print(f"thorfleet: ansible-playbook exited {rc} before any task failed "

@@ -18,9 +18,13 @@ from pathlib import Path
 
 import ansible_runner
 
+from thorfleet import phases
 from thorfleet.tables import text_table
 
 COUNTS = ("ok", "changed", "failed", "skipped", "unreachable")
+# The switch's tasks whose message is the rollout's progress: each batch's hosts (or the
+# halt), and the rollout's summary.
+SHOWN = ("Open this batch", "Summarise the rollout")
 
 
 @dataclass
@@ -29,14 +33,19 @@ class Progress:
 
     out: object = field(default_factory=lambda: sys.stdout)
     counts: dict = field(default_factory=dict)
-    phase: str = ""
+    play: str = ""
+    batches: int = 0  # batches of the switch started so far
     stats: dict = field(default_factory=dict)  # Ansible's own recap, at the end
 
     def __call__(self, event: dict) -> bool:
         name, data = event.get("event", ""), event.get("event_data") or {}
         if name == "playbook_on_play_start":
-            self.phase = data.get("play") or data.get("name") or "?"
-            self._print(f"== {self.phase}")
+            self.play = data.get("play") or data.get("name") or "?"
+            heading = self.play
+            if self.play in ("Switch the canary", "Switch"):  # a play run once per batch
+                self.batches += 1
+                heading += f", batch {self.batches}"
+            self._print(f"== {heading}")
         elif name == "playbook_on_stats":
             self.stats = data
         elif name in ("warning", "error", "verbose", "playbook_on_no_hosts_matched"):
@@ -51,7 +60,8 @@ class Progress:
 
     def result(self, outcome: str, data: dict) -> None:
         host, res = data.get("host", "?"), data.get("res") or {}
-        count = self.counts.setdefault((host, self.phase), dict.fromkeys(COUNTS, 0))
+        where = phases.phase(self.play, data.get("role"))
+        count = self.counts.setdefault((host, where), dict.fromkeys(COUNTS, 0))
         if outcome == "failed" and data.get("ignore_errors"):
             outcome = "ok"  # as Ansible counts it: ignored, not failed
         count[outcome] += 1
@@ -59,6 +69,11 @@ class Progress:
         if changed:
             count["changed"] += 1
         if outcome == "skipped":
+            return
+        if data.get("task") in SHOWN and self.play in phases.SWITCH_PLAYS and res.get("msg"):
+            said = res["msg"]
+            self._print("\n".join(f"   {line}" for line in
+                                   (said if isinstance(said, list) else [said])))
             return
         shown = "changed" if changed else outcome
         line = f"   {host:<12} {shown:<11} {data.get('task', '')}"

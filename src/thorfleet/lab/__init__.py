@@ -21,6 +21,7 @@ from __future__ import annotations
 from thorfleet.lab.config import (
     BRIDGE,
     FILE_MIRROR,
+    FLEET_SERVICES,
     GATEWAY,
     HF_MIRROR,
     LAB_SERVICES,
@@ -36,6 +37,7 @@ from thorfleet.lab.config import (
 )
 from thorfleet.lab.fleet import Lab, status_json, status_table
 
-__all__ = ["BRIDGE", "FILE_MIRROR", "GATEWAY", "HF_MIRROR", "LAB_SERVICES", "LOGIN_USER",
+__all__ = ["BRIDGE", "FILE_MIRROR", "FLEET_SERVICES", "GATEWAY", "HF_MIRROR", "LAB_SERVICES",
+           "LOGIN_USER",
            "MODELSCOPE", "REGISTRY", "REGISTRY_PASSWORD", "REGISTRY_USER", "SOURCE_MIRROR",
            "Lab", "LabError", "host_address", "host_name", "status_json", "status_table"]

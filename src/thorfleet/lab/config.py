@@ -14,6 +14,7 @@ from thorfleet import bounded
 NETWORK = ipaddress.ip_network("10.213.0.0/24")
 GATEWAY = "10.213.0.1"
 BRIDGE = "thorlab0"
+BRIDGE_MAC = "02:54:48:4f:52:01"  # locally administered
 REGISTRY_PORT = 5000
 REGISTRY = f"{GATEWAY}:{REGISTRY_PORT}"
 # NGC's login: the user is literally `$oauthtoken`, the password an API key; the lab's
@@ -92,6 +93,13 @@ LAB_SERVICES = [
      "memory_share": 0.2},
     {"name": "whisper", "recipe": "whisper-large-v3-turbo"},
 ]
+
+# What hosts added for fleet tests (thor03 and up) run: one stand-in container service,
+# nothing to compile, so that a fleet's converge stays within CI's time.
+FLEET_SERVICES = [
+    {"name": "chat", "recipe": "vllm-qwen3-8b-nothink", "memory_share": 0.5},
+]
+FIRST_FLEET_HOST = 3
 
 # Background processes of the lab itself, with their addresses; every other pid file is
 # a host.

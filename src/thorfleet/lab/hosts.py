@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -28,6 +30,7 @@ from thorfleet.lab.config import (
     LabError,
     host_address,
     host_name,
+    pid_alive,
     run,
 )
 
@@ -51,6 +54,10 @@ class Hosts:
             run(["cp", "-a", "--reflink=auto", str(base), str(partial)])
             self._personalise(partial, name, address)
             partial.rename(root)
+        # A host whose power was cut (power_off) leaves its end of the veth pair behind,
+        # and nspawn will not boot on top of it.
+        if bounded.run(["ip", "link", "show", f"vb-{name}"], 60).returncode == 0:
+            run(["ip", "link", "del", f"vb-{name}"])
         # One compiler cache for all hosts: a second host's build is mostly cache hits.
         ccache = self.cache / "ccache"
         ccache.mkdir(parents=True, exist_ok=True)
@@ -126,6 +133,30 @@ class Hosts:
     def _ssh_ok(self, address: str) -> bool:
         argv = ["ssh", *self._ssh_options(), f"root@{address}", "true"]
         return bounded.run(argv, 30).returncode == 0
+
+    def power_off(self, name: str, timeout: float = 60) -> None:
+        """Cut a host's power: nspawn and the host's whole process tree killed at once, no
+        shutdown (what a later `up` boots again, as a Thor whose power came back)."""
+        self._require_root()
+        with self._locked():
+            pid = self._pid(name)
+            if pid is None:
+                raise LabError(f"{name} is not running")
+            root = str(self._root(name))
+            # The host's own processes (its systemd and everything under it) first, then
+            # the wrapper and nspawn.
+            for proc in Path("/proc").iterdir():
+                with contextlib.suppress(OSError, ValueError):
+                    if proc.name.isdigit() and os.readlink(proc / "root") == root:
+                        os.kill(int(proc.name), signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + timeout
+            while pid_alive(pid):
+                if time.monotonic() > deadline:
+                    raise LabError(f"{name} did not stop within {timeout:.0f} s")
+                self._reap(pid)
+                time.sleep(0.1)
+            (self.state / "run" / f"{name}.pid").unlink(missing_ok=True)
 
     def _stop_host(self, name: str) -> None:
         # nspawn turns SIGTERM into an orderly shutdown of the host's systemd.

@@ -1,6 +1,6 @@
 """The inventory `up` writes for the lab (inventory/lab): its hosts, the lab profile
 (profile.yml beside this file: the differences from a real Thor that DESIGN.md allows,
-and nothing else) and thor01's services."""
+and nothing else) thor01's services, and those of the hosts added for fleet tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from thorfleet.lab.config import LAB_SERVICES, host_address
+from thorfleet.lab.config import FIRST_FLEET_HOST, FLEET_SERVICES, LAB_SERVICES, host_address
 
 # The lab profile, as YAML the linters read.
 PROFILE = Path(__file__).with_name("profile.yml")
@@ -39,6 +39,13 @@ class Inventory:
         # The demo host runs one service of each kind the lab can serve, from both hubs.
         host_vars = self.inventory / "host_vars"
         host_vars.mkdir(parents=True, exist_ok=True)
-        (host_vars / "thor01.yml").write_text(
-            header + "---\n" + yaml.safe_dump({"thorfleet_services": LAB_SERVICES},
-                                               sort_keys=False))
+        # Hosts added for fleets (thor03 and up) run a stand-in container service only.
+        for index, name in enumerate(names, 1):
+            services = LAB_SERVICES if index == 1 else (
+                FLEET_SERVICES if index >= FIRST_FLEET_HOST else None)
+            path = host_vars / f"{name}.yml"
+            if services is None:
+                path.unlink(missing_ok=True)
+                continue
+            path.write_text(header + "---\n" + yaml.safe_dump(
+                {"thorfleet_services": services}, sort_keys=False))

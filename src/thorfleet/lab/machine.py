@@ -13,6 +13,7 @@ from pathlib import Path
 from thorfleet import bounded
 from thorfleet.lab.config import (
     BRIDGE,
+    BRIDGE_MAC,
     GATEWAY,
     MACHINE_PACKAGES,
     NETWORK,
@@ -71,7 +72,10 @@ class Machine:
 
     def _ensure_network(self) -> None:
         if bounded.run(["ip", "link", "show", BRIDGE], 60).returncode:
-            run(["ip", "link", "add", BRIDGE, "type", "bridge"])
+            # A fixed address: a bridge otherwise takes the lowest of its ports', so each
+            # host booted would change it under the hosts already running, and SSH to
+            # them would fail until their ARP entries expired.
+            run(["ip", "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge"])
             run(["ip", "addr", "add", f"{GATEWAY}/{NETWORK.prefixlen}", "dev", BRIDGE])
         run(["ip", "link", "set", BRIDGE, "up"])
         # Hosts reach the package registries this machine reaches, through NAT.

@@ -1,0 +1,126 @@
+"""Filters of the fleet rollout (playbooks/switch.yml): its settings checked, counts and
+shares of hosts, and what each batch did.
+
+A count is a whole number of hosts (`5`) or a share of some total (`"10%"`), as
+Ansible's `serial` takes it. A host's switch leaves a result fact behind:
+{restarted: [...], verified: N} when it passed, {failed: "...", put_back: [...]} when it
+did not; a host that started its switch and has no result left the run during it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ansible.errors import AnsibleFilterError
+
+COUNT = re.compile(r"(0|[1-9][0-9]{0,5})(%?)")
+HOST_OR_GROUP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+LEFT = {"failed": "left the run during its switch (unreachable)"}
+
+
+def _parse(value):
+    """(number, is_share) of a count or share, or None when it is neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return (value, False) if value >= 0 else None
+    match = COUNT.fullmatch(str(value).strip()) if isinstance(value, str) else None
+    if not match:
+        return None
+    number, share = int(match[1]), bool(match[2])
+    return None if share and number > 100 else (number, share)
+
+
+def rollout_problems(batch, canary, max_fail, hosts, groups):
+    """What is wrong with the rollout settings of a run, one message per field; `hosts`
+    are the run's hosts, `groups` the inventory's groups."""
+    problems = []
+    parsed = _parse(batch)
+    if parsed is None or parsed[0] == 0:
+        problems.append(f"thorfleet_rollout_batch: {str(batch)[:40]!r} is not a number of "
+                        "hosts (at least 1) or a share of them (1% to 100%)")
+    if _parse(max_fail) is None:
+        problems.append(f"thorfleet_rollout_max_fail: {str(max_fail)[:40]!r} is not a number "
+                        "of hosts (0 or more) or a share of them (0% to 100%)")
+    canary = canary or ""
+    if canary:
+        if not isinstance(canary, str) or not HOST_OR_GROUP.fullmatch(canary):
+            problems.append(f"thorfleet_rollout_canary: {str(canary)[:40]!r} is not the name "
+                            "of a host or a group")
+        else:
+            members = set((groups or {}).get(canary) or []) | ({canary} & set(hosts or []))
+            if not members & set(hosts or []):
+                problems.append(f"thorfleet_rollout_canary: {canary} is neither a host nor a "
+                                f"group among the hosts of this run ({', '.join(hosts or [])})")
+    return problems
+
+
+def rollout_count(value, total, field="thorfleet_rollout_max_fail"):
+    """The number of hosts a count or share stands for, out of `total`: a share rounds
+    down, as Ansible's max_fail_percentage does."""
+    parsed = _parse(value)
+    if parsed is None:
+        raise AnsibleFilterError(f"{field}: {value!r} is not a number of hosts or a share")
+    number, share = parsed
+    return int(number * int(total) / 100) if share else number
+
+
+def rollout_results(started, results):
+    """{host: result} for the hosts whose switch started, `results` being each one's
+    result fact in the same order (undefined, for one that left the run during it)."""
+    return {host: (result if isinstance(result, dict) and result else dict(LEFT))
+            for host, result in zip(started or [], results or [], strict=True)}
+
+
+def rollout_failed(results):
+    """The hosts whose switch failed, in the order they started."""
+    return [host for host, result in results.items() if "failed" in result]
+
+
+def rollout_summary(batches, results, hosts, budget, halted=False):
+    """Lines telling what the rollout did: one per batch, the halt, and which hosts
+    switched, failed, were left untouched (a later batch that never started) or left out
+    (unreachable, or failed before the switch). `hosts` are the hosts the switch started
+    with; `halted` that a batch found the failure budget spent."""
+    lines = []
+    for number, batch in enumerate(batches or [], 1):
+        parts = []
+        for host in batch:
+            result = results.get(host, LEFT)
+            if "failed" in result:
+                back = result.get("put_back") or []
+                parts.append(f"{host} failed ({result['failed']})"
+                             + (f", put back: {', '.join(back)}" if back else ""))
+            else:
+                restarted = result.get("restarted") or []
+                parts.append(f"{host} switched ({len(restarted)} restarted"
+                             + (f": {', '.join(restarted)}" if restarted else "")
+                             + f", {result.get('verified', 0)} checks passed)")
+        lines.append(f"batch {number}: " + "; ".join(parts))
+    failed = rollout_failed(results)
+    started = [host for batch in batches or [] for host in batch]
+    untouched = [host for host in hosts or [] if host not in started]
+    if halted:
+        lines.append(f"halted: {len(failed)} host(s) failed ({', '.join(failed)}), more than "
+                     f"thorfleet_rollout_max_fail allows ({budget}); later batches were not "
+                     "started")
+    lines.append("switched: " + (", ".join(h for h in started if h not in failed) or "none"))
+    lines.append("failed: " + (", ".join(failed) or "none"))
+    lines.append("left untouched: " + (", ".join(untouched) or "none"))
+    return lines
+
+
+def rollout_left_out(run_hosts, hosts):
+    """The run's hosts the switch did not start with: unreachable when the run started,
+    or failed before the switch (their staging), so they switched nothing."""
+    return [host for host in run_hosts or [] if host not in (hosts or [])]
+
+
+class FilterModule:
+    def filters(self):
+        return {"thorfleet_rollout_problems": rollout_problems,
+                "thorfleet_rollout_count": rollout_count,
+                "thorfleet_rollout_results": rollout_results,
+                "thorfleet_rollout_failed": rollout_failed,
+                "thorfleet_rollout_summary": rollout_summary,
+                "thorfleet_rollout_left_out": rollout_left_out}

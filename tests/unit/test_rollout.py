@@ -1,0 +1,82 @@
+"""The rollout's filters (filter_plugins/rollout.py): its settings checked in preflight,
+naming the field, counts and shares of hosts, and what the summary says."""
+
+from __future__ import annotations
+
+import pytest
+from ansible.errors import AnsibleFilterError
+
+from tests.conftest import load
+
+rollout = load("filter_plugins/rollout.py")
+HOSTS = ["thor01", "thor02", "thor03", "thor04"]
+GROUPS = {"all": HOSTS, "thor": HOSTS, "canaries": ["thor02"], "elsewhere": ["thor09"]}
+
+
+def problems(batch="100%", canary="", max_fail=0, hosts=HOSTS):
+    return rollout.rollout_problems(batch, canary, max_fail, hosts, GROUPS)
+
+
+@pytest.mark.parametrize("settings", [
+    {}, {"batch": 1}, {"batch": "1"}, {"batch": "10%"}, {"batch": " 3 "},
+    {"max_fail": "1"}, {"max_fail": "0%"}, {"max_fail": "100%"}, {"max_fail": 2},
+    {"canary": "thor01"}, {"canary": "canaries"}])
+def test_settings_a_rollout_takes(settings):
+    assert problems(**settings) == []
+
+
+@pytest.mark.parametrize(("settings", "field"), [
+    ({"batch": 0}, "thorfleet_rollout_batch"), ({"batch": "0%"}, "thorfleet_rollout_batch"),
+    ({"batch": "101%"}, "thorfleet_rollout_batch"), ({"batch": "-1"}, "thorfleet_rollout_batch"),
+    ({"batch": "all"}, "thorfleet_rollout_batch"), ({"batch": True}, "thorfleet_rollout_batch"),
+    ({"batch": "1;reboot"}, "thorfleet_rollout_batch"),
+    ({"batch": "1\nserial: 0"}, "thorfleet_rollout_batch"),
+    ({"max_fail": -1}, "thorfleet_rollout_max_fail"),
+    ({"max_fail": "5 %"}, "thorfleet_rollout_max_fail"),
+    ({"max_fail": "1.5"}, "thorfleet_rollout_max_fail"),
+    ({"canary": "thor05"}, "thorfleet_rollout_canary"),
+    ({"canary": "elsewhere"}, "thorfleet_rollout_canary"),
+    ({"canary": "thor:!thor01"}, "thorfleet_rollout_canary"),
+    ({"canary": "thor01;id"}, "thorfleet_rollout_canary"),
+    ({"canary": "thor01\n"}, "thorfleet_rollout_canary"),
+    ({"canary": ["thor01"]}, "thorfleet_rollout_canary")])
+def test_a_bad_setting_is_refused_naming_its_field(settings, field):
+    found = problems(**settings)
+    assert len(found) == 1 and found[0].startswith(field + ": "), found
+
+
+def test_a_canary_outside_this_runs_hosts_is_refused():
+    (found,) = problems(canary="thor03", hosts=["thor01", "thor02"])
+    assert "among the hosts of this run (thor01, thor02)" in found
+
+
+@pytest.mark.parametrize(("value", "total", "count"), [
+    (0, 60, 0), ("1", 60, 1), (3, 4, 3), ("10%", 60, 6), ("25%", 4, 1), ("10%", 4, 0),
+    ("100%", 7, 7)])
+def test_a_count_or_a_share_of_the_hosts(value, total, count):
+    assert rollout.rollout_count(value, total) == count
+
+
+def test_a_count_that_is_neither_fails_naming_the_field():
+    with pytest.raises(AnsibleFilterError, match="thorfleet_rollout_max_fail: 'x'"):
+        rollout.rollout_count("x", 4)
+
+
+def test_a_host_without_a_result_left_the_run():
+    results = rollout.rollout_results(["thor01", "thor02"], [{"restarted": [], "verified": 1},
+                                                             {}])
+    assert rollout.rollout_failed(results) == ["thor02"]
+    assert "unreachable" in results["thor02"]["failed"]
+
+
+def test_the_summary_names_each_batch_the_halt_and_the_hosts_left():
+    results = {"thor01": {"restarted": ["chat"], "verified": 2},
+               "thor02": {"failed": "Verify: chat: no answer", "put_back": ["chat"]}}
+    lines = rollout.rollout_summary([["thor01"], ["thor02"]], results, HOSTS, 0, halted=True)
+    assert lines == [
+        "batch 1: thor01 switched (1 restarted: chat, 2 checks passed)",
+        "batch 2: thor02 failed (Verify: chat: no answer), put back: chat",
+        "halted: 1 host(s) failed (thor02), more than thorfleet_rollout_max_fail allows (0); "
+        "later batches were not started",
+        "switched: thor01", "failed: thor02", "left untouched: thor03, thor04"]
+    assert rollout.rollout_left_out(["thor01", "thor05"], HOSTS) == ["thor05"]

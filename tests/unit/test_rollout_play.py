@@ -1,0 +1,238 @@
+"""The switch (playbooks/switch.yml and playbooks/rollout/batch.yml) as ansible-playbook
+runs it, on four local hosts, with stand-in roles in place of power, services, verify and
+the prune that record what ran on which host and when, and fail where a test says. What
+is tested is the playbook's own logic: batches, the canary, the health gate, the failure
+budget, the rollback, hosts left out or lost, and the summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from thorfleet import bounded
+
+ROOT = Path(__file__).resolve().parents[2]
+HOSTS = ["h1", "h2", "h3", "h4"]
+
+# Stand-ins for the roles the switch runs. Each appends [host, what, time] to a log per
+# host; `fail_at` ({host: what}) makes that step fail there.
+RECORD = """
+- name: Record {what}
+  ansible.builtin.shell: >-
+    echo '["{{{{ inventory_hostname }}}}", "{what}", '$(date +%s.%N)']'
+    >> {{{{ log_dir }}}}/{{{{ inventory_hostname }}}}.log
+  changed_when: true
+- name: Fail {what} where asked
+  ansible.builtin.fail:
+    msg: "{what} failed on {{{{ inventory_hostname }}}}"
+  when: fail_at[inventory_hostname] | default('') == '{what}'
+"""
+ROLES = {
+    "thor_power/tasks/main.yml": RECORD.format(what="power"),
+    # The real role writes the units before it restarts anything.
+    "inference_services/tasks/main.yml": """
+- name: Stand in for the units written
+  ansible.builtin.set_fact:
+    __inference_services_units: {results: []}
+    __inference_services_restarted: [chat]
+""" + RECORD.format(what="services"),
+    "inference_services/tasks/keep_last_good.yml": RECORD.format(what="keep"),
+    "inference_services/tasks/rollback.yml": RECORD.format(what="rollback") + """
+- name: Stand in for the services put back
+  ansible.builtin.set_fact:
+    __inference_services_put_back: [chat]
+""",
+    "service_verify/tasks/main.yml": RECORD.format(what="verify") + """
+- name: Stand in for the answers
+  ansible.builtin.set_fact:
+    __service_verify: {answers: {results: [1, 2]}}
+""",
+    "ngc_images/tasks/prune.yml": RECORD.format(what="prune"),
+}
+
+
+@pytest.fixture
+def switch(tmp_path):
+    roles = tmp_path / "roles"
+    for relative, text in ROLES.items():
+        path = roles / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("---\n" + text)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (tmp_path / "ansible.cfg").write_text("[defaults]\n")  # ansible-core's defaults
+    # A first play that reaches every host, as preflight does in site.yml, then the switch.
+    playbook = tmp_path / "site.yml"
+    playbook.write_text(yaml.safe_dump([
+        {"name": "Preflight", "hosts": "thor", "gather_facts": False,
+         "tasks": [{"name": "Reach the host", "ansible.builtin.ping": {}}]},
+        {"name": "Switch", "ansible.builtin.import_playbook": str(ROOT / "playbooks/switch.yml")},
+    ], sort_keys=False))
+
+    def run(*extra: str, hosts: dict | None = None, fail_at: dict | None = None):
+        inventory = tmp_path / "hosts.yml"
+        host_vars = {name: {} for name in HOSTS}
+        host_vars.update(hosts or {})
+        inventory.write_text(yaml.safe_dump({"thor": {"hosts": host_vars, "vars": {
+            "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
+            "log_dir": str(logs), "fail_at": fail_at or {}}}}))
+        for log in logs.iterdir():
+            log.unlink()
+        env = {**os.environ, "ANSIBLE_ROLES_PATH": str(roles), "ANSIBLE_NOCOLOR": "1",
+               "ANSIBLE_FILTER_PLUGINS": str(ROOT / "filter_plugins"),
+               "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
+               "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_HOST_KEY_CHECKING": "false"}
+        playbook_command = str(Path(sys.executable).with_name("ansible-playbook"))
+        proc = bounded.run([playbook_command, "-i", str(inventory), str(playbook), *extra],
+                           300, cwd=tmp_path, env=env)
+        events = []
+        for log in logs.iterdir():
+            events += [json.loads(line) for line in log.read_text().splitlines()]
+        return Run(proc.returncode, proc.stdout + proc.stderr, sorted(events, key=lambda e: e[2]))
+
+    return run
+
+
+class Run:
+    def __init__(self, rc, output, events):
+        self.rc, self.output, self.events = rc, output, events
+
+    def steps(self, host):
+        return [what for name, what, _ in self.events if name == host]
+
+    def first(self, host, what):
+        return min(t for name, step, t in self.events if name == host and step == what)
+
+    def last(self, host, what):
+        return max(t for name, step, t in self.events if name == host and step == what)
+
+    def summary(self):
+        """The lines of the summary task's message."""
+        marker = '"msg": ['
+        start = self.output.index(marker, self.output.index("TASK [Summarise the rollout]"))
+        return json.loads(self.output[start + len(marker) - 1:self.output.index("]", start) + 1])
+
+    def __repr__(self):
+        return f"rc={self.rc}\n{self.output[-5000:]}"
+
+
+SWITCHED = ["power", "services", "verify", "keep", "prune"]
+
+
+def test_all_hosts_switch_at_once_by_default(switch):
+    run = switch()
+    assert run.rc == 0, run
+    for host in HOSTS:
+        assert run.steps(host) == SWITCHED, run
+    summary = run.summary()
+    assert summary[0].startswith(
+        "batch 1: h1 switched (1 restarted: chat, 2 checks passed); h2 switched"), run
+    assert "switched: h1, h2, h3, h4" in summary and "left untouched: none" in summary
+
+
+def test_each_batch_starts_only_after_the_previous_batch_verified(switch):
+    run = switch("-e", "thorfleet_rollout_batch=1")
+    assert run.rc == 0, run
+    for before, after in zip(HOSTS, HOSTS[1:], strict=False):
+        assert run.last(before, "prune") < run.first(after, "power"), run
+    assert [line.split(":")[0] for line in run.summary()[:4]] == [
+        "batch 1", "batch 2", "batch 3", "batch 4"]
+
+
+def test_a_failed_verify_rolls_back_and_halts_the_rollout(switch):
+    run = switch("-e", "thorfleet_rollout_batch=1", fail_at={"h1": "verify"})
+    assert run.rc != 0, run
+    assert run.steps("h1") == ["power", "services", "verify", "rollback"], run
+    for host in ("h2", "h3", "h4"):
+        assert run.steps(host) == [], run  # never touched
+    summary = run.summary()
+    assert summary[0] == ("batch 1: h1 failed (Fail verify where asked: "
+                          "verify failed on h1), put back: chat"), run
+    assert summary[1].startswith("halted: 1 host(s) failed (h1)"), run
+    assert "left untouched: h2, h3, h4" in summary
+    assert "fatal: [h1]: FAILED!" in run.output and "verify failed on h1" in run.output
+
+
+def test_the_failure_budget_counts_over_the_whole_rollout(switch):
+    run = switch("-e", "thorfleet_rollout_batch=1", "-e", "thorfleet_rollout_max_fail=1",
+                 fail_at={"h1": "services", "h2": "verify"})
+    assert run.rc != 0, run
+    assert run.steps("h1") == ["power", "services", "rollback"], run
+    assert run.steps("h2") == ["power", "services", "verify", "rollback"], run
+    assert run.steps("h3") == run.steps("h4") == [], run
+    assert "failed: h1, h2" in run.summary() and "left untouched: h3, h4" in run.summary()
+
+
+def test_a_share_as_the_budget(switch):
+    # 25% of 4 hosts: one may fail, and the rest go on.
+    run = switch("-e", "thorfleet_rollout_batch=1", "-e", "thorfleet_rollout_max_fail=25%",
+                 fail_at={"h2": "power"})
+    assert run.rc != 0, run
+    assert run.steps("h2") == ["power"], run  # nothing of the services ran: nothing to put back
+    for host in ("h1", "h3", "h4"):
+        assert run.steps(host) == SWITCHED, run
+    assert "failed: h2" in run.summary() and "switched: h1, h3, h4" in run.summary()
+
+
+def test_the_canary_goes_first_alone_then_the_batches(switch):
+    run = switch("-e", "thorfleet_rollout_canary=h3", "-e", "thorfleet_rollout_batch=2")
+    assert run.rc == 0, run
+    assert run.last("h3", "prune") < min(run.first(h, "power") for h in ("h1", "h2", "h4")), run
+    summary = run.summary()
+    assert summary[0].startswith("batch 1: h3 switched"), run
+    assert summary[1].startswith("batch 2: h1 switched") and "; h2 switched" in summary[1], run
+    assert summary[2].startswith("batch 3: h4 switched"), run
+
+
+def test_a_failed_canary_leaves_the_fleet_untouched(switch):
+    run = switch("-e", "thorfleet_rollout_canary=h2", fail_at={"h2": "verify"})
+    assert run.rc != 0, run
+    for host in ("h1", "h3", "h4"):
+        assert run.steps(host) == [], run
+    assert "left untouched: h1, h3, h4" in run.summary()
+
+
+UNREACHABLE = {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 9,
+               "ansible_ssh_common_args": "-o ConnectTimeout=2"}
+
+
+def test_a_host_unreachable_at_the_start_is_left_out_and_not_counted(switch):
+    run = switch("-e", "thorfleet_rollout_batch=1", hosts={"h2": UNREACHABLE})
+    assert run.rc == 4, run  # Ansible's status for an unreachable host
+    assert run.steps("h2") == []
+    for host in ("h1", "h3", "h4"):
+        assert run.steps(host) == SWITCHED, run
+    summary = run.summary()
+    assert "switched: h1, h3, h4" in summary and "failed: none" in summary, run
+    assert "left out: h2" in summary, run
+
+
+def test_a_host_lost_during_its_switch_counts_as_failed(switch, tmp_path):
+    # h2 becomes unreachable after its services restarted (a power cut in the switch). Its
+    # batch has another host: Ansible ends the whole run when every host of a batch is
+    # unreachable, which the README says.
+    path = tmp_path / "roles/service_verify/tasks/main.yml"
+    path.write_text("---\n" + ROLES["service_verify/tasks/main.yml"] + """
+- name: Lose the host
+  ansible.builtin.set_fact:
+    ansible_connection: ssh
+    ansible_host: 127.0.0.1
+    ansible_port: 9
+  when: inventory_hostname == 'h2'
+- name: Reach it
+  ansible.builtin.ping:
+""")
+    run = switch("-e", "thorfleet_rollout_batch=2")
+    assert run.rc != 0, run
+    assert run.steps("h1") == SWITCHED, run
+    assert run.steps("h3") == run.steps("h4") == [], run
+    summary = run.summary()
+    assert summary[0].startswith("batch 1: h1 switched"), run
+    assert "; h2 failed (left the run during its switch (unreachable))" in summary[0], run
+    assert summary[1].startswith("halted: 1 host(s) failed (h2)"), run
+    assert "left untouched: h3, h4" in summary, run
