@@ -28,7 +28,7 @@ demo: venv
 	$(BIN)/ansible-playbook site.yml -l thor01
 	$(BIN)/thorfleet status -l thor01
 
-## test: lint, then unit and lab tests in one pytest run (boots a 2-host lab, tears it down)
+## test: lint, then unit and lab tests in one pytest run (boots a 4-host lab, tears it down)
 test: lint
 	$(BIN)/pytest -q tests
 

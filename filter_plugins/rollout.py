@@ -92,10 +92,10 @@ def rollout_summary(batches, results, hosts, budget, halted=False):
                 parts.append(f"{host} failed ({result['failed']})"
                              + (f", put back: {', '.join(back)}" if back else ""))
             else:
-                restarted = result.get("restarted") or []
+                restarted, checks = result.get("restarted") or [], int(result.get("verified", 0))
                 parts.append(f"{host} switched ({len(restarted)} restarted"
                              + (f": {', '.join(restarted)}" if restarted else "")
-                             + f", {result.get('verified', 0)} checks passed)")
+                             + f", {checks} check{'' if checks == 1 else 's'} passed)")
         lines.append(f"batch {number}: " + "; ".join(parts))
     failed = rollout_failed(results)
     started = [host for batch in batches or [] for host in batch]

@@ -287,6 +287,9 @@ def meminfo_mb(text):
     return int(match.group(1)) // 1024 if match else None
 
 
+PROBE_TIMEOUT = 60  # seconds
+
+
 class Probe:
     """Reads the host. Kept apart from parsing so tests feed captured output instead."""
 
@@ -294,10 +297,15 @@ class Probe:
         self.module = module
 
     def command(self, argv):
+        """A probe's output, or None when it is missing, fails or outlasts its bound: a
+        wedged Docker daemon or GPU driver hangs its command line, and a host that
+        answers nothing must fail preflight, not hang it."""
         binary = self.module.get_bin_path(argv[0])
         if not binary:
             return None
-        rc, out, _err = self.module.run_command([binary, *argv[1:]])
+        bound = self.module.get_bin_path("timeout")
+        prefix = [bound, "--kill-after=5", str(PROBE_TIMEOUT)] if bound else []
+        rc, out, _err = self.module.run_command([*prefix, binary, *argv[1:]])
         return out if rc == 0 else None
 
     def cuda(self):

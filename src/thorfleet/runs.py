@@ -34,18 +34,14 @@ class Progress:
     out: object = field(default_factory=lambda: sys.stdout)
     counts: dict = field(default_factory=dict)
     play: str = ""
-    batches: int = 0  # batches of the switch started so far
     stats: dict = field(default_factory=dict)  # Ansible's own recap, at the end
 
     def __call__(self, event: dict) -> bool:
         name, data = event.get("event", ""), event.get("event_data") or {}
         if name == "playbook_on_play_start":
+            # The switch's plays start once per batch: its first task names the batch.
             self.play = data.get("play") or data.get("name") or "?"
-            heading = self.play
-            if self.play in ("Switch the canary", "Switch"):  # a play run once per batch
-                self.batches += 1
-                heading += f", batch {self.batches}"
-            self._print(f"== {heading}")
+            self._print(f"== {self.play}")
         elif name == "playbook_on_stats":
             self.stats = data
         elif name in ("warning", "error", "verbose", "playbook_on_no_hosts_matched"):

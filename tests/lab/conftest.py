@@ -18,7 +18,9 @@ from thorfleet.lab import BRIDGE, Lab, host_address
 from thorfleet.lab import images as lab_images
 
 ROOT = Path(__file__).resolve().parents[2]
-HOSTS = ["thor01", "thor02"]
+# thor01 runs one service of each engine, thor02 is the host preflight and power tests
+# reshape, thor03 and thor04 run a stand-in service each (fleet tests).
+HOSTS = ["thor01", "thor02", "thor03", "thor04"]
 RECAP = re.compile(r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
                    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)", re.MULTILINE)
 

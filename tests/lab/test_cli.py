@@ -12,7 +12,8 @@ from tests.lab.conftest import ROOT, thorfleet
 from thorfleet import stock
 from thorfleet.lab import LAB_SERVICES
 
-PHASES = ["Preflight", "Models", "Engines", "Images", "Power", "Services", "Verify"]
+# The switch's own tasks (batches, the rollout's summary) count as Rollout.
+PHASES = ["Preflight", "Models", "Engines", "Images", "Rollout", "Power", "Services", "Verify"]
 
 
 def summary(output: str) -> dict:

@@ -37,6 +37,8 @@ COMMANDS = {
         "tests/lab/test_services.py::test_the_readmes_image_bump_restarts_only_the_vllm_services",
     "-e ngc_images_refresh=true":
         "tests/lab/test_services.py::test_the_readmes_image_bump_restarts_only_the_vllm_services",
+    "-e thorfleet_rollout_canary=thor01":
+        "tests/lab/test_rollout.py::test_the_readmes_rollout_goes_canary_first_then_batch_by_batch",
     "-e thorfleet_lab=false":
         "tests/lab/test_site.py::test_the_same_host_made_to_look_like_a_thor_passes_preflight",
 }

@@ -111,3 +111,31 @@ def test_a_changed_file_shows_its_diff_in_a_loop_too():
             "+port 8001"]
     assert lines == ["thor01       changed     Write the unit", *diff,
                      "thor01       changed     Write each unit", *diff]
+
+
+def test_the_switch_counts_by_role_and_shows_its_batches_and_summary():
+    out = io.StringIO()
+    progress = Progress(out=out)
+    feed(progress, [
+        play("Switch"),
+        event("runner_on_ok", "thor01", "Open this batch", res={"msg": "batch 1: thor01"}),
+        event("runner_on_ok", "thor01", "Set the power mode", role="thor_power",
+              res={"changed": False}),
+        event("runner_on_ok", "thor01", "Write each service's unit", role="inference_services",
+              res={"changed": True}),
+        event("runner_on_ok", "thor01", "Wait for each service", role="service_verify",
+              res={"changed": False}),
+        event("runner_on_ok", "thor01", "Prune", role="ngc_images", res={"changed": False}),
+        play("Rollout summary"),
+        event("runner_on_ok", "thor01", "Summarise the rollout",
+              res={"msg": ["batch 1: thor01 switched", "left untouched: none"]}),
+    ])
+    rows = [line.split() for line in progress.table().splitlines()][1:]
+    assert [row[:4] for row in rows] == [["thor01", "Rollout", "2", "0"],
+                                         ["thor01", "Power", "1", "0"],
+                                         ["thor01", "Services", "2", "1"],
+                                         ["thor01", "Verify", "1", "0"]]
+    lines = out.getvalue().splitlines()
+    assert lines[:2] == ["== Switch", "   batch 1: thor01"]
+    assert lines[-3:] == ["== Rollout summary", "   batch 1: thor01 switched",
+                          "   left untouched: none"]

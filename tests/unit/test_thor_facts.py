@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import time
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
@@ -262,3 +265,26 @@ def test_the_record_an_earlier_run_left_is_returned_for_comparing(monkeypatch, t
     # Not asked for, not read.
     assert "record" not in run_module(monkeypatch, tmp_path, {"min_free_gb": 0},
                                       outputs={}, files={})
+
+
+class _Host:
+    """What Probe needs of AnsibleModule, running commands for real."""
+
+    @staticmethod
+    def get_bin_path(name):
+        return shutil.which(name)
+
+    @staticmethod
+    def run_command(argv):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_a_probe_that_hangs_is_stopped_at_its_bound(monkeypatch):
+    # A wedged Docker daemon makes `docker info` hang: preflight must answer anyway.
+    monkeypatch.setattr(thor_facts, "PROBE_TIMEOUT", 1)
+    probe = thor_facts.Probe(_Host())
+    started = time.monotonic()
+    assert probe.command(["sleep", "30"]) is None
+    assert time.monotonic() - started < 10
+    assert probe.command(["echo", "answered"]) == "answered\n"

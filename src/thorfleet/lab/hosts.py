@@ -35,6 +35,17 @@ from thorfleet.lab.config import (
 )
 
 
+def _children(pid: int) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if proc.name.isdigit():
+                stat = (proc / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(proc.name))
+    return found
+
+
 class Hosts:
     """Booted by `up`, shut down by `down`; a host's files live under .lab/hosts."""
 
@@ -135,21 +146,19 @@ class Hosts:
         return bounded.run(argv, 30).returncode == 0
 
     def power_off(self, name: str, timeout: float = 60) -> None:
-        """Cut a host's power: nspawn and the host's whole process tree killed at once, no
-        shutdown (what a later `up` boots again, as a Thor whose power came back)."""
+        """Cut a host's power: its processes killed at once, no shutdown (what a later
+        `up` boots again, as a Thor whose power came back)."""
         self._require_root()
         with self._locked():
             pid = self._pid(name)
             if pid is None:
                 raise LabError(f"{name} is not running")
-            root = str(self._root(name))
-            # The host's own processes (its systemd and everything under it) first, then
-            # the wrapper and nspawn.
-            for proc in Path("/proc").iterdir():
-                with contextlib.suppress(OSError, ValueError):
-                    if proc.name.isdigit() and os.readlink(proc / "root") == root:
-                        os.kill(int(proc.name), signal.SIGKILL)
-            os.killpg(pid, signal.SIGKILL)
+            # The host's systemd (nspawn's child): the kernel kills everything in its PID
+            # namespace with it, and nspawn, left without a host, exits as after a
+            # shutdown. Killing nspawn instead would leave the host running, orphaned.
+            for nspawn in _children(pid):
+                for init in _children(nspawn):
+                    os.kill(init, signal.SIGKILL)
             deadline = time.monotonic() + timeout
             while pid_alive(pid):
                 if time.monotonic() > deadline:

@@ -39,13 +39,11 @@ class Inventory:
         # The demo host runs one service of each kind the lab can serve, from both hubs.
         host_vars = self.inventory / "host_vars"
         host_vars.mkdir(parents=True, exist_ok=True)
-        # Hosts added for fleets (thor03 and up) run a stand-in container service only.
+        # Hosts added for fleets (thor03 and up) run a stand-in container service only;
+        # thor02 runs what a test gives it.
         for index, name in enumerate(names, 1):
             services = LAB_SERVICES if index == 1 else (
                 FLEET_SERVICES if index >= FIRST_FLEET_HOST else None)
-            path = host_vars / f"{name}.yml"
-            if services is None:
-                path.unlink(missing_ok=True)
-                continue
-            path.write_text(header + "---\n" + yaml.safe_dump(
-                {"thorfleet_services": services}, sort_keys=False))
+            if services is not None:
+                (host_vars / f"{name}.yml").write_text(header + "---\n" + yaml.safe_dump(
+                    {"thorfleet_services": services}, sort_keys=False))

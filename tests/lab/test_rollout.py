@@ -1,0 +1,182 @@
+"""A fleet rollout on the four-host lab: images staged on every host, then switched batch
+by batch behind the verify phase's checks, a failed batch put back and the rollout
+halted, hosts down at the start left out and caught up, and a host whose power was cut
+serving again on its own. thor01 runs its five services, thor02 to thor04 one vLLM
+stand-in each (thor02 for this module only)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+import yaml
+
+from tests.lab.conftest import HOSTS, ROOT, Playbook, push_standin, thorfleet
+from tests.snippets import commands_with
+from thorfleet.lab import FLEET_SERVICES, REGISTRY
+
+LOCK = ROOT / "inventory/lab/.thorfleet.lock.yml"
+THOR02_VARS = ROOT / "inventory/lab/host_vars/thor02.yml"
+# The README's inventory change for an image, as a site would commit it.
+IMAGES_VARS = ROOT / "inventory/lab/group_vars/thor/images.yml"
+# The vLLM services of each host, and their ports.
+VLLM = {"thor01": {"qwen3-vllm": 8001, "whisper-vllm": 8002},
+        **{host: {"chat": 8000} for host in HOSTS[1:]}}
+# The README's rollout for a 60-host fleet, run as written.
+(ROLLOUT,) = commands_with("-e thorfleet_rollout_canary=thor01")
+
+
+def catalogue_image(tag: str) -> dict:
+    return {"thorfleet_catalogue_extra": {"engines": {"vllm": {
+        "image": f"nvcr.io/nvidia/vllm:{tag}"}}}}
+
+
+def state(hosts) -> dict:
+    """{(host, service): (main PID, image the container runs, /health status)}."""
+    found = {}
+    for host, services in VLLM.items():
+        for name, port in services.items():
+            unit = f"thorfleet-{name}"
+            pid = hosts[host].check_output(f"systemctl show -p MainPID --value {unit}")
+            image = hosts[host].check_output(
+                f"docker inspect --format '{{{{.Config.Image}}}}' {unit} || true")
+            health = hosts[host].check_output(
+                f"curl -s -o /dev/null -w '%{{http_code}}' --max-time 10 "
+                f"http://127.0.0.1:{port}/health || true")
+            found[(host, name)] = (pid, image, health)
+    return found
+
+
+def active_since(host, unit: str) -> float:
+    """When a unit last became active (its start passed /health), seconds since the epoch."""
+    said = host.check_output(f"systemctl show -p ActiveEnterTimestamp --value "
+                             f"--timestamp=us+utc {unit}")
+    return datetime.strptime(said, "%a %Y-%m-%d %H:%M:%S.%f UTC").replace(
+        tzinfo=UTC).timestamp()
+
+
+def kept_at(host, unit: str) -> float:
+    """When the switch kept a unit as the last good one: right after its host verified."""
+    return float(host.check_output(
+        f"python3 -c 'import os; print(os.stat(\"/var/lib/thorfleet/last-good/{unit}\")"
+        f".st_mtime)'"))
+
+
+@pytest.fixture(scope="module")
+def fleet(lab, hosts):
+    """Four hosts converged; after the module, the lab as it was (thor02 without services,
+    the catalogue's image, the lock as it was)."""
+    locked = LOCK.read_text()
+    THOR02_VARS.write_text("---\n" + yaml.safe_dump({"thorfleet_services": FLEET_SERVICES}))
+    converged = Playbook("site.yml")
+    assert converged.rc == 0, converged
+    yield hosts
+    IMAGES_VARS.unlink(missing_ok=True)
+    THOR02_VARS.unlink()
+    LOCK.write_text(locked)
+    up = thorfleet("lab", "up", "--hosts", str(len(HOSTS)))
+    assert up.returncode == 0, up.stdout + up.stderr
+    back = Playbook("site.yml")
+    assert back.rc == 0, back
+
+
+def test_a_broken_image_stops_at_the_first_host_and_the_rest_keep_serving(lab, fleet):
+    push_standin(lab, "vllm", "25.11-py3", broken=True)
+    before = state(fleet)
+    run = Playbook("site.yml", "-e", "thorfleet_rollout_batch=1",
+                   "-e", json.dumps(catalogue_image("25.11-py3")))
+    assert run.rc == 2, run
+    assert "halted: 1 host(s) failed (thor01)" in run.output, run
+    assert "left untouched: thor02, thor03, thor04" in run.output, run
+    assert run.recap["thor01"]["failed"] == 1, run
+    assert all(run.recap[host]["failed"] == 0 for host in HOSTS[1:]), run
+    # The image was staged everywhere: every host pulled it beside the running one.
+    broken = yaml.safe_load(LOCK.read_text())["images"]["nvcr.io/nvidia/vllm:25.11-py3"]
+    for host in HOSTS:
+        assert broken in fleet[host].check_output(
+            f"docker images --digests --format '{{{{.Digest}}}}' {REGISTRY}/nvidia/vllm")
+    after = state(fleet)
+    for (host, name), (pid, image, health) in after.items():
+        assert health == "200", (host, name)
+        assert image == before[(host, name)][1], (host, name)  # the old digest
+        if host != "thor01":
+            assert pid == before[(host, name)][0], (host, name)  # never restarted
+    # thor01 tried, failed to start on the new image and was put back.
+    assert all(after[("thor01", name)][0] != before[("thor01", name)][0]
+               for name in VLLM["thor01"])
+
+
+def test_the_readmes_rollout_goes_canary_first_then_batch_by_batch(lab, fleet):
+    good = push_standin(lab, "vllm", "25.12-py3")
+    IMAGES_VARS.write_text("---\n" + yaml.safe_dump(catalogue_image("25.12-py3")))
+    assert ROLLOUT[0] == "ansible-playbook", ROLLOUT
+    run = Playbook(*ROLLOUT[1:])
+    assert run.rc == 0, run
+    # thor01 alone, then 10% of the other three: one host a batch.
+    for number, host in enumerate(HOSTS, 1):
+        assert f"batch {number}: {host} switched" in run.output, run
+    for (host, name), (_pid, image, health) in state(fleet).items():
+        assert image == f"{REGISTRY}/nvidia/vllm@{good}" and health == "200", (host, name)
+    # Each batch's units became active only after the batch before passed verify.
+    for before, after in zip(HOSTS, HOSTS[1:], strict=False):
+        verified = max(kept_at(fleet[before], f"thorfleet-{name}.service")
+                       for name in VLLM[before])
+        started = min(active_since(fleet[after], f"thorfleet-{name}") for name in VLLM[after])
+        assert verified < started, (before, after)
+    again = Playbook(*ROLLOUT[1:])
+    assert again.rc == 0, again
+    assert all(counts["changed"] == 0 for counts in again.recap.values()), again
+
+
+def test_a_host_down_at_the_start_is_left_out_then_caught_up(lab, fleet):
+    lab.power_off("thor04")
+    IMAGES_VARS.unlink()  # back to the catalogue's image
+    catalogue = yaml.safe_load(LOCK.read_text())["images"]["nvcr.io/nvidia/vllm:25.10-py3"]
+    run = Playbook("site.yml")
+    assert run.rc == 4, run  # Ansible's status when a host is unreachable
+    assert run.recap["thor04"]["unreachable"] == 1, run
+    assert "left out: thor04" in run.output and "failed: none" in run.output, run
+    up = thorfleet("lab", "up", "--hosts", str(len(HOSTS)))
+    assert up.returncode == 0, up.stdout + up.stderr
+    caught_up = Playbook("site.yml")
+    assert caught_up.rc == 0, caught_up
+    assert caught_up.recap["thor04"]["changed"] > 0, caught_up
+    assert all(caught_up.recap[host]["changed"] == 0 for host in HOSTS[:3]), caught_up
+    for (host, name), (_pid, image, health) in state(fleet).items():
+        assert image == f"{REGISTRY}/nvidia/vllm@{catalogue}" and health == "200", (host, name)
+
+
+def test_a_power_cycled_host_serves_again_without_a_run(lab, fleet):
+    before = state(fleet)[("thor03", "chat")]
+    lab.power_off("thor03")
+    up = thorfleet("lab", "up", "--hosts", str(len(HOSTS)))
+    assert up.returncode == 0, up.stdout + up.stderr
+    fleet["thor03"].check_output("systemctl is-system-running --wait || true")
+    pid, image, health = state(fleet)[("thor03", "chat")]
+    assert health == "200" and image == before[1] and pid != before[0]
+    run = Playbook("site.yml", "-l", "thor03")
+    assert run.rc == 0, run
+    assert run.recap["thor03"]["changed"] == 0, run
+
+
+def test_deploy_shows_the_batches_live_and_summarises_them(fleet):
+    run = thorfleet("deploy", "-l", "thor03,thor04", "--batch", "1", "--max-fail", "0")
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    marks = ["== Switch\n   batch 1: thor03\n", "thor03       ok          Record that this host",
+             "== Switch\n   batch 2: thor04\n", "== Rollout summary",
+             "   batch 1: thor03 switched (0 restarted", "   batch 2: thor04 switched (0 restarted",
+             "   left untouched: none"]
+    places = [out.find(mark) for mark in marks]
+    assert -1 not in places and places == sorted(places), out
+    # The summary table counts the switch's own tasks apart from its phases'.
+    assert "thor03  Rollout" in out and "thor03  Services" in out, out
+
+
+def test_a_bad_rollout_setting_fails_naming_it_before_any_host_changes(fleet):
+    run = thorfleet("deploy", "--batch", "0", "--canary", "thor09")
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert "thorfleet_rollout_batch: '0' is not a number of hosts" in run.stdout, run.stdout
+    assert "thorfleet_rollout_canary: thor09 is neither a host nor a group" in run.stdout
+    assert "== Models" not in run.stdout
