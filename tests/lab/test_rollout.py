@@ -180,3 +180,69 @@ def test_a_bad_rollout_setting_fails_naming_it_before_any_host_changes(fleet):
     assert "thorfleet_rollout_batch: '0' is not a number of hosts" in run.stdout, run.stdout
     assert "thorfleet_rollout_canary: thor09 is neither a host nor a group" in run.stdout
     assert "== Models" not in run.stdout
+
+
+def tiny(revision: str, image_tag: str | None = None) -> str:
+    """thor03's services with one more, serving the lab repository thorfleet-lab/tiny at
+    `revision` (v1: weights.bin of 64 KiB; v2: 96 KiB and extra.bin), on `image_tag`."""
+    extra = {"models": {"thorfleet-lab/tiny": {"huggingface": {
+                 "repo": "thorfleet-lab/tiny", "revision": revision}}},
+             "recipes": {"lab-tiny": {"engine": "vllm", "model": "thorfleet-lab/tiny"}}}
+    if image_tag:
+        extra["engines"] = {"vllm": {"image": f"nvcr.io/nvidia/vllm:{image_tag}"}}
+    return json.dumps({"thorfleet_catalogue_extra": extra, "thorfleet_services": [
+        *FLEET_SERVICES, {"name": "tiny", "recipe": "lab-tiny", "source": "huggingface",
+                          "port": 8010, "memory_share": 0.3}]})
+
+
+@pytest.fixture
+def tiny_model(fleet):
+    host = fleet["thor03"]
+    first = Playbook("site.yml", "-l", "thor03", "-e", tiny("v1"))
+    assert first.rc == 0, first
+    yield host
+    back = Playbook("site.yml", "-l", "thor03")  # tiny retired
+    assert back.rc == 0, back
+
+
+def test_a_model_revision_waits_beside_the_running_one_and_a_failed_switch_puts_it_back(
+        lab, tiny_model):
+    host, model = tiny_model, "/models/thorfleet-lab/tiny"
+
+    def revision():
+        """The revision the model's directory holds (by the lock's pins), and its weights."""
+        manifest = json.loads(host.file(f"{model}/thorfleet-manifest.json").content_string)
+        pins = yaml.safe_load(LOCK.read_text())["models"]
+        tags = [tag for tag in ("v1", "v2")
+                if pins.get(f"huggingface:thorfleet-lab/tiny@{tag}") == manifest["commit"]]
+        return tags, host.file(f"{model}/weights.bin").size
+
+    def tiny_pid():
+        return host.check_output("systemctl show -p MainPID --value thorfleet-tiny")
+
+    assert revision() == (["v1"], 64 * 1024)
+    running = tiny_pid()
+    # The models phase stages v2 beside v1 and restarts nothing.
+    staged = Playbook("site.yml", "-l", "thor03", "--tags", "models", "-e", tiny("v2"))
+    assert staged.rc == 0 and staged.recap["thor03"]["changed"] > 0, staged
+    assert revision() == (["v1"], 64 * 1024) and tiny_pid() == running
+    assert json.loads(host.file("/models/thorfleet-lab/.tiny.partial/thorfleet-staged.json")
+                      .content_string)["manifest"]["revision"] == "v2"
+
+    # v2 with an image that cannot start: the switch moves v2 in, fails, and puts v1 back.
+    push_standin(lab, "vllm", "25.13-py3", broken=True)
+    failed = Playbook("site.yml", "-l", "thor03", "-e", tiny("v2", "25.13-py3"))
+    assert failed.rc == 2, failed
+    assert revision() == (["v1"], 64 * 1024), failed
+    assert not host.file(f"{model}/extra.bin").exists
+    assert not host.file("/models/thorfleet-lab/.tiny.previous").exists
+    assert host.check_output("curl -s -o /dev/null -w '%{http_code}' "
+                             "http://127.0.0.1:8010/health") == "200"
+
+    # v2 on a good image: in, restarted, answering; nothing left beside.
+    switched = Playbook("site.yml", "-l", "thor03", "-e", tiny("v2"))
+    assert switched.rc == 0, switched
+    assert revision() == (["v2"], 96 * 1024) and host.file(f"{model}/extra.bin").exists
+    assert tiny_pid() != running
+    assert not host.file("/models/thorfleet-lab/.tiny.previous").exists
+    assert not host.file("/models/thorfleet-lab/.tiny.partial").exists

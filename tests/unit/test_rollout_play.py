@@ -53,6 +53,12 @@ ROLES = {
     __service_verify: {answers: {results: [1, 2]}}
 """,
     "ngc_images/tasks/prune.yml": RECORD.format(what="prune"),
+    # No model revision staged: tests/unit/test_model_revisions.py covers those.
+    "model_store/tasks/revisions.yml": """
+- name: Stand in for the model revisions
+  ansible.builtin.set_fact:
+    __model_store_revisions_done: {dests: []}
+""",
 }
 
 

@@ -25,6 +25,11 @@ description:
     and every listed path must stay inside O(dest) (relative, no C(..), no control
     characters, not the manifest). A manifest that fails the same checks is not trusted.
   - Files already in O(dest) with the hashes the new revision lists are kept, not fetched.
+  - With O(stage), a new revision of a model O(dest) already holds is made ready beside
+    it instead of moved in (its files and a C(thorfleet-staged.json) in the staging
+    directory): the running service keeps reading the revision it loaded until the
+    switch moves the new one in (module M(model_revisions)). A staged revision that
+    matches the request counts as present; one that does not is discarded.
   - Free space is checked against the sizes the hub reports before anything is fetched.
   - Check mode reports the files and bytes a run would fetch; diff mode shows the old and new
     revision and commit.
@@ -76,6 +81,12 @@ options:
       - Where files are fetched before they are verified; must be on the file system of
         O(dest). Defaults to C(.<name>.partial) beside O(dest).
     type: path
+  stage:
+    description:
+      - Make a new revision of a model O(dest) already holds ready beside it, for
+        M(model_revisions) to switch in, instead of moving it into O(dest).
+    type: bool
+    default: false
 requirements:
   - huggingface_hub (for O(source=huggingface)), modelscope (for O(source=modelscope)),
     on the managed host.
@@ -134,6 +145,10 @@ manifest:
   description: Path of the manifest.
   returned: success
   type: str
+staged:
+  description: Whether the revision waits beside O(dest) for the switch (O(stage)).
+  returned: success
+  type: bool
 """
 
 import json  # noqa: E402
@@ -146,6 +161,7 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.thorfleet_hub_clients import HUBS, Counter  # noqa: E402
 from ansible.module_utils.thorfleet_model_files import (  # noqa: E402
     MANIFEST,
+    STAGED,
     HubError,
     check_commit,
     check_paths,
@@ -154,8 +170,12 @@ from ansible.module_utils.thorfleet_model_files import (  # noqa: E402
     move_into,
     partial_bytes,
     read_manifest,
+    read_staged,
     reusable,
     select,
+    stage,
+    staged_satisfies,
+    staging_dir,
     verify,
     write_manifest,
 )
@@ -172,15 +192,27 @@ def run(module):
         "allow_patterns": params["allow_patterns"] or [],
         "ignore_patterns": params["ignore_patterns"] or [],
     }
-    staging = params["staging_dir"] or os.path.join(
-        os.path.dirname(dest), f".{os.path.basename(dest)}.partial")
+    staging = params["staging_dir"] or staging_dir(dest)
     label = f"model {request['repo_id']}@{request['revision']} ({source})"
     old = read_manifest(dest)
     result = {"changed": False, "manifest": os.path.join(dest, MANIFEST), "fetched": [],
-              "first_sums": {}, "bytes_to_fetch": 0, "bytes_downloaded": 0}
+              "first_sums": {}, "bytes_to_fetch": 0, "bytes_downloaded": 0, "staged": False}
 
-    if manifest_satisfies(old, request, dest):
+    in_place = manifest_satisfies(old, request, dest)
+    staged = read_staged(dest, staging)
+    wanted_stage = bool(params["stage"] and old and not in_place
+                        and staged_satisfies(staged, request))
+    if os.path.exists(os.path.join(staging, STAGED)) and not wanted_stage:
+        # A staged revision no one asks for any more: the switch must never move it in.
+        result["changed"] = True
+        if not module.check_mode:
+            shutil.rmtree(staging, ignore_errors=True)
+    if in_place:
         module.exit_json(commit=old["commit"], files=sorted(old["files"]), **result)
+    if wanted_stage:
+        manifest = staged["manifest"]
+        module.exit_json(commit=manifest["commit"], files=sorted(manifest["files"]),
+                         **{**result, "staged": True})
 
     try:
         hub = HUBS[source](params["endpoint"], params["token"])
@@ -227,6 +259,11 @@ def run(module):
     files = {p: (records[p] if p in records else old_files[p]) for p in wanted}
     result["first_sums"] = {r.path: records[r.path]["sha256"] for r in fetch
                             if not (r.sha256 or r.git_sha1)}
+    result["bytes_downloaded"] = Counter.received
+    if params["stage"] and old:
+        stage(module, staging, {**request, "commit": commit, "files": files},
+              [r.path for r in fetch], sorted(set(old_files) - set(wanted)))
+        module.exit_json(**{**result, "staged": True})
     os.makedirs(dest, mode=0o755, exist_ok=True)
     # Between the first move and the new manifest, dest is neither revision: without a
     # manifest, a run cut off here is a download to redo, never a match.
@@ -235,7 +272,6 @@ def run(module):
     move_into(staging, dest, [r.path for r in fetch], sorted(set(old_files) - set(wanted)))
     write_manifest(module, dest, {**request, "commit": commit, "files": files})
     shutil.rmtree(staging, ignore_errors=True)
-    result["bytes_downloaded"] = Counter.received
     module.exit_json(**result)
 
 
@@ -252,6 +288,7 @@ def main():
             "sha256s": {"type": "dict", "default": {}},
             "endpoint": {"type": "str"},
             "staging_dir": {"type": "path"},
+            "stage": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )

@@ -11,7 +11,9 @@ description:
   - Reads the manifest (C(thorfleet-manifest.json)) that M(model_download) leaves in each
     model directory and checks it against the request exactly as M(model_download) does
     before it would ask a hub: same source, repository and patterns, the revision asked
-    for (or its commit), and every file there at its recorded size.
+    for (or its commit), and every file there at its recorded size. A revision that
+    M(model_download) staged beside the model (O(stage)) counts as present too, and is
+    listed in C(staged).
   - Needs no hub client and runs on the host's own Python, so a converged host is checked
     in one task and M(model_download) runs only for the models listed in C(missing).
   - Checks the files fetched by URL (O(files)) the way M(url_file) leaves them: there,
@@ -57,6 +59,11 @@ files_missing:
   returned: always
   type: list
   elements: str
+staged:
+  description: C(dest) of each model whose asked-for revision waits beside it for the switch.
+  returned: always
+  type: list
+  elements: str
 results:
   description:
     - One entry per model already present, shaped as a registered loop of
@@ -75,18 +82,27 @@ from ansible.module_utils.thorfleet_model_files import (  # noqa: E402
     file_hashes,
     manifest_satisfies,
     read_manifest,
+    read_staged,
+    staged_satisfies,
 )
 
 
 def present(model):
-    """The manifest of a model whose directory holds what `model` asks for, else None."""
+    """The manifest of what `model` asks for, where the host has it: (manifest, False) in
+    its directory, (manifest, True) staged beside it for the switch, else (None, False)."""
     dest = str(model["dest"]).rstrip("/")
     request = {"source": model["source"], "repo_id": model["repo_id"],
                "revision": model["revision"],
                "allow_patterns": model.get("allow_patterns") or [],
                "ignore_patterns": model.get("ignore_patterns") or []}
+    staged = read_staged(dest)
     manifest = read_manifest(dest)
-    return manifest if manifest_satisfies(manifest, request, dest) else None
+    if manifest_satisfies(manifest, request, dest):
+        # A revision staged beside it that no one asks for is for model_download to drop.
+        return (None, False) if staged else (manifest, False)
+    if manifest and staged_satisfies(staged, request):
+        return staged["manifest"], True
+    return None, False
 
 
 def file_present(entry):
@@ -108,21 +124,23 @@ def main():
                        "files": {"type": "list", "elements": "dict", "default": []}},
         supports_check_mode=True,
     )
-    missing, results = [], []
+    missing, staged, results = [], [], []
     for model in module.params["models"]:
         for key in ("dest", "source", "repo_id", "revision"):
             if not isinstance(model.get(key), str) or not model[key]:
                 module.fail_json(msg=f"models: an entry has no {key}")
-        manifest = present(model)
+        manifest, beside = present(model)
         if manifest is None:
             missing.append(model["dest"])
         else:
+            if beside:
+                staged.append(model["dest"])
             results.append({"item": model, "changed": False, "commit": manifest["commit"],
                             "files": sorted(manifest["files"]), "first_sums": {}})
     files_missing = [entry.get("dest") for entry in module.params["files"]
                      if not file_present(entry)]
-    module.exit_json(changed=False, missing=missing, files_missing=files_missing,
-                     results=results)
+    module.exit_json(changed=False, missing=missing, staged=staged,
+                     files_missing=files_missing, results=results)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 
 MANIFEST = "thorfleet-manifest.json"
 FULL_COMMIT = re.compile(r"[0-9a-f]{40}")  # fullmatch only: `$` would allow a newline
@@ -180,3 +181,111 @@ def write_manifest(module, dest, manifest):
         out.write("\n")
     os.chmod(tmp, 0o644)
     module.atomic_move(tmp, os.path.join(dest, MANIFEST))
+
+
+# ------------------------------------------------- a revision staged beside a model
+# A new revision of a model in service is made ready beside it: its fetched files, and
+# STAGED (the full manifest and what the switch moves), in the staging directory. The
+# switch moves them in and keeps what they replace in the previous directory, so that a
+# failed switch can put the revision that ran before back.
+STAGED = "thorfleet-staged.json"
+
+
+def staging_dir(dest):
+    return os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.partial")
+
+
+def previous_dir(dest):
+    return os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.previous")
+
+
+def read_staged(dest, staging=None):
+    """The revision staged beside dest ({manifest, fetched, stale}), or None; checked as
+    a manifest is, and each fetched file there at its size."""
+    staging = staging or staging_dir(dest)
+    try:
+        with open(os.path.join(staging, STAGED)) as source:
+            staged = json.load(source)
+        manifest, fetched, stale = staged["manifest"], staged["fetched"], staged["stale"]
+        files = manifest["files"]
+        paths = [*files, *fetched, *stale]
+        if not (is_commit(manifest["commit"]) and isinstance(files, dict)
+                and isinstance(fetched, list) and isinstance(stale, list)
+                and all(confined(p) for p in paths) and set(fetched) <= set(files)):
+            return None
+        for path, meta in files.items():
+            where = staging if path in fetched else dest
+            if os.path.getsize(os.path.join(where, path)) != meta["size"]:
+                return None
+        return staged
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def staged_satisfies(staged, request):
+    manifest = (staged or {}).get("manifest")
+    if not manifest:
+        return False
+    for key in ("source", "repo_id", "allow_patterns", "ignore_patterns"):
+        if manifest.get(key) != request[key]:
+            return False
+    return request["revision"] in (manifest.get("revision"), manifest.get("commit"))
+
+
+def stage(module, staging, manifest, fetched, stale):
+    """Mark the verified files in staging as a revision ready to switch in."""
+    tmp = os.path.join(staging, f".{STAGED}.tmp")
+    with open(tmp, "w") as out:
+        json.dump({"manifest": manifest, "fetched": fetched, "stale": stale}, out,
+                  indent=2, sort_keys=True)
+        out.write("\n")
+    module.atomic_move(tmp, os.path.join(staging, STAGED))
+
+
+def _move(source, target):
+    os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+    os.replace(source, target)
+
+
+def switch_in(module, dest):
+    """Move the revision staged beside dest into it; what it replaces or drops, and the
+    old manifest, go to the previous directory. Returns whether there was one."""
+    staged = read_staged(dest)
+    if staged is None:
+        return False
+    previous, staging = previous_dir(dest), staging_dir(dest)
+    shutil.rmtree(previous, ignore_errors=True)
+    os.makedirs(previous, mode=0o700)
+    # Without a manifest in dest, a switch cut off half-way is a download to redo.
+    if os.path.exists(os.path.join(dest, MANIFEST)):
+        _move(os.path.join(dest, MANIFEST), os.path.join(previous, MANIFEST))
+    for path in sorted(set(staged["fetched"]) | set(staged["stale"])):
+        if os.path.lexists(os.path.join(dest, path)):
+            _move(os.path.join(dest, path), os.path.join(previous, path))
+    move_into(staging, dest, staged["fetched"], [])
+    write_manifest(module, dest, staged["manifest"])
+    shutil.rmtree(staging, ignore_errors=True)
+    return True
+
+
+def switch_back(module, dest):
+    """Put the revision that ran before the last switch back into dest. Returns whether
+    there was one to put back."""
+    previous = previous_dir(dest)
+    old = read_manifest(previous)
+    if old is None:
+        return False
+    current = read_manifest(dest) or {"files": {}}
+    if os.path.exists(os.path.join(dest, MANIFEST)):
+        os.unlink(os.path.join(dest, MANIFEST))
+    for path in sorted(set(current["files"]) - set(old["files"])):
+        if os.path.lexists(os.path.join(dest, path)):
+            os.unlink(os.path.join(dest, path))
+    for root, _dirs, names in os.walk(previous):
+        for name in names:
+            path = os.path.relpath(os.path.join(root, name), previous)
+            if path != MANIFEST:
+                _move(os.path.join(previous, path), os.path.join(dest, path))
+    write_manifest(module, dest, old)
+    shutil.rmtree(previous, ignore_errors=True)
+    return True
