@@ -35,8 +35,10 @@ def test_deploy_again_changes_nothing_and_says_so_per_phase(thor01):
     # Ansible's own recap follows, with the same totals.
     ok = sum(counts["ok"] for counts in table.values())
     assert f"thor01: ok={ok} changed=0 unreachable=0 failed=0" in run.stdout
-    # Live progress: each phase's heading, then its task results.
-    assert "== Services" in run.stdout and "thor01       ok          " in run.stdout
+    # Live progress: each phase's heading (the switch's, once per batch), then its task
+    # results.
+    assert "== Images" in run.stdout and "== Switch\n   batch 1: thor01" in run.stdout
+    assert "thor01       ok          " in run.stdout
 
 
 def test_deploy_runs_under_a_users_own_ansible_config(thor01, tmp_path):

@@ -57,10 +57,11 @@ def active_since(host, unit: str) -> float:
 
 
 def kept_at(host, unit: str) -> float:
-    """When the switch kept a unit as the last good one: right after its host verified."""
+    """When the switch kept a unit as the last good one: right after its host verified.
+    The copy keeps the unit's own mtime; its ctime is when it was made."""
     return float(host.check_output(
         f"python3 -c 'import os; print(os.stat(\"/var/lib/thorfleet/last-good/{unit}\")"
-        f".st_mtime)'"))
+        f".st_ctime)'"))
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +114,6 @@ def test_the_readmes_rollout_goes_canary_first_then_batch_by_batch(lab, fleet):
     assert ROLLOUT[0] == "ansible-playbook", ROLLOUT
     run = Playbook(*ROLLOUT[1:])
     assert run.rc == 0, run
-    # thor01 alone, then 10% of the other three: one host a batch.
-    for number, host in enumerate(HOSTS, 1):
-        assert f"batch {number}: {host} switched" in run.output, run
     for (host, name), (_pid, image, health) in state(fleet).items():
         assert image == f"{REGISTRY}/nvidia/vllm@{good}" and health == "200", (host, name)
     # Each batch's units became active only after the batch before passed verify.
@@ -124,6 +122,9 @@ def test_the_readmes_rollout_goes_canary_first_then_batch_by_batch(lab, fleet):
                        for name in VLLM[before])
         started = min(active_since(fleet[after], f"thorfleet-{name}") for name in VLLM[after])
         assert verified < started, (before, after)
+    # thor01 alone, then 10% of the other three: one host a batch.
+    for number, host in enumerate(HOSTS, 1):
+        assert f"batch {number}: {host} switched" in run.output, run
     again = Playbook(*ROLLOUT[1:])
     assert again.rc == 0, again
     assert all(counts["changed"] == 0 for counts in again.recap.values()), again
