@@ -68,14 +68,17 @@ def kept_at(host, unit: str) -> float:
 def fleet(lab, hosts):
     """Four hosts converged; after the module, the lab as it was (thor02 without services,
     the catalogue's image, the lock as it was)."""
-    locked = LOCK.read_text()
+    locked = LOCK.read_text() if LOCK.exists() else None  # none on a lab's first run
     THOR02_VARS.write_text("---\n" + yaml.safe_dump({"thorfleet_services": FLEET_SERVICES}))
     converged = Playbook("site.yml")
     assert converged.rc == 0, converged
     yield hosts
     IMAGES_VARS.unlink(missing_ok=True)
     THOR02_VARS.unlink()
-    LOCK.write_text(locked)
+    if locked is None:
+        LOCK.unlink()
+    else:
+        LOCK.write_text(locked)
     up = thorfleet("lab", "up", "--hosts", str(len(HOSTS)))
     assert up.returncode == 0, up.stdout + up.stderr
     back = Playbook("site.yml")
