@@ -1,6 +1,6 @@
 """The inventory `up` writes for the lab (inventory/lab): its hosts, the lab profile
 (profile.yml beside this file: the differences from a real Thor that DESIGN.md allows,
-and nothing else) thor01's services, and those of the hosts added for fleet tests."""
+and nothing else), thor01's services, and those of the hosts added for fleet tests."""
 
 from __future__ import annotations
 
