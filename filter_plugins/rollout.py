@@ -101,13 +101,18 @@ def rollout_summary(batches, results, hosts, budget, halted=False):
     started = [host for batch in batches or [] for host in batch]
     untouched = [host for host in hosts or [] if host not in started]
     if halted:
-        lines.append(f"halted: {len(failed)} host(s) failed ({', '.join(failed)}), more than "
-                     f"thorfleet_rollout_max_fail allows ({budget}); later batches were not "
-                     "started")
+        lines.append(rollout_halt(results, budget) + "; later batches were not started")
     lines.append("switched: " + (", ".join(h for h in started if h not in failed) or "none"))
     lines.append("failed: " + (", ".join(failed) or "none"))
     lines.append("left untouched: " + (", ".join(untouched) or "none"))
     return lines
+
+
+def rollout_halt(results, budget):
+    """Why the rollout stopped: the hosts that failed, against its budget."""
+    failed = rollout_failed(results)
+    return (f"halted: {len(failed)} host(s) failed ({', '.join(failed)}), more than "
+            f"thorfleet_rollout_max_fail allows ({budget})")
 
 
 def rollout_left_out(run_hosts, hosts):
@@ -123,4 +128,5 @@ class FilterModule:
                 "thorfleet_rollout_results": rollout_results,
                 "thorfleet_rollout_failed": rollout_failed,
                 "thorfleet_rollout_summary": rollout_summary,
+                "thorfleet_rollout_halt": rollout_halt,
                 "thorfleet_rollout_left_out": rollout_left_out}
