@@ -242,3 +242,33 @@ def test_one_task_waits_asks_and_skips_a_silent_service(standin, monkeypatch):
     assert len(failures) == 1 and failures[0].startswith(
         "down (thorfleet-down.service): GET http://127.0.0.1:9/health did not answer 200 "
         "within 1 s: Status code was -1")
+
+
+# Each check waits (a bounded while) until every service's first check has started, then
+# prints the names it saw: asked one after another, the first would see only itself.
+RENDEZVOUS = ('touch "$1/$2"; for _ in $(seq 200); do [ "$(ls "$1" | wc -l)" -ge 3 ] && break; '
+              'sleep 0.05; done; ls "$1" | tr "\\n" " "')
+
+
+def test_the_services_are_asked_at_once_and_each_ones_checks_in_order(standin, monkeypatch,
+                                                                       tmp_path):
+    serve, _root = standin
+    port = int(serve().rsplit(":", 1)[1])
+    met = tmp_path / "met"
+    met.mkdir()
+    services = [{"name": name, "unit": f"thorfleet-{name}.service",
+                 "probe_address": "127.0.0.1", "port": port, "start_timeout": 5}
+                for name in ("a", "b", "c")]
+    checks = [{"service": name, "check": "meet",
+               "argv": ["sh", "-c", RENDEZVOUS, "sh", str(met), name]} for name in "abc"]
+    # A second check of service a starts only once a's first has answered.
+    checks.insert(1, {"service": "a", "check": "after",
+                      "argv": ["sh", "-c", 'ls "$1" | tr "\\n" " "', "sh", str(met)]})
+    done = run_module(verify_module, {
+        "services": services, "checks": checks, "health_timeout": 5, "delay": 1,
+        "curl_configs": {}}, monkeypatch)
+    assert not done.failed, done.result
+    answers = done.result["answers"]["results"]
+    assert [a["item"]["check"] + ":" + a["item"]["service"] for a in answers] == [
+        "meet:a", "after:a", "meet:b", "meet:c"]
+    assert [a["stdout"].split() for a in answers] == [["a", "b", "c"]] * 4
