@@ -161,3 +161,35 @@ def test_patterns_match_as_the_hubs_do():
     paths = ["a.gguf", "sub/b.gguf", "x.bin"]
     assert select(paths, ["*.gguf"], []) == ["a.gguf", "sub/b.gguf"]
     assert select(paths, [], ["sub/*"]) == ["a.gguf", "x.bin"]
+
+
+# A host of the fleet as the source (peer): its manifest, read over Ansible's connection,
+# is the listing; one that is not what was asked for is refused before anything is copied.
+PEER_MANIFEST = {"source": "huggingface", "repo_id": "unit/tiny", "revision": "main",
+                 "commit": "a" * 40, "allow_patterns": [], "ignore_patterns": [],
+                 "files": {"weights.bin": {"size": 3, "sha256": "0" * 64}}}
+
+
+@pytest.mark.parametrize(("change", "cause"), [
+    ({"repo_id": "unit/other"}, "does not hold unit/tiny as asked"),
+    ({"source": "modelscope"}, "does not hold unit/tiny as asked"),
+    ({"allow_patterns": ["*.gguf"]}, "does not hold unit/tiny as asked"),
+    ({"commit": "main\n"}, "not 40 hex characters: refused"),
+    ({"revision": "v2", "commit": "b" * 40}, f"holds unit/tiny@{'b' * 40}, not main"),
+    ({"files": {"../../etc/cron.d/x": {"size": 3, "sha256": "0" * 64}}},
+     "outside the model's directory: refused"),
+    ({"files": {"weights.bin": {"size": 3}}}, "without a size and sha256: refused"),
+    ({"files": {"weights.bin": {"size": "3", "sha256": "0" * 64}}},
+     "without a size and sha256: refused")])
+def test_a_peers_manifest_that_is_not_the_request_is_refused(change, cause, tmp_path,
+                                                             monkeypatch):
+    dest = tmp_path / "models" / "unit" / "tiny"
+    done = run_module(model_download, {
+        "source": "huggingface", "repo_id": "unit/tiny", "revision": "main", "dest": str(dest),
+        "peer": {"name": "thor02", "url": "rsync://10.0.0.2:873/thorfleet-models/unit/tiny",
+                 "staging_url": "rsync://10.0.0.2:873/thorfleet-models/unit/.tiny.partial",
+                 "manifest": {**PEER_MANIFEST, **change}}}, monkeypatch)
+    assert done.failed, done.result
+    assert done.result["msg"].startswith("model unit/tiny@main (huggingface, from peer thor02): ")
+    assert cause in done.result["msg"]
+    assert not dest.exists() and not (dest.parent / ".tiny.partial").exists()

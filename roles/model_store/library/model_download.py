@@ -30,6 +30,11 @@ description:
     directory): the running service keeps reading the revision it loaded until the
     switch moves the new one in (module M(model_revisions)). A staged revision that
     matches the request counts as present; one that does not is discarded.
+  - With O(peer), the files come from a host of the fleet that holds the revision (its
+    rsync daemon's share) instead of the hub: the peer's manifest, read over Ansible's
+    connection, is the listing, and each file is verified against its sha256 as a hub's
+    file is. Staging, resume, O(stage) and the manifest are the same; the hub is not
+    contacted and no hub client is needed.
   - Free space is checked against the sizes the hub reports before anything is fetched.
   - Check mode reports the files and bytes a run would fetch; diff mode shows the old and new
     revision and commit.
@@ -87,9 +92,38 @@ options:
         M(model_revisions) to switch in, instead of moving it into O(dest).
     type: bool
     default: false
+  peer:
+    description:
+      - A host of the fleet to copy the revision from instead of the hub.
+    type: dict
+    suboptions:
+      name:
+        description: The peer's inventory name, for messages.
+        type: str
+        required: true
+      url:
+        description: rsync URL of the model's directory on the peer
+          (C(rsync://<address>:<port>/thorfleet-models/<path>)).
+        type: str
+        required: true
+      staging_url:
+        description: rsync URL of the peer's staging directory of the model, where the
+          files of a revision it staged beside the model are.
+        type: str
+        required: true
+      manifest:
+        description: The peer's manifest of the revision (M(model_manifests) with
+          O(model_manifests.report)): the files, with size and sha256, to verify against.
+        type: dict
+        required: true
+      fetched:
+        description: The files of that revision in the peer's staging directory.
+        type: list
+        elements: str
+        default: []
 requirements:
   - huggingface_hub (for O(source=huggingface)), modelscope (for O(source=modelscope)),
-    on the managed host.
+    on the managed host; rsync, for O(peer).
 author:
   - thorfleet
 """
@@ -149,6 +183,10 @@ staged:
   description: Whether the revision waits beside O(dest) for the switch (O(stage)).
   returned: success
   type: bool
+origin:
+  description: Where the files fetched came from, C(hub) or the peer's name.
+  returned: success
+  type: str
 """
 
 import json  # noqa: E402
@@ -158,7 +196,7 @@ import shutil  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 # The hub clients and the checks of what they answer: this role's module_utils/.
-from ansible.module_utils.thorfleet_hub_clients import HUBS, Counter  # noqa: E402
+from ansible.module_utils.thorfleet_hub_clients import HUBS, Counter, Peer  # noqa: E402
 from ansible.module_utils.thorfleet_model_files import (  # noqa: E402
     MANIFEST,
     STAGED,
@@ -193,10 +231,14 @@ def run(module):
         "ignore_patterns": params["ignore_patterns"] or [],
     }
     staging = params["staging_dir"] or staging_dir(dest)
-    label = f"model {request['repo_id']}@{request['revision']} ({source})"
+    peer = params["peer"]
+    origin = peer["name"] if peer else "hub"
+    label = (f"model {request['repo_id']}@{request['revision']} ({source}"
+             f"{', from peer ' + origin if peer else ''})")
     old = read_manifest(dest)
     result = {"changed": False, "manifest": os.path.join(dest, MANIFEST), "fetched": [],
-              "first_sums": {}, "bytes_to_fetch": 0, "bytes_downloaded": 0, "staged": False}
+              "first_sums": {}, "bytes_to_fetch": 0, "bytes_downloaded": 0, "staged": False,
+              "origin": origin}
 
     in_place = manifest_satisfies(old, request, dest)
     staged = read_staged(dest, staging)
@@ -215,7 +257,8 @@ def run(module):
                          **{**result, "staged": True})
 
     try:
-        hub = HUBS[source](params["endpoint"], params["token"])
+        hub = (Peer(module, peer, request) if peer
+               else HUBS[source](params["endpoint"], params["token"]))
         commit, remote = hub.resolve(request["repo_id"], request["revision"])
         check_commit(commit)
         check_paths(remote)
@@ -289,6 +332,13 @@ def main():
             "endpoint": {"type": "str"},
             "staging_dir": {"type": "path"},
             "stage": {"type": "bool", "default": False},
+            "peer": {"type": "dict", "options": {
+                "name": {"type": "str", "required": True},
+                "url": {"type": "str", "required": True},
+                "staging_url": {"type": "str", "required": True},
+                "manifest": {"type": "dict", "required": True},
+                "fetched": {"type": "list", "elements": "str", "default": []},
+            }},
         },
         supports_check_mode=True,
     )

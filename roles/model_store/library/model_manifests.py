@@ -36,6 +36,13 @@ options:
     type: list
     elements: dict
     default: []
+  report:
+    description:
+      - Return each present model's manifest and, for a revision staged beside its model,
+        the files that lie in the staging directory (C(manifest), C(fetched) in each
+        result): what a host of the fleet copying the model from this one verifies against.
+    type: bool
+    default: false
 author:
   - thorfleet
 """
@@ -68,7 +75,7 @@ results:
   description:
     - One entry per model already present, shaped as a registered loop of
       M(model_download) (C(item), C(commit), C(files), C(first_sums)), so the lock's
-      filters read both alike.
+      filters read both alike; with O(report), also C(manifest) and C(fetched).
   returned: always
   type: list
   elements: dict
@@ -88,8 +95,9 @@ from ansible.module_utils.thorfleet_model_files import (  # noqa: E402
 
 
 def present(model):
-    """The manifest of what `model` asks for, where the host has it: (manifest, False) in
-    its directory, (manifest, True) staged beside it for the switch, else (None, False)."""
+    """What the host holds of what `model` asks for: (manifest, None) in its directory,
+    (manifest, [files in the staging directory]) staged beside it for the switch, else
+    (None, None)."""
     dest = str(model["dest"]).rstrip("/")
     request = {"source": model["source"], "repo_id": model["repo_id"],
                "revision": model["revision"],
@@ -99,10 +107,10 @@ def present(model):
     manifest = read_manifest(dest)
     if manifest_satisfies(manifest, request, dest):
         # A revision staged beside it that no one asks for is for model_download to drop.
-        return (None, False) if staged else (manifest, False)
+        return (None, None) if staged else (manifest, None)
     if manifest and staged_satisfies(staged, request):
-        return staged["manifest"], True
-    return None, False
+        return staged["manifest"], staged["fetched"]
+    return None, None
 
 
 def file_present(entry):
@@ -121,7 +129,8 @@ def file_present(entry):
 def main():
     module = AnsibleModule(
         argument_spec={"models": {"type": "list", "elements": "dict", "required": True},
-                       "files": {"type": "list", "elements": "dict", "default": []}},
+                       "files": {"type": "list", "elements": "dict", "default": []},
+                       "report": {"type": "bool", "default": False}},
         supports_check_mode=True,
     )
     missing, staged, results = [], [], []
@@ -132,11 +141,13 @@ def main():
         manifest, beside = present(model)
         if manifest is None:
             missing.append(model["dest"])
-        else:
-            if beside:
-                staged.append(model["dest"])
-            results.append({"item": model, "changed": False, "commit": manifest["commit"],
-                            "files": sorted(manifest["files"]), "first_sums": {}})
+            continue
+        if beside is not None:
+            staged.append(model["dest"])
+        results.append({"item": model, "changed": False, "commit": manifest["commit"],
+                        "files": sorted(manifest["files"]), "first_sums": {}})
+        if module.params["report"]:
+            results[-1].update(manifest=manifest, fetched=beside or [])
     files_missing = [entry.get("dest") for entry in module.params["files"]
                      if not file_present(entry)]
     module.exit_json(changed=False, missing=missing, staged=staged,

@@ -1,6 +1,8 @@
 """The hub clients model_download drives: the real huggingface_hub and modelscope
 libraries, each answering the same questions (a revision's commit, its file list with
-hashes, the files themselves into a staging directory), their errors explained."""
+hashes, the files themselves into a staging directory), their errors explained; and a
+host of the fleet that already holds the revision, answering the same questions from its
+manifest, its files copied with rsync."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from ansible.module_utils.thorfleet_model_files import (
     HubError,
     RemoteFile,
     check_commit,
+    check_paths,
     is_commit,
 )
 
@@ -181,6 +184,71 @@ class ModelScope:
                 token=self.token, endpoint=self.endpoint, progress_callbacks=[Progress])
         except Exception as error:  # noqa: BLE001
             raise HubError(self.explain(error)) from None
+
+
+class Peer:
+    """A host of the fleet that holds the revision, read from its rsync daemon's share.
+
+    What it holds is its manifest, read over Ansible's own connection to it (the
+    model_manifests module, delegated), not over rsync: the files that rsync brings are
+    verified against those sums exactly as a hub's files are against the hub's listing.
+    Files of a revision staged beside the peer's model (`fetched`) are in its staging
+    directory, the rest in the model's directory.
+    """
+
+    TIMEOUT = 300  # seconds without a byte before rsync gives up
+    CONNECT_TIMEOUT = 30
+
+    def __init__(self, module, peer, request):
+        self.module, self.name, self.request = module, peer["name"], request
+        self.url, self.staging_url = peer["url"].rstrip("/"), peer["staging_url"].rstrip("/")
+        self.manifest, self.fetched = peer["manifest"], set(peer.get("fetched") or [])
+
+    def resolve(self, repo_id, revision):
+        manifest = self.manifest
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+        if not isinstance(files, dict) or any(
+                manifest.get(key) != self.request[key]
+                for key in ("source", "repo_id", "allow_patterns", "ignore_patterns")):
+            raise HubError(f"peer {self.name} does not hold {repo_id} as asked "
+                           "(source, patterns)")
+        commit = check_commit(manifest.get("commit"))
+        if revision not in (manifest.get("revision"), commit):
+            raise HubError(f"peer {self.name} holds {repo_id}@{commit}, not {revision}")
+        check_paths(files)
+        remote = {}
+        for path, meta in files.items():
+            if not (isinstance(meta, dict) and isinstance(meta.get("size"), int)
+                    and is_sha256(meta.get("sha256"))):
+                raise HubError(f"peer {self.name}: its manifest lists {path!r} without a "
+                               "size and sha256: refused")
+            remote[path] = RemoteFile(path, meta["size"], meta["sha256"])
+        return commit, remote
+
+    def download(self, repo_id, commit, remote_files, staging):
+        from_staging = [r.path for r in remote_files if r.path in self.fetched]
+        from_model = [r.path for r in remote_files if r.path not in self.fetched]
+        for base, paths in ((self.staging_url, from_staging), (self.url, from_model)):
+            if paths:
+                self._rsync(base, paths, staging)
+
+    def _rsync(self, base, paths, staging):
+        # The paths were checked (check_paths) and go on standard input, never as options.
+        rsync = self.module.get_bin_path("rsync", required=True)
+        argv = [rsync, "--files-from=-", "--from0", "--partial", "--stats", "--no-motd",
+                f"--timeout={self.TIMEOUT}", f"--contimeout={self.CONNECT_TIMEOUT}",
+                f"{base}/", f"{staging}/"]
+        rc, out, err = self.module.run_command(argv, data="\0".join(paths), binary_data=True)
+        if rc != 0:
+            last = (err.strip().splitlines() or [f"exit status {rc}"])[-1]
+            raise HubError(f"copy from peer {self.name} ({base}) failed: {last}")
+        received = re.search(r"Total bytes received: ([\d,.]+)", out)
+        if received:
+            Counter.received += int(re.sub(r"[,.]", "", received.group(1)))
+
+
+def is_sha256(value):
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
 HUBS = {"huggingface": HuggingFace, "modelscope": ModelScope}

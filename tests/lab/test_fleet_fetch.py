@@ -1,0 +1,123 @@
+"""Fetching once per fleet on the lab (thorfleet_fleet_fetch): a model revision leaves the
+hub once, for one host, and reaches the others host to host (rsync from a share each host
+opens for the models phase only), each copy verified against the source's manifest; a
+host that holds it fetches nothing, and a copy whose bytes differ is refused."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+import pytest
+
+from tests.lab.conftest import HOSTS, Playbook
+from thorfleet.lab import host_address
+
+# Each runs a service of Qwen/Qwen3-8B (thor01's vLLM service, thor03's and thor04's).
+FLEET = ["thor01", "thor03", "thor04"]
+MODEL = "/models/Qwen/Qwen3-8B"
+REPO = "/Qwen/Qwen3-8B/resolve/"
+ON = ("-e", "thorfleet_fleet_fetch=true")
+NAMES = {host_address(index): name for index, name in enumerate(HOSTS, start=1)}
+# Flips the bytes at an offset of a file (twice: as it was), keeping its size.
+FLIP = ("python3 -c 'import sys; f = open(sys.argv[1], \"r+b\"); f.seek(64); b = f.read(4); "
+        "f.seek(64); f.write(bytes(x ^ 0xFF for x in b))' " + MODEL + "/model.safetensors")
+
+
+def models(*args: str) -> Playbook:
+    return Playbook("site.yml", "-l", ",".join(FLEET), "--tags", "models", *args)
+
+
+def hub_log(lab) -> bytes:
+    return (lab.state / "run" / "hf-mirror.log").read_bytes()
+
+
+def model_gets(lab, since: int) -> list[tuple[str, str]]:
+    """(client address, file) of each file of Qwen/Qwen3-8B olah served since `since`."""
+    text = hub_log(lab)[since:].decode(errors="replace")
+    found = re.findall(r'([0-9.]+):[0-9]+ - "GET (/[^ "]+) HTTP', text)
+    return [(address, path.split(REPO, 1)[1].split("/", 1)[1])
+            for address, path in found if path.startswith(REPO)]
+
+
+def manifest(host) -> dict:
+    return json.loads(host.file(f"{MODEL}/thorfleet-manifest.json").content_string)
+
+
+def sums(host, files) -> dict[str, str]:
+    out = host.check_output(f"cd {MODEL} && sha256sum -- {shlex.join(files)}")
+    return {line.split(None, 1)[1].lstrip("*"): line.split()[0] for line in out.splitlines()}
+
+
+def share_closed(host) -> bool:
+    return (host.run("systemctl is-active thorfleet-model-share").stdout.strip() != "active"
+            and ":873 " not in host.check_output("ss -ltn"))
+
+
+@pytest.fixture(scope="module")
+def fleet(lab, hosts):
+    """The three hosts holding their services' models, each fetched alone; after the
+    module, as they were (a test may leave a host without the model)."""
+    run = models()
+    assert run.rc == 0, run
+    yield {name: hosts[name] for name in FLEET}
+    assert models().rc == 0
+
+
+def test_a_model_leaves_the_hub_once_and_goes_host_to_host(lab, fleet):
+    for name in FLEET:
+        lab.ssh(name, f"rm -rf {MODEL} /models/Qwen/.Qwen3-8B.partial")
+    since = len(hub_log(lab))
+    run = models(*ON)
+    assert run.rc == 0, run
+
+    wanted = manifest(fleet["thor01"])
+    gets = model_gets(lab, since)
+    # Each file of the revision left the hub once, all of them for one host.
+    assert sorted(path for _address, path in gets) == sorted(wanted["files"]), gets
+    (fetcher,) = {NAMES[address] for address, _path in gets}
+    for name, host in fleet.items():
+        held = manifest(host)
+        assert (held["commit"], held["files"]) == (wanted["commit"], wanted["files"]), name
+        assert sums(host, sorted(held["files"])) == {
+            path: meta["sha256"] for path, meta in held["files"].items()}, name
+        assert share_closed(host), name
+    # The two others copied it from a host that had it by then.
+    copies = re.findall(rf"changed: \[(thor\d+)\] => \(item={MODEL} <- (thor\d+)\)",
+                        run.output)
+    assert sorted(target for target, _source in copies) == sorted(set(FLEET) - {fetcher}), run
+    assert copies[0][1] == fetcher, run
+
+    again = models(*ON)
+    assert again.rc == 0 and all(again.recap[name]["changed"] == 0 for name in FLEET), again
+    assert model_gets(lab, since) == gets
+
+
+def test_a_copy_that_differs_from_the_sources_manifest_is_refused(lab, fleet):
+    # thor01 and thor04 hold the model; thor03 copies it from the first of them, whose
+    # file has other bytes than its manifest lists (a disk error, a tampered host).
+    held = manifest(fleet["thor01"])
+    lab.ssh("thor03", f"rm -rf {MODEL} /models/Qwen/.Qwen3-8B.partial")
+    lab.ssh("thor01", FLIP)
+    since = len(hub_log(lab))
+    try:
+        run = models(*ON)
+    finally:
+        lab.ssh("thor01", FLIP)
+    assert run.rc != 0 and run.recap["thor03"]["failed"] == 1, run
+    assert re.search(r"model\.safetensors: sha256 [0-9a-f]{64} after download", run.output), run
+    assert "from peer thor01" in run.output, run
+    # Nothing of it was moved in, and no host asked the hub.
+    assert not fleet["thor03"].file(f"{MODEL}/thorfleet-manifest.json").exists
+    assert not fleet["thor03"].file(f"{MODEL}/model.safetensors").exists
+    assert model_gets(lab, since) == []
+    # The hosts that hold it fetched nothing, and their copies are as they were.
+    assert manifest(fleet["thor01"]) == held and manifest(fleet["thor04"]) == held
+    assert all(share_closed(host) for host in fleet.values())
+
+    # With the source's bytes as its manifest says, the copy is taken.
+    healed = models(*ON)
+    assert healed.rc == 0, healed
+    assert manifest(fleet["thor03"]) == manifest(fleet["thor01"])
+    assert model_gets(lab, since) == []

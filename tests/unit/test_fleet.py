@@ -1,0 +1,154 @@
+"""Fetching once per fleet (filter_plugins/fleet.py): one host fetches each model from its
+hub, the hosts that have it double every round, a failed fetcher is replaced, and the
+settings are checked naming the field."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import load
+
+fleet = load("filter_plugins/fleet.py")
+
+
+def entry(path="Qwen/Qwen3-8B", root="/models", revision="main"):
+    return {"path": path, "dest": f"{root}/{path}", "source": "huggingface",
+            "repo_id": path, "revision": revision, "allow_patterns": [],
+            "ignore_patterns": [], "lock_key": f"huggingface:{path}@main"}
+
+
+def state(host, held=(), wanted=(), root="/models", number=None):
+    models = [entry(p, root) for p in (*held, *wanted)]
+    present = {"missing": [f"{root}/{p}" for p in wanted]}
+    number = number or int(host[-2:])
+    return fleet.model_holdings(models, present, host, f"10.0.0.{number}", 873)
+
+
+def run_rounds(states, fail=()):
+    """Every round of a phase, as fleet_round.yml plays it: each copy or fetch succeeds
+    unless its host is in `fail` (then it leaves the play). Returns the rounds' plans."""
+    rounds = fleet.fleet_work(states)["rounds"]
+    plans = []
+    for index in range(rounds):
+        plan = fleet.model_round(states, index, rounds)
+        plans.append(plan)
+        alive = []
+        for current in states:
+            work = plan[current["host"]]
+            if current["host"] in fail and (work["hub"] or work["peers"]):
+                continue
+            done = [{"item": e, "commit": "c" * 40} for e in work["hub"] + work["peers"]]
+            alive.append(fleet.got(current, done))
+        states = alive
+    return plans, states
+
+
+def test_a_model_nobody_holds_is_fetched_from_its_hub_by_one_host_then_doubles():
+    hosts = [state(f"thor{n:02d}", wanted=["Qwen/Qwen3-8B"]) for n in range(1, 9)]
+    plans, final = run_rounds(hosts)
+    fetched = [h for plan in plans for h, work in plan.items() if work["hub"]]
+    assert fetched == ["thor01"]
+    copies = [sorted((w["peer"]["name"], h) for h, work in plan.items() for w in work["peers"])
+              for plan in plans]
+    assert copies[0] == []
+    assert copies[1] == [("thor01", "thor02")]
+    assert copies[2] == [("thor01", "thor03"), ("thor02", "thor04")]
+    assert copies[3] == [("thor01", "thor05"), ("thor02", "thor06"), ("thor03", "thor07"),
+                         ("thor04", "thor08")]
+    assert all(s["got"] for s in final) and len(final) == 8
+
+
+def test_a_host_that_holds_a_model_is_the_source_and_fetches_nothing():
+    hosts = [state("thor01", wanted=["Qwen/Qwen3-8B"]),
+             state("thor02", held=["Qwen/Qwen3-8B"]),
+             state("thor03", held=["Qwen/Qwen3-8B"])]
+    assert fleet.fleet_work(hosts)["copies"]
+    plans, _final = run_rounds(hosts)
+    assert not any(work["hub"] for plan in plans for work in plan.values())
+    (copy,) = [w for plan in plans for w in plan["thor01"]["peers"]]
+    assert copy["peer"] == {"name": "thor02",
+                            "url": "rsync://10.0.0.2:873/thorfleet-models/Qwen/Qwen3-8B",
+                            "staging_url": "rsync://10.0.0.2:873/thorfleet-models/Qwen/"
+                                           ".Qwen3-8B.partial"}
+    # What the copy verifies against is the source's own entry; the copy is the target's.
+    assert copy["peer_entry"]["dest"] == "/models/Qwen/Qwen3-8B"
+    assert copy["dest"] == "/models/Qwen/Qwen3-8B" and copy["lock_key"]
+
+
+def test_model_roots_may_differ_between_hosts():
+    hosts = [state("thor01", held=["Qwen/Qwen3-8B"], root="/data/models"),
+             state("thor02", wanted=["Qwen/Qwen3-8B"], root="/models")]
+    plans, _final = run_rounds(hosts)
+    (copy,) = [w for plan in plans for w in plan["thor02"]["peers"]]
+    assert copy["dest"] == "/models/Qwen/Qwen3-8B"
+    assert copy["peer_entry"]["dest"] == "/data/models/Qwen/Qwen3-8B"
+    assert copy["peer"]["url"].endswith("/thorfleet-models/Qwen/Qwen3-8B")
+
+
+def test_another_revision_or_hub_is_another_model():
+    mine = entry()
+    other = {**entry(), "revision": "b" * 40}
+    held = fleet.model_holdings([other], {"missing": []}, "thor01", "10.0.0.1", 873)
+    wants = fleet.model_holdings([mine], {"missing": [mine["dest"]]}, "thor02", "10.0.0.2", 873)
+    plans, _final = run_rounds([held, wants])
+    assert [h for plan in plans for h, work in plan.items() if work["hub"]] == ["thor02"]
+    assert not fleet.fleet_work([held, wants])["copies"]
+
+
+def test_when_the_hosts_fetch_alone_there_is_nothing_to_copy():
+    hosts = [state("thor01", wanted=["Qwen/Qwen3-8B"]), state("thor02", wanted=["a/b"]),
+             state("thor03", held=["c/d"])]
+    assert not fleet.fleet_work(hosts)["copies"]
+
+
+def test_a_fetcher_that_fails_is_replaced_and_the_last_round_leaves_nothing_wanted():
+    hosts = [state(f"thor{n:02d}", wanted=["Qwen/Qwen3-8B"]) for n in range(1, 5)]
+    plans, final = run_rounds(hosts, fail={"thor01"})
+    fetched = [h for plan in plans for h, work in plan.items() if work["hub"]]
+    assert fetched == ["thor01", "thor02"]
+    assert [s["host"] for s in final] == ["thor02", "thor03", "thor04"]
+    assert all(s["got"] and not fleet.still_wanted(s) for s in final)
+
+
+def test_in_the_last_round_a_host_no_source_can_serve_fetches_from_the_hub():
+    hosts = [state("thor01", held=["Qwen/Qwen3-8B"])] + [
+        state(f"thor{n:02d}", wanted=["Qwen/Qwen3-8B"]) for n in range(2, 5)]
+    rounds = fleet.fleet_work(hosts)["rounds"]
+    last = fleet.model_round(hosts, rounds - 1, rounds)
+    assert [(h, w["peer"]["name"]) for h, work in last.items() for w in work["peers"]] == [
+        ("thor02", "thor01")]
+    assert [h for h, work in last.items() if work["hub"]] == ["thor03", "thor04"]
+    # What a lost source left a host without, after the rounds, it fetches itself.
+    assert [e["dest"] for e in fleet.still_wanted(hosts[2])] == ["/models/Qwen/Qwen3-8B"]
+
+
+def test_ipv6_addresses_are_bracketed_in_the_share_url():
+    url, _staging = fleet.share_urls("fd00::12", 8873, "whisper.cpp/models")
+    assert url == "rsync://[fd00::12]:8873/thorfleet-models/whisper.cpp/models"
+
+
+@pytest.mark.parametrize("settings", [
+    {"fetch": False, "address": "", "port": "x"}, {"fetch": True}, {"fetch": "true"},
+    {"fetch": "yes", "address": "thor01.lan", "port": "8873"},
+    {"fetch": True, "address": "fd00::12"}])
+def test_fleet_settings_taken(settings):
+    values = {"fetch": True, "address": "10.0.0.1", "port": 873, **settings}
+    assert fleet.fleet_problems(values["fetch"], values["address"], values["port"],
+                                "thor01") == []
+
+
+@pytest.mark.parametrize(("settings", "field"), [
+    ({"fetch": "sometimes"}, "thorfleet_fleet_fetch"),
+    ({"address": "10.0.0.1;id"}, "thorfleet_fleet_address"),
+    ({"address": "10.0.0.1\nhosts allow = *"}, "thorfleet_fleet_address"),
+    ({"address": "fe80::1%eth0"}, "thorfleet_fleet_address"),
+    ({"address": ""}, "thorfleet_fleet_address"),
+    ({"address": "a" * 300}, "thorfleet_fleet_address"),
+    ({"port": 0}, "thorfleet_fleet_rsync_port"),
+    ({"port": 70000}, "thorfleet_fleet_rsync_port"),
+    ({"port": "873\nuid = root"}, "thorfleet_fleet_rsync_port"),
+    ({"port": True}, "thorfleet_fleet_rsync_port")])
+def test_a_bad_fleet_setting_is_refused_naming_its_field(settings, field):
+    values = {"fetch": True, "address": "10.0.0.1", "port": 873, **settings}
+    found = fleet.fleet_problems(values["fetch"], values["address"], values["port"], "thor01")
+    assert len(found) == 1 and found[0].startswith(f"thor01: {field}: "), found
