@@ -121,3 +121,52 @@ def test_a_copy_that_differs_from_the_sources_manifest_is_refused(lab, fleet):
     assert healed.rc == 0, healed
     assert manifest(fleet["thor03"]) == manifest(fleet["thor01"])
     assert model_gets(lab, since) == []
+
+
+def test_a_new_revision_is_staged_beside_the_model_on_every_host_from_one_hub_fetch(lab,
+                                                                                   fleet):
+    # Two hosts serving a lab model of the ModelScope stand-in; v2 changes weights.bin.
+    pair = ("-l", "thor03,thor04")
+    root, staging = "/models/thorfleet-lab/tiny", "/models/thorfleet-lab/.tiny.partial"
+
+    def at(revision: str) -> tuple[str, ...]:
+        variables = {
+            "thorfleet_catalogue_extra": {
+                "models": {"thorfleet-lab/tiny": {"modelscope": {"repo": "thorfleet-lab/tiny",
+                                                                 "revision": revision}}},
+                "recipes": {"lab-model": {"engine": "vllm", "model": "thorfleet-lab/tiny"}}},
+            "thorfleet_services": [{"name": "lab", "recipe": "lab-model",
+                                    "source": "modelscope"}]}
+        return ("site.yml", *pair, "--tags", "models", *ON, "-e", json.dumps(variables))
+
+    log = lab.state / "run" / "modelscope.log"
+    for name in ("thor03", "thor04"):
+        lab.ssh(name, f"rm -rf {root} {staging}")
+    try:
+        first = Playbook(*at("v1"))
+        assert first.rc == 0, first
+        v1 = json.loads(fleet["thor03"].file(f"{root}/thorfleet-manifest.json").content_string)
+        since = len(log.read_bytes())
+        bump = Playbook(*at("v2"))
+        assert bump.rc == 0, bump
+        served = re.findall(r'^([0-9.]+) .*"GET /api/v1/models/thorfleet-lab/tiny/repo\?'
+                            r'Revision=[0-9a-f]+&FilePath=([^ &"]+) ',
+                            log.read_bytes()[since:].decode(), re.MULTILINE)
+        # Only the file v2 changed left the hub, once, for one host.
+        assert [path for _address, path in served] == ["weights.bin"], served
+        for name in ("thor03", "thor04"):
+            host = fleet[name]
+            # The model in service is as it was; v2 waits beside it, verified.
+            kept = json.loads(host.file(f"{root}/thorfleet-manifest.json").content_string)
+            assert kept["commit"] == v1["commit"], name
+            staged = json.loads(host.file(f"{staging}/thorfleet-staged.json").content_string)
+            assert staged["fetched"] == ["weights.bin"] and staged["manifest"]["commit"] != \
+                v1["commit"], name
+            weights = host.check_output(f"sha256sum {staging}/weights.bin").split()[0]
+            assert weights == staged["manifest"]["files"]["weights.bin"]["sha256"], name
+        again = Playbook(*at("v2"))
+        assert again.rc == 0 and again.recap["thor03"]["changed"] == 0 \
+            and again.recap["thor04"]["changed"] == 0, again
+    finally:
+        for name in ("thor03", "thor04"):
+            lab.ssh(name, f"rm -rf {root} {staging}")
