@@ -16,6 +16,14 @@ description:
     and what runs from it, untouched; its directory stays, so a retry is incremental.
   - A build with the wanted stamp that already exists (a rollback) is switched to without
     compiling. The newest O(keep) complete builds are kept, C(current) among them.
+  - With O(peer), a build with the wanted stamp that another host of the fleet holds is
+    received instead of compiled: its binaries and record, copied with rsync from that
+    host's share of its builds and each verified against the size and sha256 the peer
+    reported (O(report), read over Ansible's connection). The stamp stays the guard: the
+    received record must have this host's own stamp, or nothing is switched to.
+  - With O(report), only reads (in check mode too): whether the wanted build is here and
+    complete (C(ready)), and its files with their sizes and sums (C(files)), for a host
+    receiving it.
   - In check mode, reports whether a rebuild would happen and why (old and new stamp as diff).
 options:
   name:
@@ -59,6 +67,28 @@ options:
     description: Complete builds to keep, C(current) included (2 keeps one for rollback).
     type: int
     default: 2
+  report:
+    description: Only read the wanted build (C(ready), C(files)); change nothing.
+    type: bool
+    default: false
+  peer:
+    description: A host of the fleet that holds the wanted build, to receive it from.
+    type: dict
+    suboptions:
+      name:
+        description: The peer's inventory name, for messages.
+        type: str
+        required: true
+      url:
+        description: rsync URL of the build's directory on the peer
+          (C(rsync://<address>:<port>/thorfleet-builds/<engine>/build-<stamp>)).
+        type: str
+        required: true
+      files:
+        description: The build's files as the peer reported them (O(report)), by path
+          relative to the build's directory, each with C(size) and C(sha256).
+        type: dict
+        required: true
 author:
   - thorfleet
 """
@@ -103,6 +133,20 @@ compiled:
   description: Whether a compiler ran.
   returned: always
   type: bool
+ready:
+  description: Whether the wanted build is on the host, complete and of the wanted stamp.
+  returned: always
+  type: bool
+files:
+  description: With O(report), the wanted build's files (its binaries and record) by path,
+    each with C(size) and C(sha256); empty when it is not ready or holds other than regular
+    files in C(bin/).
+  returned: with O(report)
+  type: dict
+received_from:
+  description: The peer the build was received from, when it was.
+  returned: when received
+  type: str
 reason:
   description: Why a build or switch happened (or would), naming the inputs that changed.
   returned: always
@@ -112,7 +156,9 @@ reason:
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
+import stat  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
@@ -129,6 +175,14 @@ def build_record(engine, commit, cmake_flags, targets, cuda, compiler):
 def stamp_of(record):
     canonical = json.dumps({k: record[k] for k in STAMP_FIELDS}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def explain(old, new):
@@ -177,6 +231,74 @@ class Builder:
                 return json.load(handle)
         except (OSError, ValueError):
             return None
+
+    def ready(self, build_dir, stamp):
+        """Whether build_dir holds a complete build whose record has exactly `stamp`."""
+        record = self.read_record(build_dir)
+        try:
+            return record is not None and stamp_of(record) == stamp
+        except (KeyError, TypeError):
+            return False
+
+    def files(self, build_dir):
+        """The files another host needs to run this build: its binaries (bin/, regular
+        files only, else none: such a build is compiled where it runs) and its record."""
+        found = {}
+        for path in [MARKER, *sorted(f"bin/{n}" for n in os.listdir(os.path.join(build_dir,
+                                                                                  "bin")))]:
+            info = os.lstat(os.path.join(build_dir, path))
+            if not stat.S_ISREG(info.st_mode):
+                return {}
+            found[path] = {"size": info.st_size, "sha256": sha256_of(os.path.join(build_dir,
+                                                                                  path))}
+        return found
+
+    def receive(self, build_dir, stamp, peer):
+        """Copy the build with `stamp` from a peer, verified, into build_dir."""
+        name = self.params["name"]
+        partial = os.path.join(self.root, f".{os.path.basename(build_dir)}.partial")
+        files = peer["files"]
+        if MARKER not in files or any(
+                not re.fullmatch(r"bin/[A-Za-z0-9._+-]{1,128}", path) for path in files
+                if path != MARKER) or any(
+                not (isinstance(meta, dict) and isinstance(meta.get("size"), int)
+                     and re.fullmatch(r"[0-9a-f]{64}", str(meta.get("sha256"))))
+                for meta in files.values()):
+            self.module.fail_json(msg=f"{name}: peer {peer['name']} reported a build that is "
+                                      "not its record and binaries with sizes and sums: refused")
+        os.makedirs(os.path.join(partial, "bin"), mode=0o755, exist_ok=True)
+        rsync = self.module.get_bin_path("rsync", required=True)
+        rc, _out, err = self.module.run_command(
+            [rsync, "--files-from=-", "--from0", "--partial", "--executability", "--no-motd",
+             "--timeout=300", "--contimeout=30", f"{peer['url'].rstrip('/')}/", f"{partial}/"],
+            data="\0".join(sorted(files)), binary_data=True)
+        if rc != 0:
+            last = (err.strip().splitlines() or [f"exit status {rc}"])[-1]
+            self.module.fail_json(msg=f"{name}: copy of build-{stamp} from peer "
+                                      f"{peer['name']} failed: {last}")
+        for path, meta in sorted(files.items()):
+            local = os.path.join(partial, path)
+            size = os.path.getsize(local)
+            digest = sha256_of(local)
+            if (size, digest) != (meta["size"], meta["sha256"]):
+                os.unlink(local)  # copied again next time, never switched to
+                self.module.fail_json(msg=f"{name}: {path} of build-{stamp} from peer "
+                                          f"{peer['name']}: size {size}, sha256 {digest} "
+                                          f"after the copy; the peer reported {meta['size']}, "
+                                          f"{meta['sha256']}")
+        # The guard: the record received must be this host's own stamp.
+        if not self.ready(partial, stamp):
+            shutil.rmtree(partial, ignore_errors=True)
+            self.module.fail_json(msg=f"{name}: the build peer {peer['name']} sent is not "
+                                      f"build-{stamp} (its record has another stamp): refused")
+        missing = [t for t in self.params["targets"]
+                   if not os.access(os.path.join(partial, "bin", t), os.X_OK)]
+        if missing:
+            shutil.rmtree(partial, ignore_errors=True)
+            self.module.fail_json(msg=f"{name}: the build peer {peer['name']} sent has no "
+                                      f"{', '.join(missing)}: refused")
+        shutil.rmtree(build_dir, ignore_errors=True)  # an incomplete build of this stamp
+        os.replace(partial, build_dir)
 
     def current_dir(self):
         if not os.path.islink(self.current):
@@ -250,16 +372,21 @@ class Builder:
         current = self.current_dir()
         current_record = self.read_record(current) if current else None
         previous = stamp_of(current_record) if current_record else ""
+        ready = self.ready(build_dir, stamp)
         result = {"stamp": stamp, "previous": previous, "build_dir": build_dir,
                   "binaries": {t: os.path.join(self.current, "bin", t) for t in p["targets"]},
-                  "compiled": False,
+                  "compiled": False, "ready": ready,
                   "up_to_date": current == build_dir and current_record is not None}
+        if p["report"]:
+            self.module.exit_json(changed=False, files=self.files(build_dir) if ready else {},
+                                  **result)
         if result["up_to_date"]:
             self.module.exit_json(changed=False, reason="build is current", **result)
 
-        ready = self.read_record(build_dir) is not None
         reason = explain(current_record, record)
-        reason += "; switching to the kept build" if ready else "; building"
+        reason += ("; switching to the kept build" if ready
+                   else f"; receiving it from {p['peer']['name']}" if p["peer"]
+                   else "; building")
         result.update(
             reason=reason,
             diff={"before": json.dumps({"stamp": previous, **(current_record or {})},
@@ -272,7 +399,10 @@ class Builder:
             self.module.exit_json(changed=True, **result)
 
         os.makedirs(self.root, exist_ok=True)
-        if not ready:
+        if not ready and p["peer"]:
+            self.receive(build_dir, stamp, p["peer"])
+            result["received_from"] = p["peer"]["name"]
+        elif not ready:
             self.compile(build_dir, record)
             result["compiled"] = True
         self.switch(build_dir)
@@ -293,6 +423,12 @@ def main():
             "ccache_dir": {"type": "path"},
             "jobs": {"type": "int", "default": 0},
             "keep": {"type": "int", "default": 2},
+            "report": {"type": "bool", "default": False},
+            "peer": {"type": "dict", "options": {
+                "name": {"type": "str", "required": True},
+                "url": {"type": "str", "required": True},
+                "files": {"type": "dict", "required": True},
+            }},
         },
         supports_check_mode=True,
     )

@@ -77,10 +77,10 @@ def project(tmp_path):
 
 @pytest.fixture
 def build(project, monkeypatch):
-    def run(project, commit="c1", flags=(), check=False, keep=2):
+    def run(project, commit="c1", flags=(), check=False, keep=2, **more):
         args = {"name": "tiny", "source": str(project / "src"), "commit": commit,
                 "build_root": str(project / "engine"), "cmake_flags": list(flags),
-                "targets": ["tiny-server"], "jobs": 1, "keep": keep}
+                "targets": ["tiny-server"], "jobs": 1, "keep": keep, **more}
         return run_module(ggml_build, args, monkeypatch, check=check)
     return run
 
@@ -199,3 +199,47 @@ def test_a_failed_build_is_removed_once_another_succeeds(project, build):
     # The good first build stays for rollback; the failed one is gone.
     assert len(builds(project)) == 2 and all(
         (project / "engine" / b / ggml_build.MARKER).exists() for b in builds(project))
+
+
+# --- sharing a build with the fleet's other hosts (thorfleet_fleet_fetch) ----------------
+
+
+def test_a_report_lists_the_builds_binaries_and_record_with_their_sums(project, build):
+    stamp = build(project).result["stamp"]
+    report = build(project, check=True, report=True).result
+    assert report["changed"] is False and report["ready"] is True
+    assert sorted(report["files"]) == sorted([ggml_build.MARKER, "bin/tiny-server"])
+    binary = project / "engine" / f"build-{stamp}" / "bin" / "tiny-server"
+    assert report["files"]["bin/tiny-server"] == {
+        "size": binary.stat().st_size, "sha256": ggml_build.sha256_of(binary)}
+    # Another commit's build is not here: nothing to offer.
+    other = build(project, commit="c2", check=True, report=True).result
+    assert other["ready"] is False and other["files"] == {}
+
+
+def test_a_build_whose_record_has_another_stamp_is_never_switched_to(project, build):
+    stamp = build(project).result["stamp"]
+    kept = build(project, commit="c2")
+    assert kept.result["compiled"]
+    # The old build's directory now claims inputs it was not built from (a copy gone
+    # wrong, a hand edit): the stamp guard refuses it, and the module compiles instead.
+    marker = project / "engine" / f"build-{stamp}" / ggml_build.MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "commit": "c9"}))
+    back = build(project)
+    assert not back.failed and back.result["compiled"], back.result
+    assert build(project, check=True, report=True).result["ready"] is True
+
+
+@pytest.mark.parametrize("files", [
+    {"bin/tiny-server": {"size": 1, "sha256": "0" * 64}},  # no record
+    {ggml_build.MARKER: {"size": 1, "sha256": "0" * 64},
+     "../../etc/cron.d/x": {"size": 1, "sha256": "0" * 64}},
+    {ggml_build.MARKER: {"size": 1, "sha256": "0" * 64},
+     "bin/tiny-server": {"size": "1", "sha256": "0" * 64}},
+    {ggml_build.MARKER: {"size": 1, "sha256": "0" * 64}, "bin/x": {"size": 1}}])
+def test_a_peer_build_not_made_of_a_record_and_binaries_with_sums_is_refused(project, build,
+                                                                             files):
+    done = build(project, peer={"name": "thor01", "files": files,
+                                "url": "rsync://10.0.0.1:873/thorfleet-builds/tiny/build-x"})
+    assert done.failed and "peer thor01 reported a build" in done.result["msg"]
+    assert not (project / "engine").exists() or builds(project) == []
