@@ -1,11 +1,13 @@
 """Filters of fetching once per fleet (thorfleet_fleet_fetch): which host fetches each
-model from its hub, and which host copies it from which other, round by round.
+model from its hub (or compiles each engine build), and which host copies it from which
+other, round by round.
 
-Each host says what it holds and wants (model_holdings, after model_manifests). A round
-(model_round) gives each model nobody holds to one host that wants it, to fetch from its
-hub, and pairs every host holding a model with one host still wanting it, to copy from:
-the hosts that have a model double each round, so a fleet of N hosts is served in about
-log2(N) rounds, never from one host alone. A host that failed has left the play and is
+Each host says what it holds and wants (model_holdings after model_manifests,
+build_holdings after the build check). A round (fleet_round) gives each thing nobody
+holds to one host that wants it, to fetch from its hub or compile, and pairs every host
+holding it with one host still wanting it, to copy from: the hosts that have it double
+each round, so a fleet of N hosts is served in about log2(N) rounds, never from one host
+alone. A host that failed has left the play and is
 neither a source nor a target; a model whose only fetcher failed gets another fetcher
 the next round; in the last round, a host no source can serve fetches from the hub, as
 does, after the rounds, one whose source was lost.
@@ -19,7 +21,8 @@ import math
 import posixpath
 import re
 
-SHARE = "thorfleet-models"  # the rsync daemon's module: the host's model root
+# The rsync daemon's modules: the host's model root, and its engine builds' root.
+SHARES = {"models": "thorfleet-models", "builds": "thorfleet-builds"}
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME = re.compile(rf"(?=.{{1,253}}$){LABEL}(?:\.{LABEL})*")  # fullmatch only
 
@@ -31,16 +34,44 @@ def model_key(entry):
                        entry.get("allow_patterns") or [], entry.get("ignore_patterns") or []])
 
 
-def model_holdings(models, present, host, address, port):
+def _holdings(entries, held, host, address, port):
     """What a host holds and wants: {host, address, port (of its share), entries: {key:
-    plan entry}, held: [keys it holds, in place or staged], got: [] (filled round by
-    round)}."""
+    entry, with `path`, where it lies in the share}, held: [keys it holds], got: [] (filled
+    round by round)}."""
+    return {"host": host, "address": str(address), "port": int(port), "entries": entries,
+            "held": sorted(held), "got": []}
+
+
+def model_holdings(models, present, host, address, port):
+    """A host's models (model_store's plan entries): held when model_manifests found them
+    in place or staged beside."""
     missing = set((present or {}).get("missing") or [])
     entries = {model_key(entry): entry for entry in models or []}
-    return {"host": host, "address": str(address), "port": int(port),
-            "entries": entries,
-            "held": sorted(k for k, e in entries.items() if e["dest"] not in missing),
-            "got": []}
+    return _holdings(entries, [k for k, e in entries.items() if e["dest"] not in missing],
+                     host, address, port)
+
+
+def build_holdings(plan, checks, host, address, port, build_root):
+    """A host's engine builds: each engine of its plan (ggml_build's), keyed by engine, ref
+    and where builds live (units name the path); held when the build its pin asks for is
+    there and complete (the check's `ready`). An engine's stamp (its commit, flags, CUDA
+    and compiler) is known once its ref is pinned; a host that copies a build gets it only
+    when its own stamp is the source's, and compiles it otherwise (the build module)."""
+    checked = {c["engine"]["name"]: c for c in (checks or {}).get("results", [])
+               if isinstance(c, dict) and c.get("stamp") and not c.get("failed")}
+    entries, held = {}, []
+    for engine in plan or []:
+        key = json.dumps([engine["name"], engine["ref"], build_root])
+        check = checked.get(engine["name"], {})
+        entries[key] = _build_entry(engine, check.get("stamp", ""))
+        if check.get("ready"):
+            held.append(key)
+    return _holdings(entries, held, host, address, port)
+
+
+def _build_entry(engine, stamp):
+    # `path`: the engine's directory in the share; its build-<stamp> is the source's.
+    return {"engine": engine, "name": engine["name"], "stamp": stamp, "path": engine["name"]}
 
 
 def fleet_work(states):
@@ -58,11 +89,12 @@ def fleet_work(states):
     return {"copies": copies, "rounds": 2 + math.ceil(math.log2(hosts))}
 
 
-def model_round(states, index, rounds):
-    """This round's work per host: {host: {hub: [entries], peers: [entries]}}, a peer's
-    entry with the source's own (`peer_entry`: its model root may differ) and where to
-    copy from (`peer`: {name, url, staging_url}). `states` are the hosts still in the
-    play, in the play's order."""
+def fleet_round(states, index, rounds, share="models"):
+    """This round's work per host: {host: {hub: [entries], peers: [entries]}}, `hub` what
+    it fetches from the hub (or compiles), a peer's entry with the source's own
+    (`peer_entry`: its model root may differ) and where to copy from (`peer`: {name, url},
+    and for a model its `staging_url`). `states` are the hosts still in the play, in the
+    play's order."""
     plan = {state["host"]: {"hub": [], "peers": []} for state in states}
     last = index >= rounds - 1
     keys = sorted({key for state in states for key in state["entries"]})
@@ -80,20 +112,24 @@ def model_round(states, index, rounds):
             plan[state["host"]]["hub"].append(state["entries"][key])
         for source, target in zip(holders, wanting, strict=False):
             peer_entry = source["entries"][key]
-            url, staging_url = share_urls(source["address"], source["port"], peer_entry["path"])
-            plan[target["host"]]["peers"].append({
-                **target["entries"][key], "peer_entry": peer_entry,
-                "peer": {"name": source["host"], "url": url, "staging_url": staging_url}})
+            peer = {"name": source["host"],
+                    "url": share_url(source["address"], source["port"], share,
+                                     peer_entry["path"])}
+            if share == "models":
+                # A revision staged beside the model: its files in the staging directory.
+                parent, name = posixpath.split(peer_entry["path"])
+                peer["staging_url"] = share_url(source["address"], source["port"], share,
+                                                posixpath.join(parent, f".{name}.partial"))
+            plan[target["host"]]["peers"].append({**target["entries"][key],
+                                                  "peer_entry": peer_entry, "peer": peer})
     return plan
 
 
-def share_urls(address, port, path):
-    """rsync URLs of a model's directory and of its staging directory (a revision staged
-    beside the model) in a peer's share of its model root."""
+def share_url(address, port, share, path):
+    """rsync URL of a path in a peer's share (`models`: its model root, `builds`: its
+    engine builds' root)."""
     host = f"[{address}]" if ":" in address else address
-    base = f"rsync://{host}:{int(port)}/{SHARE}"
-    parent, name = posixpath.split(path)
-    return (f"{base}/{path}", f"{base}/{posixpath.join(parent, '.' + name + '.partial')}")
+    return f"rsync://{host}:{int(port)}/{SHARES[share]}/{path}"
 
 
 def still_wanted(state):
@@ -103,12 +139,24 @@ def still_wanted(state):
             if key not in state["held"] and key not in state["got"]]
 
 
-def got(state, results):
-    """The state with the keys of the models this round's downloads brought."""
-    done = [model_key(r["item"]) for r in (results or [])
-            if isinstance(r, dict) and r.get("commit") and not r.get("failed")
-            and not r.get("skipped")]
-    return {**state, "got": sorted(set(state["got"]) | set(done))}
+def got(state, results, kind="models"):
+    """The state with the keys of what this round's downloads and copies (`models`: the
+    registered results of model_download) or builds and copies (`builds`: of ggml_build)
+    brought."""
+    done, entries = set(), dict(state["entries"])
+    for result in results or []:
+        if not isinstance(result, dict) or result.get("failed") or result.get("skipped"):
+            continue
+        if kind == "models" and result.get("commit"):
+            done.add(model_key(result["item"]))
+        elif kind == "builds" and result.get("stamp"):
+            # What a build that was not pinned yet became: its stamp, its path.
+            name = (result.get("engine") or result.get("item") or {}).get("name")
+            for key, entry in entries.items():
+                if entry["name"] == name:
+                    entries[key] = _build_entry(entry["engine"], result["stamp"])
+                    done.add(key)
+    return {**state, "entries": entries, "got": sorted(set(state["got"]) | done)}
 
 
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
@@ -149,9 +197,10 @@ class FilterModule:
     def filters(self):
         return {
             "thorfleet_model_holdings": model_holdings,
-            "thorfleet_model_fleet_work": fleet_work,
-            "thorfleet_model_round": model_round,
-            "thorfleet_model_got": got,
-            "thorfleet_model_still_wanted": still_wanted,
+            "thorfleet_build_holdings": build_holdings,
+            "thorfleet_fleet_work": fleet_work,
+            "thorfleet_fleet_round": fleet_round,
+            "thorfleet_fleet_got": got,
+            "thorfleet_fleet_still_wanted": still_wanted,
             "thorfleet_fleet_problems": fleet_problems,
         }

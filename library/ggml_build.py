@@ -84,6 +84,11 @@ options:
           (C(rsync://<address>:<port>/thorfleet-builds/<engine>/build-<stamp>)).
         type: str
         required: true
+      stamp:
+        description: The stamp of the peer's build (O(report)). Another stamp than this
+          host's own (another compiler, say) is not received: the build is compiled here.
+        type: str
+        required: true
       files:
         description: The build's files as the peer reported them (O(report)), by path
           relative to the build's directory, each with C(size) and C(sha256).
@@ -384,8 +389,11 @@ class Builder:
             self.module.exit_json(changed=False, reason="build is current", **result)
 
         reason = explain(current_record, record)
+        peer = p["peer"] if p["peer"] and p["peer"]["stamp"] == stamp else None
         reason += ("; switching to the kept build" if ready
-                   else f"; receiving it from {p['peer']['name']}" if p["peer"]
+                   else f"; receiving it from {peer['name']}" if peer
+                   else f"; building (peer {p['peer']['name']}'s build is "
+                        f"{p['peer']['stamp']})" if p["peer"]
                    else "; building")
         result.update(
             reason=reason,
@@ -399,9 +407,9 @@ class Builder:
             self.module.exit_json(changed=True, **result)
 
         os.makedirs(self.root, exist_ok=True)
-        if not ready and p["peer"]:
-            self.receive(build_dir, stamp, p["peer"])
-            result["received_from"] = p["peer"]["name"]
+        if not ready and peer:
+            self.receive(build_dir, stamp, peer)
+            result["received_from"] = peer["name"]
         elif not ready:
             self.compile(build_dir, record)
             result["compiled"] = True
@@ -427,6 +435,7 @@ def main():
             "peer": {"type": "dict", "options": {
                 "name": {"type": "str", "required": True},
                 "url": {"type": "str", "required": True},
+                "stamp": {"type": "str", "required": True},
                 "files": {"type": "dict", "required": True},
             }},
         },

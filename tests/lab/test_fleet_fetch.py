@@ -51,7 +51,7 @@ def sums(host, files) -> dict[str, str]:
 
 
 def share_closed(host) -> bool:
-    return (host.run("systemctl is-active thorfleet-model-share").stdout.strip() != "active"
+    return (host.run("systemctl is-active thorfleet-fleet-share").stdout.strip() != "active"
             and ":873 " not in host.check_output("ss -ltn"))
 
 
@@ -170,3 +170,35 @@ def test_a_new_revision_is_staged_beside_the_model_on_every_host_from_one_hub_fe
     finally:
         for name in ("thor03", "thor04"):
             lab.ssh(name, f"rm -rf {root} {staging}")
+
+
+def test_an_engine_build_goes_to_the_hosts_of_its_stamp_and_is_not_compiled_again(lab, hosts):
+    # thor02 given thor01's native services for the engines phase: thor01 holds both
+    # builds; thor02 has neither, nor any source to compile one from.
+    native = json.dumps({"thorfleet_services": [
+        {"name": "chat", "recipe": "llama-qwen3-8b-gguf-nothink"},
+        {"name": "whisper", "recipe": "whisper-large-v3-turbo"}]})
+    engines = ("site.yml", "-l", "thor01,thor02", "--tags", "engines", *ON, "-e", native)
+    lab.ssh("thor02", "rm -rf /opt/thorfleet/llama.cpp /opt/thorfleet/whisper.cpp")
+    try:
+        run = Playbook(*engines)
+        assert run.rc == 0, run
+        copies = re.findall(r"changed: \[thor02\] => \(item=(\S+) <- thor01\)", run.output)
+        assert sorted(copies) == ["llama.cpp", "whisper.cpp"], run
+        assert run.recap["thor01"]["changed"] == 0, run
+        for engine, binary in (("llama.cpp", "llama-server"), ("whisper.cpp", "whisper-server")):
+            current = f"/opt/thorfleet/{engine}/current"
+            assert hosts["thor02"].file(current).linked_to == hosts["thor01"].file(current) \
+                .linked_to, engine
+            assert hosts["thor02"].file(f"{current}/bin/{binary}").sha256sum == \
+                hosts["thor01"].file(f"{current}/bin/{binary}").sha256sum, engine
+            assert hosts["thor02"].file(f"{current}/bin/{binary}").mode & 0o111, engine
+            # Never compiled there: no checkout to compile from.
+            assert not hosts["thor02"].file(f"/opt/thorfleet/{engine}/src").exists, engine
+        # It runs there.
+        assert hosts["thor02"].run("/opt/thorfleet/llama.cpp/current/bin/llama-server "
+                                   "--version").rc == 0
+        again = Playbook(*engines)
+        assert again.rc == 0 and again.recap["thor02"]["changed"] == 0, again
+    finally:
+        lab.ssh("thor02", "rm -rf /opt/thorfleet/llama.cpp /opt/thorfleet/whisper.cpp")

@@ -30,7 +30,7 @@ def run_rounds(states, fail=()):
     rounds = fleet.fleet_work(states)["rounds"]
     plans = []
     for index in range(rounds):
-        plan = fleet.model_round(states, index, rounds)
+        plan = fleet.fleet_round(states, index, rounds)
         plans.append(plan)
         alive = []
         for current in states:
@@ -114,7 +114,7 @@ def test_in_the_last_round_a_host_no_source_can_serve_fetches_from_the_hub():
     hosts = [state("thor01", held=["Qwen/Qwen3-8B"])] + [
         state(f"thor{n:02d}", wanted=["Qwen/Qwen3-8B"]) for n in range(2, 5)]
     rounds = fleet.fleet_work(hosts)["rounds"]
-    last = fleet.model_round(hosts, rounds - 1, rounds)
+    last = fleet.fleet_round(hosts, rounds - 1, rounds)
     assert [(h, w["peer"]["name"]) for h, work in last.items() for w in work["peers"]] == [
         ("thor02", "thor01")]
     assert [h for h, work in last.items() if work["hub"]] == ["thor03", "thor04"]
@@ -123,7 +123,7 @@ def test_in_the_last_round_a_host_no_source_can_serve_fetches_from_the_hub():
 
 
 def test_ipv6_addresses_are_bracketed_in_the_share_url():
-    url, _staging = fleet.share_urls("fd00::12", 8873, "whisper.cpp/models")
+    url = fleet.share_url("fd00::12", 8873, "models", "whisper.cpp/models")
     assert url == "rsync://[fd00::12]:8873/thorfleet-models/whisper.cpp/models"
 
 
@@ -152,3 +152,36 @@ def test_a_bad_fleet_setting_is_refused_naming_its_field(settings, field):
     values = {"fetch": True, "address": "10.0.0.1", "port": 873, **settings}
     found = fleet.fleet_problems(values["fetch"], values["address"], values["port"], "thor01")
     assert len(found) == 1 and found[0].startswith(f"thor01: {field}: "), found
+
+
+def build_state(host, engines, ready=(), stamp="s1"):
+    plan = [{"name": name, "ref": "b1", "lock_key": f"{name}@b1", "pin": "c" * 40}
+            for name in engines]
+    checks = {"results": [{"engine": engine, "stamp": stamp, "ready": engine["name"] in ready}
+                          for engine in plan]}
+    return fleet.build_holdings(plan, checks, host, f"10.0.0.{host[-1]}", 873, "/opt/thorfleet")
+
+
+def test_a_build_is_copied_from_the_host_that_holds_it_at_its_stamp():
+    hosts = [build_state("thor01", ["llama.cpp"], ready=["llama.cpp"]),
+             build_state("thor02", ["llama.cpp"])]
+    plan = fleet.fleet_round(hosts, 0, fleet.fleet_work(hosts)["rounds"], "builds")
+    (copy,) = plan["thor02"]["peers"]
+    assert copy["peer"] == {"name": "thor01",
+                            "url": "rsync://10.0.0.1:873/thorfleet-builds/llama.cpp"}
+    assert copy["engine"]["name"] == "llama.cpp" and not plan["thor01"]["hub"]
+
+
+def test_a_build_nobody_holds_is_compiled_by_one_host_and_its_stamp_learnt():
+    hosts = [build_state(f"thor0{n}", ["whisper.cpp"], stamp="") for n in (1, 2, 3)]
+    rounds = fleet.fleet_work(hosts)["rounds"]
+    first = fleet.fleet_round(hosts, 0, rounds, "builds")
+    assert [h for h, work in first.items() if work["hub"]] == ["thor01"]
+    # The compile pinned the ref and made build-s9: thor01 holds it, under that stamp.
+    built = [{"engine": first["thor01"]["hub"][0]["engine"], "stamp": "s9"}]
+    hosts[0] = fleet.got(hosts[0], built, "builds")
+    (entry,) = hosts[0]["entries"].values()
+    assert entry["stamp"] == "s9" and hosts[0]["got"]
+    second = fleet.fleet_round(hosts, 1, rounds, "builds")
+    assert [w["peer"]["name"] for w in second["thor02"]["peers"]] == ["thor01"]
+    assert not any(work["hub"] for work in second.values())

@@ -239,7 +239,17 @@ def test_a_build_whose_record_has_another_stamp_is_never_switched_to(project, bu
     {ggml_build.MARKER: {"size": 1, "sha256": "0" * 64}, "bin/x": {"size": 1}}])
 def test_a_peer_build_not_made_of_a_record_and_binaries_with_sums_is_refused(project, build,
                                                                              files):
-    done = build(project, peer={"name": "thor01", "files": files,
+    stamp = build(project, check=True).result["stamp"]
+    done = build(project, peer={"name": "thor01", "files": files, "stamp": stamp,
                                 "url": "rsync://10.0.0.1:873/thorfleet-builds/tiny/build-x"})
     assert done.failed and "peer thor01 reported a build" in done.result["msg"]
     assert not (project / "engine").exists() or builds(project) == []
+
+
+def test_a_peer_build_of_another_stamp_is_not_received_but_compiled_here(project, build):
+    done = build(project, peer={"name": "thor01", "files": {}, "stamp": "0" * 16,
+                                "url": "rsync://10.0.0.1:873/thorfleet-builds/tiny/build-x"})
+    assert not done.failed and done.result["compiled"], done.result
+    assert "received_from" not in done.result
+    assert done.result["reason"] == "no build yet; building (peer thor01's build is " \
+        + "0" * 16 + ")"
