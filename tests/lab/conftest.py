@@ -61,6 +61,7 @@ def lab_leftovers() -> list[str]:
               if line.startswith(("systemd-nspawn", "docker-registry serve", "git daemon",
                                   "git-daemon", "/bin/sh -c trap"))
               or any(server in line for server in ("-m olah.server", "thorfleet.modelscope_standin",
+                                                   "thorfleet.lab.registry_auth",
                                                    "http.server --bind 10.213."))]
     if bounded.run(["ip", "link", "show", BRIDGE], 30).returncode == 0:
         found.append(f"link: {BRIDGE}")

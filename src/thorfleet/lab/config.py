@@ -17,6 +17,11 @@ BRIDGE = "thorlab0"
 BRIDGE_MAC = "02:54:48:4f:52:01"  # locally administered
 REGISTRY_PORT = 5000
 REGISTRY = f"{GATEWAY}:{REGISTRY_PORT}"
+# Its token service, as nvcr.io's (https://nvcr.io/proxy_auth): the registry wants a token
+# from it, which a client gets with NGC's login.
+REGISTRY_AUTH = f"{GATEWAY}:5001"
+REGISTRY_SERVICE = "thorfleet-lab-registry"  # the tokens' audience
+REGISTRY_ISSUER = "thorfleet-lab-registry-auth"
 # NGC's login: the user is literally `$oauthtoken`, the password an API key; the lab's
 # registry wants the same, with this lab-only key.
 REGISTRY_USER = "$oauthtoken"
@@ -53,7 +58,6 @@ MACHINE_PACKAGES = {
     "systemd-nspawn": "systemd-container",
     "debootstrap": "debootstrap",
     "docker-registry": "docker-registry",
-    "htpasswd": "apache2-utils",
     "openssl": "openssl",
     "iptables": "iptables",
     "ip": "iproute2",
@@ -104,6 +108,7 @@ FIRST_FLEET_HOST = 3
 # Background processes of the lab itself, with their addresses; every other pid file is
 # a host.
 SERVICES = {
+    "registry-auth": f"https://{REGISTRY_AUTH}/proxy_auth",
     "registry": REGISTRY,
     "git-daemon": SOURCE_MIRROR,
     "hf-mirror": HF_MIRROR,

@@ -24,7 +24,7 @@ import tarfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urlencode, urljoin
 
 from thorfleet import engine_standin
 
@@ -171,19 +171,43 @@ def _digest(data: bytes) -> str:
 
 
 class Registry:
-    """A Docker registry's HTTP API, as far as pushing an image goes (basic auth, TLS)."""
+    """A Docker registry's HTTP API, as far as pushing an image goes (TLS, and a login to
+    the token service its challenge names, as a Docker client does with nvcr.io)."""
 
     def __init__(self, address: str, user: str, password: str, cafile: Path):
         self.base = f"https://{address}"
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
-        self.auth = {"Authorization": f"Basic {token}"}
+        login = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.login = {"Authorization": f"Basic {login}"}
+        self.tokens: dict[str, str] = {}  # by the challenge's scope
         self.context = ssl.create_default_context(cafile=str(cafile))
 
     def _request(self, method: str, url: str, data: bytes | None = None,
                  headers: dict | None = None):
+        scope = self._scope_of(url)
+        auth = {"Authorization": f"Bearer {self.tokens[scope]}"} if scope in self.tokens else {}
         request = urllib.request.Request(urljoin(self.base, url), data=data, method=method,
-                                         headers={**self.auth, **(headers or {})})
-        return urllib.request.urlopen(request, context=self.context, timeout=60)
+                                         headers={**auth, **(headers or {})})
+        try:
+            return urllib.request.urlopen(request, context=self.context, timeout=60)
+        except urllib.error.HTTPError as error:
+            challenge = error.headers.get("WWW-Authenticate", "")
+            if error.code != 401 or scope in self.tokens or not challenge.startswith("Bearer "):
+                raise
+            self.tokens[scope] = self._token(challenge, scope)
+            return self._request(method, url, data, headers)
+
+    @staticmethod
+    def _scope_of(url: str) -> str:
+        """What a push needs of the repository a URL names."""
+        repository = url.split("/v2/", 1)[1].split("/blobs/")[0].split("/manifests/")[0]
+        return f"repository:{repository}:pull,push"
+
+    def _token(self, challenge: str, scope: str) -> str:
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+        query = urlencode({"service": fields.get("service", ""), "scope": scope})
+        request = urllib.request.Request(f"{fields['realm']}?{query}", headers=self.login)
+        with urllib.request.urlopen(request, context=self.context, timeout=60) as response:
+            return json.loads(response.read())["token"]
 
     def push_blob(self, repository: str, data: bytes) -> None:
         digest = _digest(data)

@@ -25,7 +25,10 @@ from thorfleet.lab.config import (
     HOST_PYTHON,
     MODELSCOPE,
     REGISTRY,
+    REGISTRY_AUTH,
+    REGISTRY_ISSUER,
     REGISTRY_PASSWORD,
+    REGISTRY_SERVICE,
     REGISTRY_USER,
     SOURCE_MIRROR,
     SOURCES,
@@ -39,15 +42,14 @@ class Upstreams:
     """Each started once and left running until `down`."""
 
     def _ensure_registry(self, log) -> None:
-        """The lab registry, as nvcr.io is: TLS (a lab CA the hosts trust) and a login."""
+        """The lab registry, as nvcr.io is: TLS (a lab CA the hosts trust) and a login,
+        through a token service (registry_auth.py) as nvcr.io's."""
         if self._pid("registry") is not None:
             return
         home = self.state / "registry"
         (home / "data").mkdir(parents=True, exist_ok=True)
         self._ensure_lab_ca(home)
-        htpasswd = home / "htpasswd"
-        htpasswd.write_text(run(["htpasswd", "-nbB", REGISTRY_USER,
-                                 REGISTRY_PASSWORD]).stdout.strip() + "\n")
+        self._ensure_registry_auth(home)
         config = home / "config.yml"
         config.write_text(
             "version: 0.1\n"
@@ -57,7 +59,9 @@ class Upstreams:
             "  delete:\n    enabled: true\n"
             f"http:\n  addr: {REGISTRY}\n"
             f"  tls:\n    certificate: {home / 'registry.crt'}\n    key: {home / 'registry.key'}\n"
-            f"auth:\n  htpasswd:\n    realm: thorfleet-lab\n    path: {htpasswd}\n"
+            f"auth:\n  token:\n    realm: https://{REGISTRY_AUTH}/proxy_auth\n"
+            f"    service: {REGISTRY_SERVICE}\n    issuer: {REGISTRY_ISSUER}\n"
+            f"    rootcertbundle: {home / 'token-signer.crt'}\n"
         )
         self._start_process("registry", ["docker-registry", "serve", str(config)])
         if not lab_hub.answers_http(f"https://{REGISTRY}/v2/",
@@ -66,6 +70,25 @@ class Upstreams:
             raise LabError(f"the lab registry did not answer on {REGISTRY}: see "
                            f"{self.state / 'run' / 'registry'}.log")
         log(f"registry answers on {REGISTRY} (TLS, login {REGISTRY_USER})")
+
+    def _ensure_registry_auth(self, home: Path) -> None:
+        """The registry's token service, signing with a key of its own."""
+        if not (home / "token-signer.crt").exists():
+            run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+                 "-keyout", str(home / "token-signer.key"), "-out",
+                 str(home / "token-signer.crt"), "-subj", "/CN=thorfleet lab token signer"])
+        if self._pid("registry-auth") is not None:
+            return
+        config = home / "registry-auth.json"
+        config.write_text(json.dumps({
+            "host": GATEWAY, "port": int(REGISTRY_AUTH.rsplit(":", 1)[1]),
+            "tls_certificate": str(home / "registry.crt"), "tls_key": str(home / "registry.key"),
+            "key": str(home / "token-signer.key"), "certificate": str(home / "token-signer.crt"),
+            "user": REGISTRY_USER, "password": REGISTRY_PASSWORD,
+            "issuer": REGISTRY_ISSUER, "service": REGISTRY_SERVICE}))
+        self._start_process("registry-auth", [sys.executable, "-m", "thorfleet.lab.registry_auth",
+                                              "--config", str(config)])
+        self._wait_http("registry-auth", f"https://{REGISTRY_AUTH}/", cafile=self.lab_ca)
 
     @property
     def lab_ca(self) -> Path:
@@ -253,7 +276,8 @@ class Upstreams:
             if not (target / wheel.name).exists():
                 lab_hub.link_or_copy(wheel, target / wheel.name)
 
-    def _wait_http(self, service: str, url: str) -> None:
-        if not lab_hub.answers_http(url, lambda: self._pid(service) is not None):
+    def _wait_http(self, service: str, url: str, cafile: Path | None = None) -> None:
+        if not lab_hub.answers_http(url, lambda: self._pid(service) is not None,
+                                    cafile=cafile):
             raise LabError(f"the lab's {service} did not answer at {url}: see "
                            f"{self.state / 'run' / service}.log")
