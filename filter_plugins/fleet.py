@@ -183,17 +183,6 @@ def fleet_problems(fetch, address, port, host):
     return problems
 
 
-def subject_alt_name(address):
-    """A certificate's subjectAltName for the address hosts reach a host at."""
-    if not _is_address(address):
-        raise ValueError(f"{str(address)[:80]!r} is not an IP address or a host name")
-    try:
-        ipaddress.ip_address(address)
-    except ValueError:
-        return f"DNS:{address}"
-    return f"IP:{address}"
-
-
 def _is_address(value):
     if not isinstance(value, str):
         return False
@@ -214,5 +203,4 @@ class FilterModule:
             "thorfleet_fleet_got": got,
             "thorfleet_fleet_still_wanted": still_wanted,
             "thorfleet_fleet_problems": fleet_problems,
-            "thorfleet_subject_alt_name": subject_alt_name,
         }

@@ -48,16 +48,6 @@ def image_plan(specs, lock_images=None, registry_mirror="", refresh=False):
     return sorted(plan.values(), key=lambda e: e["ref"])
 
 
-def image_seeds(hosts, fetching, me):
-    """The image references `me` is the first of `hosts` to fetch (`fetching`: each host's
-    references to fetch, in the order of `hosts`)."""
-    first = {}
-    for host, refs in zip(hosts, fetching, strict=True):
-        for ref in refs or []:
-            first.setdefault(ref, host)
-    return sorted(ref for ref, host in first.items() if host == me)
-
-
 def _split_reference(ref):
     """(name, tag) of an image reference; the tag is what follows the last ':' after the
     last '/', so a registry's port is not taken for one."""
@@ -139,7 +129,6 @@ def images_to_prune(results, keep):
 class FilterModule:
     def filters(self):
         return {
-            "thorfleet_image_seeds": image_seeds,
             "thorfleet_image_plan": image_plan,
             "thorfleet_image_digests": image_digests,
             "thorfleet_image_history": image_history,

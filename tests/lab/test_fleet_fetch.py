@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import uuid
 
 import pytest
 
-from tests.lab.conftest import HOSTS, Playbook, push_standin
+from tests.lab.conftest import HOSTS, Playbook
 from thorfleet.lab import host_address
 
 # Each runs a service of Qwen/Qwen3-8B (thor01's vLLM service, thor03's and thor04's).
@@ -21,7 +20,6 @@ MODEL = "/models/Qwen/Qwen3-8B"
 REPO = "/Qwen/Qwen3-8B/resolve/"
 ON = ("-e", "thorfleet_fleet_fetch=true")
 NAMES = {host_address(index): name for index, name in enumerate(HOSTS, start=1)}
-NAMES_TO = {name: address for address, name in NAMES.items()}
 # Flips the bytes at an offset of a file (twice: as it was), keeping its size.
 FLIP = ("python3 -c 'import sys; f = open(sys.argv[1], \"r+b\"); f.seek(64); b = f.read(4); "
         "f.seek(64); f.write(bytes(x ^ 0xFF for x in b))' " + MODEL + "/model.safetensors")
@@ -213,43 +211,3 @@ def test_an_engine_build_goes_to_the_hosts_of_its_stamp_and_is_not_compiled_agai
     finally:
         lab.ssh("thor02", "rm -rf /opt/thorfleet/llama.cpp /opt/thorfleet/whisper.cpp")
 
-
-def test_the_site_cache_fetches_images_for_the_fleet_and_the_hosts_pull_from_it(lab, hosts,
-                                                                                tmp_path):
-    # thor02 as the site cache; a new image for the vLLM services of thor01, thor03 and
-    # thor04, staged by the images phase (nothing restarts).
-    cache = tmp_path / "cache.yml"
-    cache.write_text("---\nthorfleet_site_cache:\n  hosts:\n    thor02: {}\n")
-    tag = f"cache-{uuid.uuid4().hex[:8]}"
-    digest = push_standin(lab, "vllm", tag)
-    image = json.dumps({"thorfleet_catalogue_extra": {"engines": {"vllm": {
-        "image": f"nvcr.io/nvidia/vllm:{tag}"}}}})
-    images = ("-i", "inventory/lab", "-i", str(cache), "site.yml",
-              "-l", "thor01,thor02,thor03,thor04", "--tags", "images", "-e", image)
-    log = lab.state / "run" / "registry.log"
-    since = len(log.read_bytes())
-    try:
-        run = Playbook(*images)
-        assert run.rc == 0, run
-        upstream = re.findall(r'^([0-9.]+) - - \[[^]]+\] "(GET|HEAD) (/v2/\S+) ',
-                              log.read_bytes()[since:].decode(), re.MULTILINE)
-        # Only the cache asked the registry (nvcr.io's stand-in), with the NGC key.
-        assert upstream and {address for address, _m, _p in upstream} == {NAMES_TO["thor02"]}
-        blobs = [path for _a, method, path in upstream
-                 if method == "GET" and "/blobs/" in path]
-        # The image's blobs the hosts lacked, each fetched for the whole fleet: distribution
-        # 2.8's proxy fetches a blob it does not hold twice (once for the client, once to
-        # keep), and never again.
-        assert blobs and all(blobs.count(path) <= 2 for path in blobs), blobs
-        for name in ("thor01", "thor03", "thor04"):
-            held = hosts[name].check_output(
-                "docker image inspect --format '{{json .RepoDigests}}' %s",
-                f"10.213.0.12:5443/nvidia/vllm@{digest}")
-            assert digest in held, name
-        since = len(log.read_bytes())
-        again = Playbook(*images)
-        assert again.rc == 0 and all(count["changed"] == 0 for count in again.recap.values()), \
-            again
-        assert "/v2/nvidia/" not in log.read_bytes()[since:].decode()
-    finally:
-        lab.ssh("thor02", "systemctl disable --now thorfleet-site-cache.service", check=False)
