@@ -21,8 +21,9 @@ import math
 import posixpath
 import re
 
-# The rsync daemon's modules: the host's model root, and its engine builds' root.
-SHARES = {"models": "thorfleet-models", "builds": "thorfleet-builds"}
+# The rsync daemon's modules: the host's model root, its engine builds' root, and its
+# engines' compile caches (one directory per image digest).
+SHARES = {"models": "thorfleet-models", "builds": "thorfleet-builds", "jit": "thorfleet-jit"}
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME = re.compile(rf"(?=.{{1,253}}$){LABEL}(?:\.{LABEL})*")  # fullmatch only
 
@@ -159,6 +160,30 @@ def got(state, results, kind="models"):
     return {**state, "entries": entries, "got": sorted(set(state["got"]) | done)}
 
 
+def jit_peers(mounts, holders, host, port):
+    """Where a host copies the compile caches of its container services' images from, in a
+    rollout (thorfleet_fleet_fetch): for each image digest its services mount caches of
+    (thorfleet_jit_mounts), one other host of the rollout holding that digest's caches
+    (holders: each host's {host, address, held: [digest, ...]}, read before the rollout
+    and again once its switch passed). The hosts of a batch spread over the holders by
+    their place in the fleet. [{digest, name, url}]; a digest the host holds itself, or
+    that nobody holds, is left out (its engine compiles)."""
+    holders = sorted((h for h in holders or [] if isinstance(h, dict) and h.get("host")),
+                     key=lambda h: h["host"])
+    names = [h["host"] for h in holders]
+    place = names.index(host) if host in names else len(names)
+    mine = set(holders[place].get("held") or []) if host in names else set()
+    peers = []
+    for digest in sorted({mount["digest"] for mount in mounts or []} - mine):
+        donors = [h for h in holders if h["host"] != host and digest in (h.get("held") or [])]
+        if donors:
+            donor = donors[place % len(donors)]
+            peers.append({"digest": digest, "name": donor["host"],
+                          "url": share_url(donor["address"], int(port), "jit",
+                                           digest.replace(":", "-"))})
+    return peers
+
+
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
             "false": False, "no": False, "off": False, "0": False}
 
@@ -198,6 +223,7 @@ class FilterModule:
         return {
             "thorfleet_model_holdings": model_holdings,
             "thorfleet_build_holdings": build_holdings,
+            "thorfleet_jit_peers": jit_peers,
             "thorfleet_fleet_work": fleet_work,
             "thorfleet_fleet_round": fleet_round,
             "thorfleet_fleet_got": got,

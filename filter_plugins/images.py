@@ -88,8 +88,8 @@ def image_history(plan, history=None, resolved=None, keep=2):
 
 
 def jit_mounts(specs, images, root):
-    """Each container service's compile caches as mounts: {service, host, container,
-    volume (the `docker run` option)}. The
+    """Each container service's compile caches as mounts: {service, digest (of its image),
+    host, container, volume (the `docker run` option)}. The
     host side is kept per image digest (<root>/sha256-<hex><container path>), so that an
     image bump starts with an empty cache of its own and a rollback finds the old one. An
     image not resolved to a digest yet (check mode on a new host) has none."""
@@ -99,7 +99,8 @@ def jit_mounts(specs, images, root):
         digest = digests.get(spec.get("image")) if spec.get("kind") == "container" else None
         for cache in spec.get("caches") or [] if digest else []:
             host = f"{root.rstrip('/')}/{digest.replace(':', '-')}{cache}"
-            mounts.append({"service": spec["name"], "container": cache, "host": host,
+            mounts.append({"service": spec["name"], "digest": digest, "container": cache,
+                           "host": host,
                            "volume": f"--volume={host}:{cache}"})
     return mounts
 

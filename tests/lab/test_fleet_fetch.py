@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import uuid
 
 import pytest
 
-from tests.lab.conftest import HOSTS, Playbook
+from tests.lab.conftest import HOSTS, Playbook, push_standin
 from thorfleet.lab import host_address
 
 # Each runs a service of Qwen/Qwen3-8B (thor01's vLLM service, thor03's and thor04's).
@@ -210,4 +211,39 @@ def test_an_engine_build_goes_to_the_hosts_of_its_stamp_and_is_not_compiled_agai
         assert again.rc == 0 and again.recap["thor02"]["changed"] == 0, again
     finally:
         lab.ssh("thor02", "rm -rf /opt/thorfleet/llama.cpp /opt/thorfleet/whisper.cpp")
+
+
+def standin(host) -> dict:
+    """What thor03's and thor04's vLLM stand-in (service `chat`, port 8000) says of itself."""
+    return json.loads(host.check_output(
+        "curl -sf --max-time 60 http://127.0.0.1:8000/thorfleet-standin/argv"))
+
+
+def test_a_rollouts_later_hosts_start_with_the_compile_caches_the_canary_made(lab, hosts):
+    # A new image for thor03's and thor04's vLLM service, rolled out with thor03 as the
+    # canary: its engine compiles on a first start, thor04's starts with those kernels.
+    tag = f"jit-{uuid.uuid4().hex[:8]}"
+    digest = push_standin(lab, "vllm", tag)
+    image = json.dumps({"thorfleet_catalogue_extra": {"engines": {"vllm": {
+        "image": f"nvcr.io/nvidia/vllm:{tag}"}}}})
+    rollout = ("site.yml", "-l", "thor03,thor04", *ON, "-e", "thorfleet_rollout_canary=thor03",
+               "-e", image)
+    cache = f"/var/cache/thorfleet/jit/{digest.replace(':', '-')}/root/.cache/vllm"
+    marker = f"{cache}/thorfleet-standin-qwen3"
+    try:
+        run = Playbook(*rollout)
+        assert run.rc == 0, run
+        assert standin(hosts["thor03"])["jit_cache"] == "new"
+        assert standin(hosts["thor04"])["jit_cache"] == "found"
+        # thor04 holds the canary's file itself (rsync kept its time), not one of its own.
+        assert hosts["thor04"].file(marker).mtime == hosts["thor03"].file(marker).mtime
+        assert re.search(r"TASK \[inference_services : Copy the compile caches[^\n]*\n"
+                         r"changed: \[thor04\]", run.output), run
+        assert share_closed(hosts["thor03"]) and share_closed(hosts["thor04"])
+
+        again = Playbook(*rollout)
+        assert again.rc == 0 and all(again.recap[name]["changed"] == 0
+                                     for name in ("thor03", "thor04")), again
+    finally:
+        assert Playbook("site.yml", "-l", "thor03,thor04").rc == 0
 

@@ -185,3 +185,36 @@ def test_a_build_nobody_holds_is_compiled_by_one_host_and_its_stamp_learnt():
     second = fleet.fleet_round(hosts, 1, rounds, "builds")
     assert [w["peer"]["name"] for w in second["thor02"]["peers"]] == ["thor01"]
     assert not any(work["hub"] for work in second.values())
+
+
+# --- compile caches in a rollout ------------------------------------------------------
+
+OLD_IMAGE, NEW_IMAGE = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+def mounts(*digests):
+    return [{"service": "chat", "digest": d, "container": c, "host": f"/c/{d}{c}"}
+            for d in digests for c in ("/root/.cache/vllm", "/root/.triton")]
+
+
+def holder(host, *held):
+    return {"host": host, "address": f"10.0.0.{int(host[-2:])}", "held": list(held)}
+
+
+def test_a_hosts_missing_caches_come_from_a_host_that_holds_them():
+    holders = [holder("thor01", OLD_IMAGE, NEW_IMAGE), holder("thor02", OLD_IMAGE)]
+    peers = fleet.jit_peers(mounts(OLD_IMAGE, NEW_IMAGE), holders, "thor02", 873)
+    # One copy per image digest (not per mount), only of what thor02 lacks.
+    assert peers == [{"digest": NEW_IMAGE, "name": "thor01",
+                      "url": "rsync://10.0.0.1:873/thorfleet-jit/sha256-" + "b" * 64}]
+    # The holder itself copies nothing; a digest nobody else holds is compiled.
+    assert fleet.jit_peers(mounts(NEW_IMAGE), holders, "thor01", 873) == []
+    assert fleet.jit_peers(mounts("sha256:" + "c" * 64), holders, "thor02", 873) == []
+
+
+def test_a_batchs_hosts_spread_over_the_hosts_that_hold_a_cache():
+    holders = [holder("thor01", NEW_IMAGE), holder("thor02", NEW_IMAGE)] + [
+        holder(f"thor{n:02d}") for n in range(3, 9)]
+    sources = [fleet.jit_peers(mounts(NEW_IMAGE), holders, f"thor{n:02d}", 873)[0]["name"]
+               for n in range(3, 9)]
+    assert sources.count("thor01") == sources.count("thor02") == 3

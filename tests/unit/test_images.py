@@ -108,7 +108,7 @@ def test_compile_caches_are_kept_per_image_digest():
     mounts = image_filters.jit_mounts(specs, images, "/var/cache/thorfleet/jit/")
     root = "/var/cache/thorfleet/jit/sha256-" + "a" * 64
     assert mounts == [
-        {"service": name, "container": cache, "host": root + cache,
+        {"service": name, "digest": OLD, "container": cache, "host": root + cache,
          "volume": f"--volume={root}{cache}:{cache}"}
         for name in ("chat", "asr") for cache in ("/root/.cache/vllm", "/root/.triton")]
     # A bump: the same service, a cache of its own under the new digest.
