@@ -43,10 +43,12 @@ unit: venv
 lab: venv
 	$(BIN)/pytest -q tests/lab
 
-## bench: a no-op re-run against ansible-core's defaults; an engine's clean build, re-run and ref bump
+## bench: a no-op re-run against ansible-core's defaults; an engine's clean build, re-run and
+## ref bump; a 4-host fleet's upstream bytes and compiles with and without fetching once
 bench: venv
 	$(BIN)/python bench/noop_rerun.py
 	$(BIN)/python bench/engine_rebuild.py
+	$(BIN)/python bench/fleet_fetch.py
 
 ## check-cuda: compile whisper-server with ggml-cuda for arch 110 with this machine's nvcc (opt-in)
 check-cuda: venv
