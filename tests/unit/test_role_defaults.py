@@ -15,7 +15,9 @@ ROLES = sorted(p.parent.parent.name for p in ROOT.glob("roles/*/meta/argument_sp
 
 def spec_options(role: str) -> dict:
     spec = yaml.safe_load((ROOT / "roles" / role / "meta/argument_specs.yml").read_text())
-    return spec["argument_specs"]["main"]["options"]
+    # The shared settings' entry point is `settings` (checked once, by thor_preflight).
+    entry = "settings" if role == "thorfleet" else "main"
+    return spec["argument_specs"][entry]["options"]
 
 
 def defaults_of(role: str) -> dict:
