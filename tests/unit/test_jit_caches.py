@@ -35,6 +35,7 @@ def rsync(monkeypatch, peer_tree):
         fail = False
 
     calls = Calls()
+    calls.warnings = []
 
     def run_command(self, argv, **_kwargs):
         calls.append(argv)
@@ -47,6 +48,8 @@ def rsync(monkeypatch, peer_tree):
         return 0, "", ""
 
     monkeypatch.setattr(jit_caches.AnsibleModule, "run_command", run_command)
+    monkeypatch.setattr(jit_caches.AnsibleModule, "warn",
+                        lambda self, warning: calls.warnings.append(warning))
     monkeypatch.setattr(jit_caches.AnsibleModule, "get_bin_path", lambda *a, **k: "rsync")
     return calls
 
@@ -77,11 +80,12 @@ def test_a_failed_copy_is_a_warning_and_leaves_the_host_as_it_was(tmp_path, rsyn
     rsync.fail = True
     done = run_module(jit_caches, {"root": str(root), "peers": [
         {"digest": DIGEST, "name": "thor01", "url": URL}]}, monkeypatch)
-    assert not done.failed and not done.result["changed"]
-    assert done.result["failed"] == [{"digest": DIGEST, "peer": "thor01", "error":
-                                      "rsync: failed to connect to 10.0.0.1: Connection "
-                                      "refused (111)"}]
-    assert "the engine compiles them" in done.result["warnings"][0]
+    # Not `failed` in the result: Ansible would fail the task (and the host's switch).
+    assert not done.failed and not done.result["changed"] and "failed" not in done.result
+    assert done.result["not_copied"] == [{"digest": DIGEST, "peer": "thor01", "error":
+                                          "rsync: failed to connect to 10.0.0.1: Connection "
+                                          "refused (111)"}]
+    assert "the engine compiles them" in rsync.warnings[0]
     assert sorted(os.listdir(root)) == ["sha256-" + "b" * 64]
     assert not list((root / ("sha256-" + "b" * 64)).rglob("half"))
 

@@ -16,8 +16,9 @@ description:
   - With O(peers), each digest this host does not hold is copied from the peer named for
     it (rsync, from the read-only share of the thorfleet role), into a directory beside
     its place, and moved into place only once complete. A cache is an optimisation: a copy
-    that fails leaves this host as it was, is reported in RV(failed) and as a warning, and
-    the engine compiles its kernels itself on its first start.
+    that fails leaves this host as it was, is reported in RV(not_copied) and as a warning
+    (not as C(failed), which would fail the task), and the engine compiles its kernels
+    itself on its first start.
   - Check mode reports what would be copied and copies nothing.
 options:
   root:
@@ -54,7 +55,7 @@ copied:
   description: The digests copied from a peer (in check mode, those that would be).
   returned: success
   type: list
-failed:
+not_copied:
   description: The copies that failed, each C(digest), C(peer) and C(error).
   returned: success
   type: list
@@ -138,7 +139,7 @@ def main():
         if reason:
             module.fail_json(msg=f"jit_caches: peers: {reason}: refused")
     have = set(held(root))
-    copied, failed, warnings = [], [], []
+    copied, not_copied = [], []
     for peer in peers:
         if peer["digest"] in have or peer["digest"] in copied:
             continue
@@ -146,14 +147,14 @@ def main():
             os.makedirs(root, mode=0o755, exist_ok=True)
             error = copy(module, root, peer)
             if error:
-                failed.append({"digest": peer["digest"], "peer": peer.get("name"),
-                               "error": error})
-                warnings.append(f"compile caches of {peer['digest']} not copied from "
-                                f"{peer.get('name')} ({error}): the engine compiles them")
+                not_copied.append({"digest": peer["digest"], "peer": peer.get("name"),
+                                   "error": error})
+                module.warn(f"compile caches of {peer['digest']} not copied from "
+                            f"{peer.get('name')} ({error}): the engine compiles them")
                 continue
         copied.append(peer["digest"])
     module.exit_json(changed=bool(copied), held=sorted(have | set(copied)), copied=copied,
-                     failed=failed, warnings=warnings)
+                     not_copied=not_copied)
 
 
 if __name__ == "__main__":
