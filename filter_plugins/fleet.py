@@ -201,11 +201,53 @@ def fleet_problems(fetch, address, port, host):
     if not _is_address(address):
         problems.append(f"{host}: thorfleet_fleet_address: {str(address)[:80]!r} is not an "
                         "IP address or a host name the run's other hosts reach this one by")
-    if isinstance(port, bool) or not re.fullmatch(r"[0-9]{1,5}", str(port)) \
-            or not 0 < int(port) < 65536:
+    if not _is_port(port, 65535):
         problems.append(f"{host}: thorfleet_fleet_rsync_port: {str(port)[:20]!r} is not a "
                         "port number")
     return problems
+
+
+def _is_port(value, highest):
+    """Whether a setting is a port number from 1 to `highest` (a string of digits, as -e
+    gives, is one)."""
+    return not isinstance(value, bool) and re.fullmatch(r"[0-9]{1,5}", str(value)) is not None \
+        and 0 < int(value) <= highest
+
+
+def site_cache_problems(hosts, address, port, storage):
+    """What is wrong with the site cache's settings (the inventory group
+    thorfleet_site_cache, and its host's address, port and storage), one message per
+    field: they go into its certificate, its registry's configuration and its units."""
+    if not hosts:
+        return []
+    problems = []
+    if len(hosts) > 1:
+        problems.append(f"thorfleet_site_cache: one host, not {len(hosts)} "
+                        f"({', '.join(map(str, hosts))[:120]})")
+    if not _is_address(address):
+        problems.append(f"{hosts[0]}: ansible_host: {str(address)[:80]!r} is not an IP address "
+                        "or a host name the hosts reach the site cache by")
+    # The cache serves on the port; it is filled on the next one, on the loopback address.
+    if not _is_port(port, 65534):
+        problems.append(f"thorfleet_site_cache_port: {str(port)[:20]!r} is not a port number "
+                        "below 65535")
+    if not isinstance(storage, str) or not re.fullmatch(r"/[A-Za-z0-9._/-]*", storage) \
+            or "/../" in f"{storage}/" or storage.rstrip("/") in ("", "/var", "/var/lib"):
+        problems.append(f"thorfleet_site_cache_storage: {str(storage)[:80]!r} is not a "
+                        "directory of its own, as an absolute path of letters, digits and "
+                        "._-/")
+    return problems
+
+
+def subject_alt_name(address):
+    """A certificate's subjectAltName for the address hosts reach a host at."""
+    if not _is_address(address):
+        raise ValueError(f"{str(address)[:80]!r} is not an IP address or a host name")
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return f"DNS:{address}"
+    return f"IP:{address}"
 
 
 def _is_address(value):
@@ -229,4 +271,6 @@ class FilterModule:
             "thorfleet_fleet_got": got,
             "thorfleet_fleet_still_wanted": still_wanted,
             "thorfleet_fleet_problems": fleet_problems,
+            "thorfleet_site_cache_problems": site_cache_problems,
+            "thorfleet_subject_alt_name": subject_alt_name,
         }

@@ -18,14 +18,24 @@ if _UTILS not in sys.path:
 from thorfleet_lib.rules import CatalogueError  # noqa: E402
 
 
-def image_plan(specs, lock_images=None, registry_mirror="", refresh=False):
+def image_plan(specs, lock_images=None, registry_mirror="", refresh=False, cache="",
+               platforms=None, platform=""):
     """The container images a host's services run, each once.
 
     An entry: ref (the catalogue's reference, the lock's key, e.g.
-    nvcr.io/nvidia/vllm:25.10-py3), repository (where it is pulled from: nvcr.io, or the
-    registry mirror with the same path), tag, digest (the lock's, "" when the tag is to be
-    resolved, as with refresh), image (repository@digest, what units run; the tag before
-    it is resolved) and services.
+    nvcr.io/nvidia/vllm:25.10-py3), upstream (where the image comes from: nvcr.io, or the
+    registry mirror with the same path), repository (where the host pulls it from: the
+    upstream, or the site cache with the same path), tag, locked (the lock's digest, ""
+    when the tag is to be resolved, as with refresh), digest (what the host pulls and runs:
+    the locked one; through a site cache, the image of the host's `platform` in it, from
+    the lock's `platforms`, "" until the cache has copied it), image (repository@digest,
+    what units run; the tag before there is a digest), cached (whether it comes through
+    the site cache: NGC's images, when there is one), path (the repository's path there)
+    and services.
+
+    Through a site cache a host runs its platform's image rather than a multi-architecture
+    list, because the cache holds that image alone (a registry keeps a list only with
+    every platform's image in it).
     """
     lock_images = lock_images or {}
     plan = {}
@@ -36,16 +46,65 @@ def image_plan(specs, lock_images=None, registry_mirror="", refresh=False):
         entry = plan.get(ref)
         if entry is None:
             name, tag = _split_reference(ref)
-            repository = name
-            if registry_mirror and name.startswith("nvcr.io/"):
-                repository = f"{registry_mirror.rstrip('/')}/{name.removeprefix('nvcr.io/')}"
-            digest = "" if refresh else str(lock_images.get(ref) or "")
+            upstream = _moved(name, registry_mirror)
+            locked = "" if refresh else str(lock_images.get(ref) or "")
+            repository, digest = upstream, locked
+            cached = bool(cache) and name.startswith("nvcr.io/")
+            if cached:
+                repository = _moved(name, cache)
+                digest = str(((platforms or {}).get(locked) or {}).get(platform) or "") \
+                    if locked else ""
             entry = plan[ref] = {
-                "ref": ref, "repository": repository, "tag": tag, "digest": digest,
+                "ref": ref, "upstream": upstream, "repository": repository, "tag": tag,
+                "locked": locked, "digest": digest, "platform": platform, "cached": cached,
+                "path": name.removeprefix("nvcr.io/"),
                 "image": f"{repository}@{digest}" if digest else f"{repository}:{tag}",
                 "services": []}
         entry["services"].append(spec["name"])
     return sorted(plan.values(), key=lambda e: e["ref"])
+
+
+def _moved(name, registry):
+    """An nvcr.io repository as served by another registry (a mirror, the site cache),
+    under the same path."""
+    if registry and name.startswith("nvcr.io/"):
+        return f"{registry.rstrip('/')}/{name.removeprefix('nvcr.io/')}"
+    return name
+
+
+def image_platform(architecture):
+    """The platform of a host's images (`linux/arm64` on a Thor), from its machine name
+    (the thor facts' architecture: aarch64, x86_64)."""
+    arch = {"aarch64": "arm64", "arm64": "arm64", "x86_64": "amd64", "amd64": "amd64"}.get(
+        str(architecture or "aarch64"))
+    if arch is None:
+        raise CatalogueError(f"no container platform for the architecture {architecture!r}")
+    return f"linux/{arch}"
+
+
+def images_to_cache(plans):
+    """What the site cache copies for the hosts: from each host's images to fetch (a list
+    of plan entries per host), each (image, platform) once that comes through the cache:
+    {ref, upstream, path, tag, locked, platform}."""
+    wanted = {}
+    for entries in plans or []:
+        for entry in entries or []:
+            if not entry.get("cached"):
+                continue
+            key = (entry["ref"], entry["platform"])
+            wanted.setdefault(key, {field: entry[field] for field in
+                                    ("ref", "upstream", "path", "tag", "locked",
+                                     "platform")})
+    return [wanted[key] for key in sorted(wanted)]
+
+
+def image_platforms_update(known, learned):
+    """The lock's image_platforms entries to write: each list digest the cache learned a
+    platform's image of, with the platforms the lock already had for it."""
+    known = known or {}
+    return {listed: {**(known.get(listed) or {}), **found}
+            for listed, found in (learned or {}).items()
+            if {**(known.get(listed) or {}), **found} != (known.get(listed) or {})}
 
 
 def _split_reference(ref):
@@ -131,6 +190,9 @@ class FilterModule:
     def filters(self):
         return {
             "thorfleet_image_plan": image_plan,
+            "thorfleet_image_platform": image_platform,
+            "thorfleet_images_to_cache": images_to_cache,
+            "thorfleet_image_platforms_update": image_platforms_update,
             "thorfleet_image_digests": image_digests,
             "thorfleet_image_history": image_history,
             "thorfleet_images_to_prune": images_to_prune,

@@ -10,7 +10,8 @@ short_description: Read or update the lock file kept with the inventory
 description:
   - The lock file pins what a name alone does not: a model revision to the commit it
     resolved to (and the sums of its files the hub lists no hash for), a file fetched by
-    URL to its sha256, an image tag to its digest, an engine's source ref to its commit. It is
+    URL to its sha256, an image tag to its digest (and, through a site cache, that digest to
+    the digest of the hosts' platform's image), an engine's source ref to its commit. It is
     written on the controller, next to the inventory, and meant to be committed with it.
   - O(state=read) returns its content (empty sections when there is no file yet).
   - O(state=present) sets O(entries) in O(section), leaving other entries as they are.
@@ -32,9 +33,10 @@ options:
     default: present
   section:
     description: >-
-      The section to update (C(models), C(model_files), C(files), C(images), C(engines)).
+      The section to update (C(models), C(model_files), C(files), C(images),
+      C(image_platforms), C(engines)).
     type: str
-    choices: [models, model_files, files, images, engines]
+    choices: [models, model_files, files, images, image_platforms, engines]
   entries:
     description: Keys and values to set in O(section).
     type: dict
@@ -77,7 +79,9 @@ import tempfile  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-SECTIONS = ("models", "model_files", "files", "images", "engines")
+# image_platforms: an image digest that names a multi-architecture list, with the digest of
+# each platform's image in it the site cache copied ({list digest: {"linux/arm64": digest}}).
+SECTIONS = ("models", "model_files", "files", "images", "image_platforms", "engines")
 HEADER = (
     "# thorfleet lock file: what each name resolved to when first used, verified ever after.\n"
     "# Written by thorfleet runs; commit it with the inventory. To move a pin, change the\n"
@@ -94,7 +98,22 @@ def load(path):
             content = yaml.safe_load(source) or {}
     if not isinstance(content, dict):
         raise ValueError(f"{path}: not a mapping")
-    return {section: dict(content.get(section) or {}) for section in SECTIONS}
+    lock = {section: dict(content.get(section) or {}) for section in SECTIONS}
+    for listed, found in lock["image_platforms"].items():
+        if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+            raise ValueError(f"image_platforms: {str(listed)[:80]}: not a mapping of "
+                             "platforms to digests")
+    return lock
+
+
+def entry_value(section, value):
+    """A value as the lock keeps it: a string; in image_platforms, {platform: digest}."""
+    if section == "image_platforms":
+        if not isinstance(value, dict):
+            raise ValueError(f"image_platforms: {str(value)[:80]!r} is not a mapping of "
+                             "platforms to digests")
+        return {str(k): str(v) for k, v in value.items()}
+    return str(value)
 
 
 def read(path, previous=None):
@@ -139,7 +158,10 @@ def main():
         module.exit_json(changed=False, lock=lock)
 
     section = module.params["section"]
-    entries = {str(k): str(v) for k, v in module.params["entries"].items()}
+    try:
+        entries = {str(k): entry_value(section, v) for k, v in module.params["entries"].items()}
+    except ValueError as error:
+        module.fail_json(msg=str(error))
     changes = {k: v for k, v in entries.items() if lock[section].get(k) != v}
     before = {k: lock[section].get(k) for k in changes}
     lock[section].update(changes)

@@ -5,9 +5,12 @@ When a lab is already up (a developer's), the tests use it and leave it running.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import re
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -146,3 +149,25 @@ def push_standin(lab: Lab, engine: str, tag: str, version: str | None = None,
     repository, _tag = lab.container_engines()[engine]
     parts = lab_images.image(lab.standin_layer(), engine, version or tag, broken)
     return lab.registry().push(repository, tag, parts)
+
+
+def push_standin_list(lab: Lab, engine: str, tag: str) -> tuple[str, str, str]:
+    """Push an engine's stand-in under `tag` as NGC publishes its images: a
+    multi-architecture list with the stand-in as this machine's platform's image (the
+    lab's hosts' platform) and a small image of its own, with a layer of its own, as the
+    other platform's. Returns (the list's digest, the hosts' image's, the other's)."""
+    repository, _tag = lab.container_engines()[engine]
+    mine = lab_images.machine_arch()
+    other = "arm64" if mine != "arm64" else "amd64"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = f"{engine} {tag} for linux/{other}: not for this lab's hosts\n".encode()
+        info = tarfile.TarInfo("README")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    images = {f"linux/{mine}": lab_images.image(lab.standin_layer(), engine, tag),
+              f"linux/{other}": lab_images.image(buffer.getvalue(), engine, tag, arch=other)}
+    listed = lab.registry().push_list(repository, tag, images)
+    digests = {name: "sha256:" + hashlib.sha256(parts[2]).hexdigest()
+               for name, parts in images.items()}
+    return listed, digests[f"linux/{mine}"], digests[f"linux/{other}"]

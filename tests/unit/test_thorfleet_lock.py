@@ -24,7 +24,8 @@ def lock(tmp_path, monkeypatch, check=False, **args):
 def test_reading_a_missing_lock_gives_empty_sections(tmp_path, monkeypatch):
     done = lock(tmp_path, monkeypatch, state="read")
     assert done.result == {"changed": False, "lock": {"models": {}, "model_files": {}, "files": {},
-                                                     "images": {}, "engines": {}}}
+                                                     "images": {}, "image_platforms": {},
+                                                     "engines": {}}}
     assert not (tmp_path / LOCK_NAME).exists()
 
 
@@ -35,7 +36,8 @@ def test_entries_are_merged_into_their_section_and_others_kept(tmp_path, monkeyp
     assert done.result["changed"]
     written = yaml.safe_load((tmp_path / LOCK_NAME).read_text())
     assert written == {"models": {"huggingface:Qwen/Qwen3-8B@main": "c" * 40}, "model_files": {},
-                       "files": {"https://a/t.jinja": "1" * 64}, "images": {}, "engines": {}}
+                       "files": {"https://a/t.jinja": "1" * 64}, "images": {},
+                       "image_platforms": {}, "engines": {}}
     assert (tmp_path / LOCK_NAME).read_text().startswith("# thorfleet lock file")
 
 
@@ -109,7 +111,7 @@ def test_the_roles_read_it_in_ansibles_own_process_with_the_modules_checks(tmp_p
     lookup = load("roles/thorfleet/lookup_plugins/thorfleet_lock.py").LookupModule()
     path = str(tmp_path / LOCK_NAME)
     assert lookup.run([path]) == [{"models": {}, "model_files": {}, "files": {},
-                                   "images": {}, "engines": {}}]
+                                   "images": {}, "image_platforms": {}, "engines": {}}]
     lock(tmp_path, monkeypatch, section="images", entries={"r:t": "sha256:" + "1" * 64})
     assert lookup.run([path])[0]["images"] == {"r:t": "sha256:" + "1" * 64}
     # The same refusals as the module's, raised as Ansible errors that name the cause.
@@ -130,3 +132,24 @@ def test_the_roles_read_it_in_ansibles_own_process_with_the_modules_checks(tmp_p
         assert ".thorfleet.lock.yml: not a mapping" in str(error)
     else:
         raise AssertionError("a lock that is not a mapping was read")
+
+
+def test_a_lists_platform_images_are_kept_as_a_mapping_and_checked_when_read(tmp_path,
+                                                                            monkeypatch):
+    listed, arm64, amd64 = ("sha256:" + c * 64 for c in "abc")
+    lock(tmp_path, monkeypatch, section="image_platforms",
+         entries={listed: {"linux/arm64": arm64}})
+    done = lock(tmp_path, monkeypatch, section="image_platforms",
+                entries={listed: {"linux/arm64": arm64, "linux/amd64": amd64}})
+    assert done.result["changed"]
+    written = yaml.safe_load((tmp_path / LOCK_NAME).read_text())
+    assert written["image_platforms"] == {listed: {"linux/arm64": arm64, "linux/amd64": amd64}}
+    again = lock(tmp_path, monkeypatch, section="image_platforms",
+                 entries={listed: {"linux/arm64": arm64, "linux/amd64": amd64}})
+    assert not again.result["changed"]
+    refused = lock(tmp_path, monkeypatch, section="image_platforms", entries={listed: arm64})
+    assert refused.failed and "image_platforms" in refused.result["msg"]
+    # A hand-edited lock whose entry is not a mapping is refused when read, naming it.
+    (tmp_path / LOCK_NAME).write_text(f"image_platforms:\n  {listed}: {arm64}\n")
+    broken = lock(tmp_path, monkeypatch, state="read")
+    assert broken.failed and listed in broken.result["msg"]

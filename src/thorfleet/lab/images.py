@@ -30,6 +30,7 @@ from thorfleet import engine_standin
 
 PYTHON = "python3.11"
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
+LIST_TYPE = "application/vnd.docker.distribution.manifest.list.v2+json"
 CONFIG_TYPE = "application/vnd.docker.container.image.v1+json"
 LAYER_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 # Not worth carrying into a stand-in: tests, GUI toolkits, bundled installers.
@@ -139,11 +140,17 @@ def build_layer(root: Path) -> bytes:
     return layer.bytes()
 
 
-def image(layer: bytes, engine: str, version: str,
-          broken: bool = False) -> tuple[bytes, bytes, bytes]:
-    """(compressed layer, config, manifest) of a stand-in image; a broken one exits at start."""
+def machine_arch() -> str:
+    """This machine's architecture as images name it (amd64, arm64)."""
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+def image(layer: bytes, engine: str, version: str, broken: bool = False,
+          arch: str | None = None) -> tuple[bytes, bytes, bytes]:
+    """(compressed layer, config, manifest) of a stand-in image; a broken one exits at
+    start. `arch`: the platform its config names (default: this machine's)."""
     compressed = gzip.compress(layer, mtime=0)
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    arch = arch or machine_arch()
     config = json.dumps({
         "architecture": arch, "os": "linux",
         "config": {
@@ -230,6 +237,28 @@ class Registry:
         self.push_blob(repository, config)
         with self._request("PUT", f"/v2/{repository}/manifests/{tag}", manifest,
                            {"Content-Type": MANIFEST_TYPE}) as response:
+            return response.headers["Docker-Content-Digest"]
+
+    def push_list(self, repository: str, tag: str,
+                  images: dict[str, tuple[bytes, bytes, bytes]]) -> str:
+        """Push a multi-architecture list, as NGC publishes its images: each platform's
+        image ({"linux/arm64": parts}) by its digest, then the list under `tag`. Returns
+        the list's digest."""
+        entries = []
+        for name, parts in sorted(images.items()):
+            compressed, config, manifest = parts
+            self.push_blob(repository, compressed)
+            self.push_blob(repository, config)
+            digest = _digest(manifest)
+            self._request("PUT", f"/v2/{repository}/manifests/{digest}", manifest,
+                          {"Content-Type": MANIFEST_TYPE}).close()
+            os_name, arch = name.split("/")
+            entries.append({"mediaType": MANIFEST_TYPE, "size": len(manifest), "digest": digest,
+                            "platform": {"architecture": arch, "os": os_name}})
+        listing = json.dumps({"schemaVersion": 2, "mediaType": LIST_TYPE,
+                              "manifests": entries}, sort_keys=True).encode()
+        with self._request("PUT", f"/v2/{repository}/manifests/{tag}", listing,
+                           {"Content-Type": LIST_TYPE}) as response:
             return response.headers["Docker-Content-Digest"]
 
     def digest(self, repository: str, tag: str) -> str:

@@ -1,0 +1,274 @@
+"""The site cache: which images come through it, what the hosts pull from it, and
+site_cache_fill, which copies an image's platform image into it with skopeo. skopeo
+itself runs in the lab test (tests/lab/test_fleet_fetch.py); here a stand-in on PATH
+answers from files and records what it was asked to copy."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import sys
+
+import pytest
+
+from tests.conftest import load, run_module
+
+image_filters = load("filter_plugins/images.py")
+fleet_filters = load("filter_plugins/fleet.py")
+site_cache_fill = load("roles/site_cache/library/site_cache_fill.py")
+
+VLLM = "nvcr.io/nvidia/vllm:25.10-py3"
+CACHE = "10.0.0.2:5443"
+MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+
+
+def digest(raw):
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def image_manifest(name):
+    return json.dumps({"schemaVersion": 2, "mediaType": MANIFEST, "layers": [],
+                       "config": {"digest": "sha256:" + name * 64}}).encode()
+
+
+ARM64, AMD64 = image_manifest("a"), image_manifest("b")
+LISTING = json.dumps({"schemaVersion": 2, "mediaType": LIST, "manifests": [
+    {"mediaType": MANIFEST, "digest": digest(AMD64), "size": len(AMD64),
+     "platform": {"architecture": "amd64", "os": "linux"}},
+    {"mediaType": MANIFEST, "digest": digest(ARM64), "size": len(ARM64),
+     "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}}]}).encode()
+
+# skopeo's stand-in: `inspect --raw docker://REF` prints the file named after REF in
+# $FAKE_SKOPEO/manifests (or fails as skopeo does for an unknown manifest); `copy`
+# records its arguments; $FAKE_SKOPEO/hang makes it hang.
+FAKE = """#!{python}
+import os, sys, time
+home = os.environ["FAKE_SKOPEO"]
+if os.path.exists(os.path.join(home, "hang")):
+    time.sleep(60)
+with open(os.path.join(home, "calls"), "a") as calls:
+    calls.write(" ".join(sys.argv[1:]) + "\\n")
+if sys.argv[1] == "inspect":
+    ref = sys.argv[-1].removeprefix("docker://")
+    path = os.path.join(home, "manifests", ref.replace("/", "_"))
+    if not os.path.exists(path):
+        sys.stderr.write('time="x" level=fatal msg="Error reading manifest: manifest unknown"\\n')
+        sys.exit(1)
+    sys.stdout.buffer.write(open(path, "rb").read())
+"""
+
+
+@pytest.fixture
+def skopeo(tmp_path, monkeypatch):
+    home = tmp_path / "skopeo"
+    (home / "manifests").mkdir(parents=True)
+    script = tmp_path / "bin" / "skopeo"
+    script.parent.mkdir()
+    script.write_text(FAKE.format(python=sys.executable))
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SKOPEO", str(home))
+    held = set()
+    monkeypatch.setattr(site_cache_fill, "held",
+                        lambda _registry, path, found: f"{path}@{found}" in held)
+
+    class Skopeo:
+        def serve(self, ref, raw):
+            (home / "manifests" / ref.replace("/", "_")).write_bytes(raw)
+
+        def calls(self):
+            path = home / "calls"
+            return path.read_text().splitlines() if path.exists() else []
+
+        def hang(self):
+            (home / "hang").write_text("")
+
+    fake = Skopeo()
+    fake.held = held
+    return fake
+
+
+def fill(monkeypatch, check=False, platforms=None, timeout=60, **image):
+    entry = {"ref": VLLM, "upstream": "nvcr.io/nvidia/vllm", "path": "nvidia/vllm",
+             "tag": "25.10-py3", "locked": "", "platform": "linux/arm64", **image}
+    return run_module(site_cache_fill, {
+        "images": [entry], "platforms": platforms or {}, "registry": "127.0.0.1:5444",
+        "authfile": "/etc/thorfleet/site-cache/auth.json", "timeout": timeout},
+        monkeypatch, check=check)
+
+
+def test_a_new_tag_is_resolved_and_only_the_hosts_platform_image_is_copied(skopeo,
+                                                                          monkeypatch):
+    skopeo.serve("nvcr.io/nvidia/vllm:25.10-py3", LISTING)
+    done = fill(monkeypatch)
+    assert not done.failed and done.result["changed"]
+    listed = digest(LISTING)
+    assert done.result["resolved"] == {VLLM: listed}
+    assert done.result["platforms"] == {listed: {"linux/arm64": digest(ARM64)}}
+    assert done.result["copied"] == [f"nvidia/vllm@{digest(ARM64)}"]
+    copies = [call for call in skopeo.calls() if call.startswith("copy")]
+    # The arm64 image alone, by digest, its digest kept; the login file for the upstream.
+    assert copies == [
+        "copy --quiet --preserve-digests --retry-times 3 --src-authfile "
+        "/etc/thorfleet/site-cache/auth.json --dest-tls-verify=false "
+        f"docker://nvcr.io/nvidia/vllm@{digest(ARM64)} "
+        f"docker://127.0.0.1:5444/nvidia/vllm@{digest(ARM64)}"]
+
+
+def test_a_locked_image_the_cache_holds_asks_no_registry(skopeo, monkeypatch):
+    listed = digest(LISTING)
+    skopeo.held.add(f"nvidia/vllm@{digest(ARM64)}")
+    done = fill(monkeypatch, locked=listed,
+                platforms={listed: {"linux/arm64": digest(ARM64)}})
+    assert not done.failed and not done.result["changed"]
+    assert done.result == {"changed": False, "resolved": {}, "platforms": {}, "copied": []}
+    assert skopeo.calls() == []
+
+
+def test_a_locked_list_is_read_for_the_platform_and_checked_against_its_digest(skopeo,
+                                                                            monkeypatch):
+    listed = digest(LISTING)
+    skopeo.serve(f"nvcr.io/nvidia/vllm@{listed}", LISTING)
+    done = fill(monkeypatch, locked=listed, platform="linux/amd64")
+    assert done.result["platforms"] == {listed: {"linux/amd64": digest(AMD64)}}
+    assert done.result["resolved"] == {}  # the lock's pin stays
+    # A registry that answers other bytes for that digest is refused, naming the image.
+    skopeo.serve(f"nvcr.io/nvidia/vllm@{listed}", LISTING + b" ")
+    refused = fill(monkeypatch, locked=listed)
+    assert refused.failed and VLLM in refused.result["msg"] \
+        and "does not have that digest" in refused.result["msg"]
+
+
+def test_a_single_platform_image_is_its_own_platform_image(skopeo, monkeypatch):
+    skopeo.serve("nvcr.io/nvidia/vllm:25.10-py3", ARM64)
+    done = fill(monkeypatch)
+    assert done.result["platforms"] == {digest(ARM64): {"linux/arm64": digest(ARM64)}}
+
+
+@pytest.mark.parametrize(("answer", "message"), [
+    (json.dumps({"schemaVersion": 2, "mediaType": LIST, "manifests": [
+        {"digest": digest(AMD64), "platform": {"architecture": "amd64", "os": "linux"}}]}),
+     "has no linux/arm64 image (it has linux/amd64)"),
+    (json.dumps({"schemaVersion": 2, "mediaType": LIST, "manifests": [
+        {"digest": "sha256:../../x", "platform": {"architecture": "arm64", "os": "linux"}}]}),
+     "names no valid digest for linux/arm64"),
+    ("<html>rate limited</html>", "is not JSON"),
+    (json.dumps(["a list"]), "is not a manifest"),
+    (json.dumps({"mediaType": "application/vnd.oci.artifact.manifest.v1+json"}),
+     "of a kind thorfleet does not copy"),
+])
+def test_a_registry_answering_nonsense_fails_naming_the_image(skopeo, monkeypatch, answer,
+                                                              message):
+    skopeo.serve("nvcr.io/nvidia/vllm:25.10-py3", answer.encode())
+    done = fill(monkeypatch)
+    assert done.failed and message in done.result["msg"] and VLLM in done.result["msg"]
+    assert not [call for call in skopeo.calls() if call.startswith("copy")]
+
+
+def test_a_missing_tag_fails_with_skopeos_reason(skopeo, monkeypatch):
+    done = fill(monkeypatch, tag="25.99-py3")
+    assert done.failed and "manifest unknown" in done.result["msg"] \
+        and VLLM in done.result["msg"]
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("tag", "25.10;reboot"), ("tag", "25.10\nx"), ("upstream", "nvcr.io/nvidia/vllm --all"),
+    ("path", "../nvidia/vllm"), ("platform", "linux/arm64;x"), ("locked", "sha256:%00"),
+])
+def test_hostile_values_are_refused_naming_the_field_before_skopeo_runs(skopeo, monkeypatch,
+                                                                        field, value):
+    done = fill(monkeypatch, **{field: value})
+    assert done.failed and (field in done.result["msg"] or "lock" in done.result["msg"])
+    assert skopeo.calls() == []
+
+
+def test_check_mode_resolves_and_copies_nothing(skopeo, monkeypatch):
+    skopeo.serve("nvcr.io/nvidia/vllm:25.10-py3", LISTING)
+    done = fill(monkeypatch, check=True)
+    assert done.result["changed"] and done.result["copied"] == [f"nvidia/vllm@{digest(ARM64)}"]
+    assert not [call for call in skopeo.calls() if call.startswith("copy")]
+
+
+def test_a_hung_skopeo_fails_naming_the_setting(skopeo, monkeypatch):
+    skopeo.hang()
+    done = fill(monkeypatch, timeout=1)
+    assert done.failed and "site_cache_copy_timeout" in done.result["msg"]
+
+
+# The images phase's plan through the cache.
+
+def spec(name, image):
+    return {"name": name, "kind": "container", "image": image}
+
+
+def test_through_the_cache_hosts_pull_and_run_their_platforms_image_from_it():
+    listed, arm64 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    plan = image_filters.image_plan(
+        [spec("chat", VLLM), spec("other", "docker.io/library/foo:1")],
+        {VLLM: listed, "docker.io/library/foo:1": "sha256:" + "3" * 64},
+        registry_mirror="mirror.lan:5000", cache=CACHE,
+        platforms={listed: {"linux/arm64": arm64}}, platform="linux/arm64")
+    foo, vllm = plan
+    assert (vllm["cached"], vllm["repository"], vllm["upstream"], vllm["path"]) == (
+        True, f"{CACHE}/nvidia/vllm", "mirror.lan:5000/nvidia/vllm", "nvidia/vllm")
+    assert (vllm["locked"], vllm["digest"], vllm["image"]) == (
+        listed, arm64, f"{CACHE}/nvidia/vllm@{arm64}")
+    # Not NGC's: pulled from where it lives, by the lock's digest.
+    assert not foo["cached"] and foo["image"] == "docker.io/library/foo@sha256:" + "3" * 64
+    # A platform the cache has not copied yet: no digest, so the images phase fills it
+    # (and the services phase stops, asking for the images phase).
+    unknown = image_filters.image_plan([spec("chat", VLLM)], {VLLM: listed}, cache=CACHE,
+                                       platforms={listed: {"linux/arm64": arm64}},
+                                       platform="linux/amd64")
+    assert unknown[0]["digest"] == "" and unknown[0]["locked"] == listed
+
+
+def test_the_cache_copies_each_image_and_platform_once_for_all_hosts():
+    def entry(ref, platform, cached=True):
+        return {"ref": ref, "upstream": "u", "path": "p", "tag": "t", "locked": "",
+                "platform": platform, "cached": cached, "digest": ""}
+    wanted = image_filters.images_to_cache([
+        [entry(VLLM, "linux/arm64"), entry("docker.io/x:1", "linux/arm64", cached=False)],
+        [entry(VLLM, "linux/arm64")], None, [entry(VLLM, "linux/amd64")]])
+    assert [(w["ref"], w["platform"]) for w in wanted] == [
+        (VLLM, "linux/amd64"), (VLLM, "linux/arm64")]
+
+
+def test_a_hosts_platform_comes_from_its_architecture():
+    assert image_filters.image_platform("aarch64") == "linux/arm64"
+    assert image_filters.image_platform("x86_64") == "linux/amd64"
+    with pytest.raises(Exception, match="riscv64"):
+        image_filters.image_platform("riscv64")
+
+
+def test_the_lock_gains_the_platforms_it_lacked_and_keeps_the_others():
+    listed = "sha256:" + "1" * 64
+    known = {listed: {"linux/arm64": "sha256:" + "2" * 64}}
+    assert image_filters.image_platforms_update(
+        known, {listed: {"linux/amd64": "sha256:" + "3" * 64}}) == {
+        listed: {"linux/arm64": "sha256:" + "2" * 64, "linux/amd64": "sha256:" + "3" * 64}}
+    assert image_filters.image_platforms_update(known, {listed: known[listed]}) == {}
+
+
+@pytest.mark.parametrize(("hosts", "address", "port", "storage", "field"), [
+    (["thor02", "box"], "10.0.0.2", 5443, "/var/lib/thorfleet/site-cache", "one host"),
+    (["thor02"], "10.0.0.2\nExecStart=/bin/sh", 5443, "/srv/cache", "ansible_host"),
+    (["thor02"], "10.0.0.2", "5443;x", "/srv/cache", "thorfleet_site_cache_port"),
+    (["thor02"], "10.0.0.2", 65535, "/srv/cache", "thorfleet_site_cache_port"),
+    (["thor02"], "10.0.0.2", 5443, "/srv/cache\nReadWritePaths=/", "thorfleet_site_cache_storage"),
+    (["thor02"], "10.0.0.2", 5443, "/srv/%h", "thorfleet_site_cache_storage"),
+    (["thor02"], "10.0.0.2", 5443, "/var/lib", "thorfleet_site_cache_storage"),
+    (["thor02"], "10.0.0.2", 5443, "/srv/../etc", "thorfleet_site_cache_storage"),
+])
+def test_bad_site_cache_settings_are_refused_naming_the_field(hosts, address, port, storage,
+                                                              field):
+    problems = fleet_filters.site_cache_problems(hosts, address, port, storage)
+    assert len(problems) == 1 and field in problems[0]
+
+
+def test_good_site_cache_settings_and_no_cache_pass():
+    assert fleet_filters.site_cache_problems(["thor02"], "cache.lan", "5443", "/srv/c") == []
+    assert fleet_filters.site_cache_problems([], "", "x", "") == []
