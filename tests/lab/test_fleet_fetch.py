@@ -11,8 +11,9 @@ import shlex
 import uuid
 
 import pytest
+import yaml
 
-from tests.lab.conftest import HOSTS, Playbook, push_standin
+from tests.lab.conftest import HOSTS, Playbook, push_standin, push_standin_list
 from thorfleet.lab import host_address
 
 # Each runs a service of Qwen/Qwen3-8B (thor01's vLLM service, thor03's and thor04's).
@@ -21,6 +22,7 @@ MODEL = "/models/Qwen/Qwen3-8B"
 REPO = "/Qwen/Qwen3-8B/resolve/"
 ON = ("-e", "thorfleet_fleet_fetch=true")
 NAMES = {host_address(index): name for index, name in enumerate(HOSTS, start=1)}
+ADDRESSES = {name: address for address, name in NAMES.items()}
 # Flips the bytes at an offset of a file (twice: as it was), keeping its size.
 FLIP = ("python3 -c 'import sys; f = open(sys.argv[1], \"r+b\"); f.seek(64); b = f.read(4); "
         "f.seek(64); f.write(bytes(x ^ 0xFF for x in b))' " + MODEL + "/model.safetensors")
@@ -247,3 +249,61 @@ def test_a_rollouts_later_hosts_start_with_the_compile_caches_the_canary_made(la
     finally:
         assert Playbook("site.yml", "-l", "thor03,thor04").rc == 0
 
+
+
+def registry_requests(lab, since: int) -> list[tuple[str, str, str]]:
+    """(client address, method, path) of each request the lab registry (nvcr.io's
+    stand-in) answered since `since`."""
+    text = (lab.state / "run" / "registry.log").read_bytes()[since:].decode(errors="replace")
+    return re.findall(r'^([0-9.]+) - - \[[^]]+\] "(GET|HEAD|PUT|POST|PATCH) (/v2/\S*) ', text,
+                      re.MULTILINE)
+
+
+def test_the_site_cache_copies_the_hosts_image_once_and_the_hosts_run_it_from_there(
+        lab, hosts, tmp_path):
+    # thor02 as the site cache, outside the run's limit; a new image for thor03's and
+    # thor04's vLLM service, published as NGC publishes: a list of two platforms' images.
+    group = tmp_path / "site-cache.yml"
+    group.write_text("---\nthorfleet_site_cache:\n  hosts:\n    thor02: {}\n")
+    tag = f"cache-{uuid.uuid4().hex[:8]}"
+    listed, mine, other = push_standin_list(lab, "vllm", tag)
+    ref = f"nvcr.io/nvidia/vllm:{tag}"
+    image = json.dumps({"thorfleet_catalogue_extra": {"engines": {"vllm": {"image": ref}}}})
+    converge = ("-i", "inventory/lab", "-i", str(group), "site.yml", "-l", "thor03,thor04",
+                "-e", image)
+    log = lab.state / "run" / "registry.log"
+    cached = f"{ADDRESSES['thor02']}:5443/nvidia/vllm@{mine}"
+    try:
+        since = len(log.read_bytes())
+        run = Playbook(*converge)
+        assert run.rc == 0, run
+        asked = registry_requests(lab, since)
+        # Only the cache asked nvcr.io's stand-in, each blob once, and nothing of the
+        # other platform's image: the hosts' platform's image alone crossed the uplink.
+        assert asked and {address for address, _m, _p in asked} == {ADDRESSES["thor02"]}
+        blobs = [path for _a, method, path in asked if method == "GET" and "/blobs/" in path]
+        assert blobs and len(blobs) == len(set(blobs)), blobs
+        assert not [path for _a, _m, path in asked if other in path]
+        assert "thorfleet-lab-ngc-api-key" not in run.output
+        key = hosts["thor02"].file("/etc/thorfleet/site-cache/auth.json")
+        assert key.mode == 0o600 and key.user == "root"
+
+        # The lock pins the tag to NGC's list, and the list to the hosts' platform's image.
+        pins = yaml.safe_load((lab.inventory / ".thorfleet.lock.yml").read_text())
+        assert pins["images"][ref] == listed
+        assert pins["image_platforms"][listed] == {"linux/amd64": mine}
+        # Both hosts pulled it from the cache, and their service runs it.
+        for name in ("thor03", "thor04"):
+            running = hosts[name].check_output(
+                "docker inspect --format '{{.Config.Image}}' thorfleet-chat")
+            assert running == cached, name
+            assert standin(hosts[name])["argv"][:1] == ["vllm"], name
+
+        since = len(log.read_bytes())
+        again = Playbook(*converge)
+        assert again.rc == 0 and all(again.recap[name]["changed"] == 0
+                                     for name in ("thor03", "thor04")), again
+        assert registry_requests(lab, since) == []
+    finally:
+        assert Playbook("site.yml", "-l", "thor03,thor04").rc == 0
+        lab.ssh("thor02", "systemctl disable --now thorfleet-site-cache.service", check=False)
