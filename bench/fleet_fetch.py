@@ -7,7 +7,8 @@ container service (the vLLM stand-in serving Qwen3-8B), with a compiler cache of
 build or checkout, no images, no compile or JIT caches on any host):
   (1) one host converges alone: what it fetches is one copy of the artefacts;
   (2) the four converge, each fetching for itself (the default);
-  (3) the four converge with thorfleet_fleet_fetch and thor01 as the canary.
+  (3) the four converge with thorfleet_fleet_fetch, thor01 as the canary and thor02 as
+      the site cache (the inventory group thorfleet_site_cache).
 For (2) and (3) it prints the upstream bytes, hub by hub, as a ratio to (1) (the goal
 is 1.00: each artefact crosses the uplink once), the compiler runs on thor02 to thor04
 (ccache's count of the compilations it was asked for; goal 0) and the wall time of the
@@ -25,33 +26,24 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from thorfleet import bounded
 from thorfleet.lab import Lab
-from thorfleet.lab.config import BRIDGE
+from thorfleet.lab.config import BRIDGE, FROM_EMPTY, FROM_EMPTY_CCACHE, FROM_EMPTY_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 HOSTS = ["thor01", "thor02", "thor03", "thor04"]
-CCACHE = "/var/cache/thorfleet/ccache-bench"  # each host's own
-SETTINGS = {
-    "thorfleet_services": [
-        {"name": "whisper", "recipe": "whisper-large-v3-turbo"},
-        {"name": "chat", "recipe": "vllm-qwen3-8b-nothink", "port": 8001,
-         "memory_share": 0.4},
-    ],
-    "ggml_build_ccache_dir": CCACHE,
-}
+# Every host runs whisper-server and the vLLM stand-in, with a compiler cache of its own.
+CCACHE, SETTINGS, EMPTY = FROM_EMPTY_CCACHE, FROM_EMPTY_SETTINGS, FROM_EMPTY
 # The lab's upstreams (src/thorfleet/lab/config.py) by the port they send from.
 UPSTREAMS = {"Hugging Face mirror": 8090, "ModelScope": 8091, "registry": 5000,
              "git server": 9418}
 CHAIN = "THORFLEET-BENCH"
-EMPTY = ("systemctl stop 'thorfleet-*' || true; "
-         "docker ps -aq | xargs -r docker rm -f >/dev/null; "
-         "docker images -q | sort -u | xargs -r docker rmi -f >/dev/null; "
-         "rm -rf /models/* /models/.[!.]* /opt/thorfleet/whisper.cpp "
-         f"{CCACHE} /var/cache/thorfleet/jit")
+# The fleet arm's site cache: thor02, in an inventory source of its own.
+SITE_CACHE = "---\nthorfleet_site_cache:\n  hosts:\n    thor02: {}\n"
 
 
 def iptables(*args: str) -> str:
@@ -90,16 +82,9 @@ def upstream_bytes() -> dict[str, int]:
     return counted
 
 
-def compiles(lab: Lab, host: str) -> int:
-    """The compilations ccache was asked for on a host (hits and misses)."""
-    proc = lab.ssh(host, f"CCACHE_DIR={CCACHE} ccache --print-stats 2>/dev/null || true")
-    stats = dict(line.split("\t", 1) for line in proc.stdout.splitlines() if "\t" in line)
-    return sum(int(stats.get(key, 0)) for key in
-               ("direct_cache_hit", "preprocessed_cache_hit", "cache_miss"))
-
-
-def converge(hosts: list[str], extra: dict, bound: float) -> float:
-    argv = ["ansible-playbook", "site.yml", "-l", ",".join(hosts), "-e", json.dumps(extra)]
+def converge(hosts: list[str], extra: dict, bound: float, inventories: tuple = ()) -> float:
+    argv = ["ansible-playbook", *inventories, "site.yml", "-l", ",".join(hosts),
+            "-e", json.dumps(extra)]
     start = time.perf_counter()
     try:
         proc = bounded.run(argv, bound, cwd=ROOT, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
@@ -110,13 +95,13 @@ def converge(hosts: list[str], extra: dict, bound: float) -> float:
     return time.perf_counter() - start
 
 
-def arm(lab: Lab, hosts: list[str], extra: dict, bound: float) -> dict:
+def arm(lab: Lab, hosts: list[str], extra: dict, bound: float, inventories: tuple = ()) -> dict:
     for host in HOSTS:
         lab.ssh(host, EMPTY)
     upstream_bytes()  # zero
-    seconds = converge(hosts, extra, bound)
+    seconds = converge(hosts, extra, bound, inventories)
     return {"bytes": upstream_bytes(), "seconds": seconds,
-            "compiles": {host: compiles(lab, host) for host in hosts}}
+            "compiles": {host: lab.compilations(host, CCACHE) for host in hosts}}
 
 
 def main() -> int:
@@ -136,8 +121,12 @@ def main() -> int:
         try:
             one = arm(lab, HOSTS[:1], SETTINGS, args.bound)
             each = arm(lab, HOSTS, SETTINGS, args.bound)
-            fleet = arm(lab, HOSTS, {**SETTINGS, "thorfleet_fleet_fetch": True,
-                                     "thorfleet_rollout_canary": "thor01"}, args.bound)
+            with tempfile.TemporaryDirectory() as work:
+                cache = Path(work) / "site-cache.yml"
+                cache.write_text(SITE_CACHE)
+                fleet = arm(lab, HOSTS, {**SETTINGS, "thorfleet_fleet_fetch": True,
+                                         "thorfleet_rollout_canary": "thor01"}, args.bound,
+                            ("-i", "inventory/lab", "-i", str(cache)))
         finally:
             stop_counting()
             # The hosts' own services back (the lab's inventory), from empty.

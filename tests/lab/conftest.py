@@ -80,10 +80,18 @@ def lab_leftovers() -> list[str]:
     return found
 
 
+def pytest_collection_modifyitems(items):
+    """Tests marked `from_empty` empty every lab host: they run after all the others."""
+    items.sort(key=lambda item: item.get_closest_marker("from_empty") is not None)
+
+
 @pytest.fixture(scope="session")
 def lab():
     existing = Lab(ROOT)
     already_up = sum(h.running for h in existing.status()) >= len(HOSTS)
+    # Whether the session takes the lab down at its end (a test that leaves the hosts
+    # changed need not put them back then).
+    existing.session_only = not already_up
     if not already_up:
         up = thorfleet("lab", "up", "--hosts", str(len(HOSTS)))
         if up.returncode != 0:

@@ -9,12 +9,14 @@ import json
 import re
 import shlex
 import uuid
+from collections import Counter
 
 import pytest
 import yaml
 
 from tests.lab.conftest import HOSTS, Playbook, push_standin, push_standin_list
 from thorfleet.lab import host_address
+from thorfleet.lab.config import FROM_EMPTY, FROM_EMPTY_CCACHE, FROM_EMPTY_SETTINGS
 
 # Each runs a service of Qwen/Qwen3-8B (thor01's vLLM service, thor03's and thor04's).
 FLEET = ["thor01", "thor03", "thor04"]
@@ -215,10 +217,11 @@ def test_an_engine_build_goes_to_the_hosts_of_its_stamp_and_is_not_compiled_agai
         lab.ssh("thor02", "rm -rf /opt/thorfleet/llama.cpp /opt/thorfleet/whisper.cpp")
 
 
-def standin(host) -> dict:
-    """What thor03's and thor04's vLLM stand-in (service `chat`, port 8000) says of itself."""
+def standin(host, port: int = 8000) -> dict:
+    """What a vLLM stand-in (thor03's and thor04's service `chat`: port 8000) says of
+    itself."""
     return json.loads(host.check_output(
-        "curl -sf --max-time 60 http://127.0.0.1:8000/thorfleet-standin/argv"))
+        f"curl -sf --max-time 60 http://127.0.0.1:{port}/thorfleet-standin/argv"))
 
 
 def test_a_rollouts_later_hosts_start_with_the_compile_caches_the_canary_made(lab, hosts):
@@ -307,3 +310,58 @@ def test_the_site_cache_copies_the_hosts_image_once_and_the_hosts_run_it_from_th
     finally:
         assert Playbook("site.yml", "-l", "thor03,thor04").rc == 0
         lab.ssh("thor02", "systemctl disable --now thorfleet-site-cache.service", check=False)
+
+
+def source_fetchers(lab, since: int) -> dict[str, set[str]]:
+    """{repository: the addresses that asked the lab's git server for it} since `since`."""
+    text = (lab.state / "run" / "git-daemon.log").read_bytes()[since:].decode(errors="replace")
+    clients = dict(re.findall(r"^\[(\d+)\] Connection from ([0-9.]+):", text, re.MULTILINE))
+    asked: dict[str, set[str]] = {}
+    for pid, repository in re.findall(r"^\[(\d+)\] Request upload-pack for '([^']+)'", text,
+                                      re.MULTILINE):
+        asked.setdefault(repository, set()).add(clients.get(pid, "?"))
+    return asked
+
+
+@pytest.mark.from_empty
+def test_a_fleet_converged_from_empty_fetches_each_thing_once(lab, hosts, tmp_path):
+    # The four hosts emptied (no models, builds, checkouts, images, compiler or compile
+    # caches), each to run whisper-server (built) and the vLLM stand-in, and converged as
+    # a user would: fetching once per fleet, thor01 the canary, thor02 the site cache.
+    group = tmp_path / "site-cache.yml"
+    group.write_text("---\nthorfleet_site_cache:\n  hosts:\n    thor02: {}\n")
+    settings = {**FROM_EMPTY_SETTINGS, "thorfleet_fleet_fetch": True,
+                "thorfleet_rollout_canary": "thor01"}
+    for name in HOSTS:
+        lab.ssh(name, FROM_EMPTY)
+    logs = {name: lab.state / "run" / f"{name}.log"
+            for name in ("hf-mirror", "registry", "git-daemon")}
+    since = {name: len(path.read_bytes()) for name, path in logs.items()}
+    try:
+        run = Playbook("-i", "inventory/lab", "-i", str(group), "site.yml",
+                       "-l", ",".join(HOSTS), "-e", json.dumps(settings))
+        assert run.rc == 0, run
+
+        # Each file of each model revision left the hub once.
+        hub = logs["hf-mirror"].read_bytes()[since["hf-mirror"]:].decode(errors="replace")
+        files = Counter(re.findall(r'- "GET (/[^ "]+/resolve/[^ "]+) HTTP', hub))
+        assert files and all(count == 1 for count in files.values()), files
+        # Each image layer left the registry once, for the site cache only.
+        asked = registry_requests(lab, since["registry"])
+        assert {address for address, _m, _p in asked} == {ADDRESSES["thor02"]}
+        blobs = Counter(path for _a, method, path in asked
+                        if method == "GET" and "/blobs/" in path)
+        assert blobs and all(count == 1 for count in blobs.values()), blobs
+        # One host asked the git server for each source, and it alone compiled.
+        sources = source_fetchers(lab, since["git-daemon"])
+        assert sources and all(len(clients) == 1 for clients in sources.values()), sources
+        assert lab.compilations("thor01", FROM_EMPTY_CCACHE) > 0
+        assert [lab.compilations(name, FROM_EMPTY_CCACHE) for name in HOSTS[1:]] == [0, 0, 0]
+        for name in HOSTS:
+            assert standin(hosts[name], 8001)["argv"][:1] == ["vllm"], name
+    finally:
+        # The lab's own services back, unless the session takes the lab down anyway.
+        if not getattr(lab, "session_only", False):
+            for name in HOSTS:
+                lab.ssh(name, FROM_EMPTY, check=False)
+            assert Playbook("site.yml", "-l", ",".join(HOSTS)).rc == 0

@@ -65,6 +65,8 @@ def test_a_cache_this_host_lacks_is_copied_into_place(tmp_path, rsync, monkeypat
     place = root / ("sha256-" + "b" * 64)
     assert (place / "root/.cache/vllm/kernel.bin").read_bytes() == b"\x7fELF kernels"
     assert rsync[0][-2:] == [URL + "/", str(root / f".sha256-{'b' * 64}.partial") + "/"]
+    # No link of the peer's that leads out of the cache comes over.
+    assert "--safe-links" in rsync[0]
     assert sorted(os.listdir(root)) == ["sha256-" + "b" * 64]  # no partial left
 
     # Held now: asked again, nothing is copied.

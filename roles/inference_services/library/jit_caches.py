@@ -111,9 +111,11 @@ def copy(module, root, peer):
     shutil.rmtree(partial, ignore_errors=True)
     os.makedirs(partial, mode=0o755)
     rsync = module.get_bin_path("rsync", required=True)
-    # --timeout and --contimeout bound a peer that stops answering.
+    # --timeout and --contimeout bound a peer that stops answering; --safe-links leaves
+    # out a link of the peer's that points outside the cache (absolute, or up out of it).
     rc, _out, err = module.run_command(
-        [rsync, "--recursive", "--links", "--perms", "--times", "--owner", "--group",
+        [rsync, "--recursive", "--links", "--safe-links", "--perms", "--times", "--owner",
+         "--group",
          "--no-motd", "--timeout=300", "--contimeout=30", f"{peer['url']}/", f"{partial}/"])
     if rc != 0:
         shutil.rmtree(partial, ignore_errors=True)

@@ -105,6 +105,32 @@ FLEET_SERVICES = [
 ]
 FIRST_FLEET_HOST = 3
 
+# A fleet converged from empty (bench/fleet_fetch.py, and a lab test with the fleet
+# settings): every host runs a native service (whisper-server, built from whisper.cpp)
+# and a container one (the vLLM stand-in serving Qwen3-8B), with a compiler cache of its
+# own rather than the lab's shared one, so that a compile on one host is not a cache hit
+# on another.
+FROM_EMPTY_CCACHE = "/var/cache/thorfleet/ccache-own"
+FROM_EMPTY_SETTINGS = {
+    "thorfleet_services": [
+        {"name": "whisper", "recipe": "whisper-large-v3-turbo"},
+        {"name": "chat", "recipe": "vllm-qwen3-8b-nothink", "port": 8001,
+         "memory_share": 0.4},
+    ],
+    "ggml_build_ccache_dir": FROM_EMPTY_CCACHE,
+}
+# What empties a host (run as root there): no services, containers, images, models,
+# engine builds or checkouts, compiler or compile caches, and no site cache.
+FROM_EMPTY = ("systemctl stop 'thorfleet-*' || true; "
+              "docker ps -aq | xargs -r docker rm -f >/dev/null; "
+              "docker images -q | sort -u | xargs -r docker rmi -f >/dev/null; "
+              "rm -rf /models/* /models/.[!.]* /opt/thorfleet/whisper.cpp "
+              f"{FROM_EMPTY_CCACHE} /var/cache/thorfleet/jit "
+              "/var/lib/thorfleet/site-cache /etc/thorfleet/site-cache; "
+              "systemctl disable --quiet thorfleet-site-cache 2>/dev/null || true; "
+              "rm -f /etc/systemd/system/thorfleet-site-cache*.service; "
+              "systemctl daemon-reload")
+
 # Background processes of the lab itself, with their addresses; every other pid file is
 # a host.
 SERVICES = {

@@ -195,6 +195,13 @@ class Hosts:
             return run(argv)
         return bounded.run(argv, 1200)
 
+    def compilations(self, name: str, ccache_dir: str) -> int:
+        """The compilations a host's compiler cache was asked for (hits and misses)."""
+        proc = self.ssh(name, f"CCACHE_DIR={ccache_dir} ccache --print-stats 2>/dev/null || true")
+        stats = dict(line.split("\t", 1) for line in proc.stdout.splitlines() if "\t" in line)
+        return sum(int(stats.get(key, 0)) for key in
+                   ("direct_cache_hit", "preprocessed_cache_hit", "cache_miss"))
+
     def as_thor(self, name: str, on: bool) -> None:
         self._require_root()
         with self._locked():

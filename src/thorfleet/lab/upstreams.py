@@ -152,7 +152,10 @@ class Upstreams:
         if self._pid("git-daemon") is None:
             git = self.state / "git"
             self._start_process("git-daemon", [
-                "git", "daemon", "--reuseaddr", "--export-all", f"--base-path={git}",
+                # --verbose: each client and what it asked for, in the log (tests count
+                # which hosts fetched a source).
+                "git", "daemon", "--verbose", "--reuseaddr", "--export-all",
+                f"--base-path={git}",
                 f"--listen={GATEWAY}", str(git)])
             log(f"sources served at {SOURCE_MIRROR}/<engine>.git")
 
