@@ -3,7 +3,8 @@ tests run what the documentation tells users to type.
 
 Kinds of snippet:
 - inventory: a fenced YAML block holding a mapping; its first line is a comment naming
-  the inventory file it belongs in (`# host_vars/thor01.yml`).
+  the inventory file it belongs in (`# host_vars/thor01.yml`, or `# hosts.yml` for
+  groups of hosts).
 - playbook: a fenced YAML block holding a list of plays.
 - command: each `ansible-playbook` command line of a shell block that passes `-e`, split
   as the shell splits it (continuation lines joined); its `-e` values are part of it.
@@ -27,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FENCE = re.compile(r"^[ \t]*```(\w*)\n(.*?)^[ \t]*```", re.MULTILINE | re.DOTALL)
 INLINE = re.compile(r"`([^`\n]+)`")
 PLACEHOLDER = re.compile(r"^[A-Z_]+=[A-Z_.]+$")
-INVENTORY_FILE = re.compile(r"^#\s*((?:host_vars|group_vars)/[\w./-]+\.yml)\b")
+# host_vars/ and group_vars/ files, and hosts.yml (groups of hosts: an inventory source).
+INVENTORY_FILE = re.compile(r"^#\s*((?:host_vars|group_vars)/[\w./-]+\.yml|hosts\.yml)\b")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.lab.conftest import HOSTS, Playbook, push_standin, push_standin_list
+from tests.snippets import snippets
 from thorfleet.lab import host_address
 from thorfleet.lab.config import FROM_EMPTY, FROM_EMPTY_CCACHE, FROM_EMPTY_SETTINGS
 
@@ -25,6 +26,9 @@ REPO = "/Qwen/Qwen3-8B/resolve/"
 ON = ("-e", "thorfleet_fleet_fetch=true")
 NAMES = {host_address(index): name for index, name in enumerate(HOSTS, start=1)}
 ADDRESSES = {name: address for address, name in NAMES.items()}
+# The README's site cache, verbatim: thor02 in the inventory group thorfleet_site_cache.
+(SITE_CACHE,) = [s.text for s in snippets() if s.inventory_file == "hosts.yml"
+                 and "thorfleet_site_cache:" in s.text]
 # Flips the bytes at an offset of a file (twice: as it was), keeping its size.
 FLIP = ("python3 -c 'import sys; f = open(sys.argv[1], \"r+b\"); f.seek(64); b = f.read(4); "
         "f.seek(64); f.write(bytes(x ^ 0xFF for x in b))' " + MODEL + "/model.safetensors")
@@ -267,7 +271,7 @@ def test_the_site_cache_copies_the_hosts_image_once_and_the_hosts_run_it_from_th
     # thor02 as the site cache, outside the run's limit; a new image for thor03's and
     # thor04's vLLM service, published as NGC publishes: a list of two platforms' images.
     group = tmp_path / "site-cache.yml"
-    group.write_text("---\nthorfleet_site_cache:\n  hosts:\n    thor02: {}\n")
+    group.write_text(SITE_CACHE)
     tag = f"cache-{uuid.uuid4().hex[:8]}"
     listed, mine, other = push_standin_list(lab, "vllm", tag)
     ref = f"nvcr.io/nvidia/vllm:{tag}"
@@ -329,7 +333,7 @@ def test_a_fleet_converged_from_empty_fetches_each_thing_once(lab, hosts, tmp_pa
     # caches), each to run whisper-server (built) and the vLLM stand-in, and converged as
     # a user would: fetching once per fleet, thor01 the canary, thor02 the site cache.
     group = tmp_path / "site-cache.yml"
-    group.write_text("---\nthorfleet_site_cache:\n  hosts:\n    thor02: {}\n")
+    group.write_text(SITE_CACHE)
     settings = {**FROM_EMPTY_SETTINGS, "thorfleet_fleet_fetch": True,
                 "thorfleet_rollout_canary": "thor01"}
     for name in HOSTS:
