@@ -306,11 +306,30 @@ def test_the_site_cache_copies_the_hosts_image_once_and_the_hosts_run_it_from_th
             assert running == cached, name
             assert standin(hosts[name])["argv"][:1] == ["vllm"], name
 
+        # The hosts can pull from the cache, not push to it.
+        pushed = hosts["thor03"].check_output(
+            "curl -s -o /dev/null -w '%%{http_code}' -X POST --cacert "
+            "/etc/docker/certs.d/%s/ca.crt https://%s/v2/nvidia/vllm/blobs/uploads/",
+            cached.split("/")[0], cached.split("/")[0])
+        assert pushed not in ("202", "201"), pushed
+
         since = len(log.read_bytes())
         again = Playbook(*converge)
         assert again.rc == 0 and all(again.recap[name]["changed"] == 0
                                      for name in ("thor03", "thor04")), again
         assert registry_requests(lab, since) == []
+
+        # A tag nvcr.io does not have: the cache's copy fails naming the image, the other
+        # host stops naming the cache, and the services run what they ran.
+        missing = f"nvcr.io/nvidia/vllm:{tag}-missing"
+        bad = Playbook(*converge[:-1], json.dumps({"thorfleet_catalogue_extra": {
+            "engines": {"vllm": {"image": missing}}}}))
+        assert bad.rc != 0 and "manifest unknown" in bad.output and missing in bad.output, bad
+        assert "The site cache thor02 did not copy" in bad.output, bad
+        for name in ("thor03", "thor04"):
+            assert hosts[name].check_output(
+                "docker inspect --format '{{.Config.Image}}' thorfleet-chat") == cached, name
+            assert hosts[name].service("thorfleet-chat").is_running, name
     finally:
         assert Playbook("site.yml", "-l", "thor03,thor04").rc == 0
         lab.ssh("thor02", "systemctl disable --now thorfleet-site-cache.service", check=False)
@@ -340,10 +359,21 @@ def test_a_fleet_converged_from_empty_fetches_each_thing_once(lab, hosts, tmp_pa
         lab.ssh(name, FROM_EMPTY)
     logs = {name: lab.state / "run" / f"{name}.log"
             for name in ("hf-mirror", "registry", "git-daemon")}
-    since = {name: len(path.read_bytes()) for name, path in logs.items()}
+    converge = ("-i", "inventory/lab", "-i", str(group), "site.yml", "-l", ",".join(HOSTS),
+                "-e", json.dumps(settings))
     try:
-        run = Playbook("-i", "inventory/lab", "-i", str(group), "site.yml",
-                       "-l", ",".join(HOSTS), "-e", json.dumps(settings))
+        # Check mode previews it all on the empty fleet, and changes nothing there.
+        preview = Playbook(*converge, "--check")
+        assert preview.rc == 0, preview
+        for name in HOSTS:
+            left = lab.ssh(name, "find /models /opt/thorfleet/whisper.cpp "
+                                 "/etc/thorfleet/site-cache -mindepth 1 2>/dev/null; "
+                                 "docker images -q", check=False).stdout
+            assert left.split() == [], (name, left)
+
+        # (The preview asks the upstreams as each host alone would; from here, counted.)
+        since = {name: len(path.read_bytes()) for name, path in logs.items()}
+        run = Playbook(*converge)
         assert run.rc == 0, run
 
         # Each file of each model revision left the hub once.

@@ -23,6 +23,7 @@ VLLM = "nvcr.io/nvidia/vllm:25.10-py3"
 CACHE = "10.0.0.2:5443"
 MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+AUTH = {"file": "/etc/thorfleet/site-cache/auth.json"}  # the fixture `skopeo` writes one
 
 
 def digest(raw):
@@ -71,6 +72,9 @@ def skopeo(tmp_path, monkeypatch):
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_SKOPEO", str(home))
+    # skopeo's login file, as the site cache role writes it.
+    (home / "auth.json").write_text('{"auths": {}}')
+    monkeypatch.setitem(AUTH, "file", str(home / "auth.json"))
     held = set()
     monkeypatch.setattr(site_cache_fill, "held",
                         lambda _registry, path, found: f"{path}@{found}" in held)
@@ -96,7 +100,7 @@ def fill(monkeypatch, check=False, platforms=None, timeout=60, **image):
              "tag": "25.10-py3", "locked": "", "platform": "linux/arm64", **image}
     return run_module(site_cache_fill, {
         "images": [entry], "platforms": platforms or {}, "registry": "127.0.0.1:5444",
-        "authfile": "/etc/thorfleet/site-cache/auth.json", "timeout": timeout},
+        "authfile": AUTH["file"], "timeout": timeout},
         monkeypatch, check=check)
 
 
@@ -113,7 +117,7 @@ def test_a_new_tag_is_resolved_and_only_the_hosts_platform_image_is_copied(skope
     # The arm64 image alone, by digest, its digest kept; the login file for the upstream.
     assert copies == [
         "copy --quiet --preserve-digests --retry-times 3 --src-authfile "
-        "/etc/thorfleet/site-cache/auth.json --dest-tls-verify=false "
+        f"{AUTH['file']} --dest-tls-verify=false "
         f"docker://nvcr.io/nvidia/vllm@{digest(ARM64)} "
         f"docker://127.0.0.1:5444/nvidia/vllm@{digest(ARM64)}"]
 
@@ -190,6 +194,23 @@ def test_check_mode_resolves_and_copies_nothing(skopeo, monkeypatch):
     done = fill(monkeypatch, check=True)
     assert done.result["changed"] and done.result["copied"] == [f"nvidia/vllm@{digest(ARM64)}"]
     assert not [call for call in skopeo.calls() if call.startswith("copy")]
+
+
+def test_check_mode_on_a_new_cache_without_skopeo_says_what_it_would_copy(monkeypatch,
+                                                                        tmp_path, skopeo):
+    # skopeo there, its login file not written yet (the fake skopeo would answer).
+    skopeo.serve("nvcr.io/nvidia/vllm:25.10-py3", LISTING)
+    os.remove(AUTH["file"])
+    done = fill(monkeypatch, check=True)
+    assert not done.failed and done.result["copied"] == ["nvidia/vllm:25.10-py3"]
+    assert skopeo.calls() == []
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no skopeo
+    done = fill(monkeypatch, check=True)
+    assert not done.failed and done.result["copied"] == ["nvidia/vllm:25.10-py3"]
+    # Not in check mode, a missing skopeo is an error that says so.
+    failed = fill(monkeypatch)
+    assert failed.failed and "skopeo is not installed" in failed.result["msg"]
 
 
 def test_a_hung_skopeo_fails_naming_the_setting(skopeo, monkeypatch):

@@ -79,7 +79,9 @@ copied:
 
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import re  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402
@@ -151,6 +153,8 @@ class Skopeo:
         argv = ["skopeo", *args]
         try:
             done = subprocess.run(argv, capture_output=True, timeout=self.timeout, check=False)
+        except FileNotFoundError:
+            raise FillError(f"{what}: skopeo is not installed on the site cache") from None
         except subprocess.TimeoutExpired:
             raise FillError(f"{what}: skopeo did not finish within {self.timeout} s "
                             "(site_cache_copy_timeout)") from None
@@ -203,8 +207,14 @@ def checked(image):
 
 
 def fill(images, platforms, registry, skopeo, check_mode):
+    images = [checked(image) for image in images]
+    if check_mode and (shutil.which("skopeo") is None or not os.path.exists(skopeo.authfile)):
+        # Check mode on a new cache: skopeo or its login is not there yet, so nothing can
+        # be resolved; every image would be copied.
+        return {"resolved": {}, "platforms": {},
+                "copied": [f"{image['path']}:{image['tag']}" for image in images]}
     resolved, learned, copied = {}, {}, []
-    for image in map(checked, images):
+    for image in images:
         ref, upstream, platform = image["ref"], image["upstream"], image["platform"]
         raw, listed = None, image["locked"]
         if not listed:
