@@ -101,10 +101,12 @@ def images_to_cache(plans):
 def image_platforms_update(known, learned):
     """The lock's image_platforms entries to write: each list digest the cache learned a
     platform's image of, with the platforms the lock already had for it."""
-    known = known or {}
-    return {listed: {**(known.get(listed) or {}), **found}
-            for listed, found in (learned or {}).items()
-            if {**(known.get(listed) or {}), **found} != (known.get(listed) or {})}
+    updates = {}
+    for listed, found in (learned or {}).items():
+        before = (known or {}).get(listed) or {}
+        if {**before, **found} != before:
+            updates[listed] = {**before, **found}
+    return updates
 
 
 def _split_reference(ref):
