@@ -239,6 +239,27 @@ def site_cache_problems(hosts, address, port, storage):
     return problems
 
 
+def bundle_problems(bundle, cache_hosts, rsync_port, git_port):
+    """What is wrong with the bundle's settings (thorfleet_bundle and its ports): the
+    bundle lies on the site cache host, and its path goes into rsync's configuration and
+    git's unit there."""
+    if not bundle:
+        return []
+    problems = []
+    if not cache_hosts:
+        problems.append("thorfleet_bundle: the site cache serves the bundle: put one host in "
+                        "the inventory group thorfleet_site_cache")
+    if not isinstance(bundle, str) or not re.fullmatch(r"/[A-Za-z0-9._/-]*", bundle) \
+            or "/../" in f"{bundle}/" or bundle.rstrip("/") == "":
+        problems.append(f"thorfleet_bundle: {str(bundle)[:80]!r} is not an absolute path of "
+                        "letters, digits and ._-/ (the bundle's directory on the site cache)")
+    for name, port in (("thorfleet_bundle_rsync_port", rsync_port),
+                       ("thorfleet_bundle_git_port", git_port)):
+        if not _is_port(port, 65535):
+            problems.append(f"{name}: {str(port)[:20]!r} is not a port number")
+    return problems
+
+
 def subject_alt_name(address):
     """A certificate's subjectAltName for the address hosts reach a host at."""
     if not _is_address(address):
@@ -272,5 +293,6 @@ class FilterModule:
             "thorfleet_fleet_still_wanted": still_wanted,
             "thorfleet_fleet_problems": fleet_problems,
             "thorfleet_site_cache_problems": site_cache_problems,
+            "thorfleet_bundle_settings_problems": bundle_problems,
             "thorfleet_subject_alt_name": subject_alt_name,
         }

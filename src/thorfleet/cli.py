@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from thorfleet import bench
+from thorfleet import bundle as bundles
 from thorfleet import status as fleet
 from thorfleet.lab import Lab, LabError, status_json, status_table
 from thorfleet.runs import Progress, run_playbook
@@ -77,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"results directory (default: {BENCH_RESULTS} in the checkout)")
     speed.add_argument("--report-only", action="store_true",
                        help="no run: the report of the results already in the directory")
+
+    bundle = commands.add_parser("bundle", help="a bundle for sites with no internet")
+    bundle_commands = bundle.add_subparsers(dest="bundle_command", required=True)
+    create = bundle_commands.add_parser(
+        "create", help="write what the inventory's hosts need, at the lock's pins, into DIR")
+    create.add_argument("-i", "--inventory", action="append", default=[],
+                        help="inventory, as ansible-playbook's -i (repeatable; default: "
+                             "ansible.cfg's, the lab)")
+    create.add_argument("directory", type=Path, metavar="DIR")
+    create.add_argument("--timeout", type=float, default=6 * 3600,
+                        help="seconds the whole run may take (default 6 hours)")
+    check = bundle_commands.add_parser("verify", help="check a bundle against its SHA256SUMS")
+    check.add_argument("directory", type=Path, metavar="DIR")
 
     state = fleet_command(commands, "status", "per host and service: unit state, health, "
                                               "port, image or build, model")
@@ -149,6 +163,22 @@ def run_bench(args) -> int:
     return 0
 
 
+def run_bundle(args) -> int:
+    """bundle create (exit status as ansible-playbook's) or verify (1 when anything is
+    wrong, each thing on a line)."""
+    if args.bundle_command == "create":
+        return bundles.create(project_root(), args.inventory, args.directory, args.timeout)
+    try:
+        problems = bundles.verify(args.directory)
+    except (OSError, bundles.BundleError) as error:
+        problems = [str(error)]
+    for problem in problems:
+        print(f"thorfleet: bundle {args.directory}: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"thorfleet: bundle {args.directory} is whole")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "status":
@@ -157,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         return deploy(args)
     if args.command == "bench":
         return run_bench(args)
+    if args.command == "bundle":
+        return run_bundle(args)
     try:
         lab = Lab(project_root())
         if args.lab_command == "up":

@@ -28,7 +28,7 @@ NAMES = {host_address(index): name for index, name in enumerate(HOSTS, start=1)}
 ADDRESSES = {name: address for address, name in NAMES.items()}
 # The README's site cache, verbatim: thor02 in the inventory group thorfleet_site_cache.
 (SITE_CACHE,) = [s.text for s in snippets() if s.inventory_file == "hosts.yml"
-                 and "thorfleet_site_cache:" in s.text]
+                 and "thorfleet_site_cache:" in s.text and "thorfleet_bundle:" not in s.text]
 # Flips the bytes at an offset of a file (twice: as it was), keeping its size.
 FLIP = ("python3 -c 'import sys; f = open(sys.argv[1], \"r+b\"); f.seek(64); b = f.read(4); "
         "f.seek(64); f.write(bytes(x ^ 0xFF for x in b))' " + MODEL + "/model.safetensors")

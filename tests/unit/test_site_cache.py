@@ -44,7 +44,8 @@ LISTING = json.dumps({"schemaVersion": 2, "mediaType": LIST, "manifests": [
 
 # skopeo's stand-in: `inspect --raw docker://REF` prints the file named after REF in
 # $FAKE_SKOPEO/manifests (or fails as skopeo does for an unknown manifest); `copy`
-# records its arguments; $FAKE_SKOPEO/hang makes it hang.
+# records its arguments, and writes an OCI archive destination (its source's name in
+# it); $FAKE_SKOPEO/hang makes it hang.
 FAKE = """#!{python}
 import os, sys, time
 home = os.environ["FAKE_SKOPEO"]
@@ -59,6 +60,9 @@ if sys.argv[1] == "inspect":
         sys.stderr.write('time="x" level=fatal msg="Error reading manifest: manifest unknown"\\n')
         sys.exit(1)
     sys.stdout.buffer.write(open(path, "rb").read())
+if sys.argv[1] == "copy" and sys.argv[-1].startswith("oci-archive:"):
+    with open(sys.argv[-1].removeprefix("oci-archive:"), "w") as archive:
+        archive.write(sys.argv[-2])
 """
 
 

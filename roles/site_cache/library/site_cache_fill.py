@@ -37,11 +37,22 @@ options:
     description: The cache's writable registry (C(127.0.0.1:5444), plain HTTP, on the
       loopback address).
     type: str
-    required: true
+    default: ""
   authfile:
     description: skopeo's login file for the upstream registries.
     type: path
     required: true
+  archive_dir:
+    description:
+      - Copy into OCI archives in this directory (C(<platform digest hex>.tar), a bundle's
+        C(images/)) instead of a registry: what C(thorfleet bundle create) carries to a site
+        with no internet. Each keeps the image's manifest byte for byte, so its digest.
+    type: path
+  archives:
+    description:
+      - Copy from these OCI archives instead of the upstream, C({platform digest: archive
+        path}) (a bundle's, on the site cache): an image not among them fails, naming it.
+    type: dict
   timeout:
     description: Seconds one skopeo command may take.
     type: int
@@ -168,9 +179,10 @@ class Skopeo:
                          "--authfile", self.authfile, f"docker://{reference}"], what)
 
     def copy(self, source, destination, what):
+        """Both as skopeo names them (docker://..., oci-archive:...)."""
         self.run(["copy", "--quiet", "--preserve-digests", "--retry-times", "3",
                   "--src-authfile", self.authfile, "--dest-tls-verify=false",
-                  f"docker://{source}", f"docker://{destination}"], what)
+                  source, destination], what)
 
 
 def held(registry, path, digest):
@@ -206,7 +218,11 @@ def checked(image):
     return {**image, "ref": ref, "locked": locked}
 
 
-def fill(images, platforms, registry, skopeo, check_mode):
+def archive_of(directory, digest):
+    return os.path.join(directory, digest.removeprefix("sha256:") + ".tar")
+
+
+def fill(images, platforms, registry, skopeo, check_mode, archive_dir=None, archives=None):
     images = [checked(image) for image in images]
     if check_mode and (shutil.which("skopeo") is None or not os.path.exists(skopeo.authfile)):
         # Check mode on a new cache: skopeo or its login is not there yet, so nothing can
@@ -227,12 +243,30 @@ def fill(images, platforms, registry, skopeo, check_mode):
             digest = platform_image(ref, listed, raw, platform)
             learned.setdefault(listed, {})[platform] = digest
         path = image["path"]
-        if held(registry, path, digest):
+        source = f"docker://{upstream}@{digest}"
+        if archives is not None:
+            if not isinstance(archives.get(digest), str):
+                raise FillError(f"image {ref}: the bundle has no {platform} image {digest}")
+            source = f"oci-archive:{archives[digest]}"
+        if archive_dir:
+            destination = archive_of(archive_dir, digest)
+            if os.path.exists(destination):
+                continue
+        elif held(registry, path, digest):
             continue
         copied.append(f"{path}@{digest}")
-        if not check_mode:
-            skopeo.copy(f"{upstream}@{digest}", f"{registry}/{path}@{digest}",
-                        f"image {ref} ({platform})")
+        if check_mode:
+            continue
+        what = f"image {ref} ({platform})"
+        if archive_dir:
+            # Written aside and moved in: an archive there is a whole one.
+            partial = destination + ".partial"
+            if os.path.exists(partial):
+                os.unlink(partial)
+            skopeo.copy(source, f"oci-archive:{partial}", what)
+            os.replace(partial, destination)
+        else:
+            skopeo.copy(source, f"docker://{registry}/{path}@{digest}", what)
     return {"resolved": resolved, "platforms": learned, "copied": copied}
 
 
@@ -241,7 +275,9 @@ def main():
         argument_spec={
             "images": {"type": "list", "elements": "dict", "required": True},
             "platforms": {"type": "dict", "default": {}},
-            "registry": {"type": "str", "required": True},
+            "registry": {"type": "str", "default": ""},
+            "archive_dir": {"type": "path"},
+            "archives": {"type": "dict"},
             "authfile": {"type": "path", "required": True},
             "timeout": {"type": "int", "default": 7200},
         },
@@ -250,8 +286,10 @@ def main():
     params = module.params
     skopeo = Skopeo(module, params["authfile"], params["timeout"])
     try:
+        if not (params["registry"] or params["archive_dir"]):
+            raise FillError("registry or archive_dir: one is needed")
         result = fill(params["images"], params["platforms"], params["registry"], skopeo,
-                      module.check_mode)
+                      module.check_mode, params["archive_dir"], params["archives"])
     except FillError as error:
         module.fail_json(msg=str(error))
     module.exit_json(changed=bool(result["copied"]), **result)

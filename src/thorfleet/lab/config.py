@@ -27,6 +27,8 @@ REGISTRY_ISSUER = "thorfleet-lab-registry-auth"
 REGISTRY_USER = "$oauthtoken"
 REGISTRY_PASSWORD = "thorfleet-lab-ngc-api-key"
 SOURCE_MIRROR = f"git://{GATEWAY}"
+# Where this machine's skopeo (bundle create) finds the CA of the lab registry.
+CONTAINERS_CERTS = Path("/etc/containers/certs.d") / REGISTRY
 HF_MIRROR = f"http://{GATEWAY}:8090"  # olah, offline, serving the lab's repositories
 MODELSCOPE = f"http://{GATEWAY}:8091"  # the ModelScope API stand-in
 FILE_MIRROR = f"http://{GATEWAY}:8092"  # plain files by URL (the chat template)
@@ -59,6 +61,8 @@ MACHINE_PACKAGES = {
     "debootstrap": "debootstrap",
     "docker-registry": "docker-registry",
     "openssl": "openssl",
+    # `thorfleet bundle create` copies images with it, as on a site's connected machine.
+    "skopeo": "skopeo",
     "iptables": "iptables",
     "ip": "iproute2",
     "ssh": "openssh-client",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from thorfleet.lab import thor as lab_thor
 from thorfleet.lab.config import (
+    CONTAINERS_CERTS,
     MAX_HOSTS,
     SERVICES,
     HostStatus,
@@ -76,10 +77,32 @@ class Lab(Machine, Upstreams, Hosts, Inventory, Processes):
             for service in SERVICES:
                 self._stop_process(service)
             self._remove_network()
+            shutil.rmtree(CONTAINERS_CERTS, ignore_errors=True)
             for directory in ("hosts", "registry", "git", "hub", "www"):
                 shutil.rmtree(self.state / directory, ignore_errors=True)
             shutil.rmtree(self.inventory, ignore_errors=True)
         log("lab is down")
+
+    @contextlib.contextmanager
+    def offline(self, log=print) -> Iterator[None]:
+        """The lab as a site with no internet: its upstreams stopped (the hubs, the
+        registry and its token service, the git server, the file mirror) and the hosts'
+        NAT route out removed; all back as they were after."""
+        self._require_root()
+        with self._locked():
+            for service in SERVICES:
+                self._stop_process(service)
+            self._remove_nat()
+        log("lab is offline: upstreams stopped, no route out")
+        try:
+            yield
+        finally:
+            with self._locked():
+                self._ensure_network()
+                self._ensure_registry(log)
+                self._ensure_images(log)
+                self._ensure_sources(log)
+                self._ensure_hubs(log)
 
     def status(self) -> list[HostStatus]:
         result = []

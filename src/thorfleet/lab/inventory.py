@@ -4,6 +4,7 @@ and nothing else), thor01's services, and those of the hosts added for fleet tes
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import yaml
@@ -24,6 +25,8 @@ class Inventory:
                 "hosts": hosts,
                 "vars": {
                     "ansible_user": "root",
+                    # The lab hosts' architecture is this machine's (bundle create reads it).
+                    "thorfleet_architecture": platform.machine(),
                     "ansible_ssh_private_key_file": str(self.key),
                     "ansible_ssh_common_args":
                         f"-o UserKnownHostsFile={self.known_hosts} -o StrictHostKeyChecking=yes",

@@ -87,9 +87,12 @@ class Machine:
         if bounded.run(["iptables", "-t", "nat", "-C", *self._nat_rule()], 60).returncode:
             run(["iptables", "-t", "nat", "-A", *self._nat_rule()])
 
-    def _remove_network(self) -> None:
+    def _remove_nat(self) -> None:
         while bounded.run(["iptables", "-t", "nat", "-C", *self._nat_rule()], 60).returncode == 0:
             run(["iptables", "-t", "nat", "-D", *self._nat_rule()])
+
+    def _remove_network(self) -> None:
+        self._remove_nat()
         saved = self.state / "ip_forward.orig"
         if saved.exists():
             Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())

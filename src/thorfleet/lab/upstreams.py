@@ -19,6 +19,7 @@ import yaml
 from thorfleet.lab import hub as lab_hub
 from thorfleet.lab import images as lab_images
 from thorfleet.lab.config import (
+    CONTAINERS_CERTS,
     FILE_MIRROR,
     GATEWAY,
     HF_MIRROR,
@@ -69,6 +70,10 @@ class Upstreams:
                                     cafile=self.lab_ca):
             raise LabError(f"the lab registry did not answer on {REGISTRY}: see "
                            f"{self.state / 'run' / 'registry'}.log")
+        # This machine, as a site's connected machine trusts its mirror: bundle create's
+        # skopeo copies from the lab registry.
+        CONTAINERS_CERTS.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.lab_ca, CONTAINERS_CERTS / "ca.crt")
         log(f"registry answers on {REGISTRY} (TLS, login {REGISTRY_USER})")
 
     def _ensure_registry_auth(self, home: Path) -> None:

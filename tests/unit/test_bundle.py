@@ -1,0 +1,183 @@
+"""The bundle for sites with no internet: what an inventory's hosts need, each thing once
+at the lock's pins (filter_plugins/bundle.py); what a bundle lacks, named; its settings;
+its images written to and read from OCI archives (site_cache_fill); and `bundle verify`
+(src/thorfleet/bundle.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import load, run_module
+from tests.unit.test_site_cache import ARM64, AUTH, LISTING, digest, skopeo  # noqa: F401
+from thorfleet import bundle as bundles
+
+bundle_filters = load("filter_plugins/bundle.py")
+fleet_filters = load("filter_plugins/fleet.py")
+site_cache_fill = load("roles/site_cache/library/site_cache_fill.py")
+
+COMMIT = "a" * 40
+LISTED = "sha256:" + "b" * 64
+PLATFORM = "sha256:" + "c" * 64
+
+
+def model(revision=COMMIT, allow=()):
+    return {"path": "Qwen/Qwen3-8B", "source": "huggingface", "repo_id": "Qwen/Qwen3-8B",
+            "requested_revision": "main", "revision": revision, "allow_patterns": list(allow),
+            "ignore_patterns": [], "lock_key": "huggingface:Qwen/Qwen3-8B@main",
+            "dest": "/models/Qwen/Qwen3-8B", "sha256s": {}}
+
+
+FILE = {"name": "qwen3_nonthinking.jinja", "upstream_url": "https://example.org/t.jinja",
+        "url": "https://example.org/t.jinja", "sha256": "d" * 64}
+IMAGE = {"ref": "nvcr.io/nvidia/vllm:25.10-py3", "upstream": "nvcr.io/nvidia/vllm",
+         "path": "nvidia/vllm", "tag": "25.10-py3", "locked": LISTED,
+         "platform": "linux/arm64"}
+ENGINE = {"name": "whisper.cpp", "ref": "v1.8.5", "lock_key": "whisper.cpp@v1.8.5",
+          "pin": "e" * 40}
+
+
+def need(host, **parts):
+    return {"host": host, "models": [], "files": [], "images": [], "engines": [], **parts}
+
+
+def index_of(contents):
+    return bundle_filters.bundle_index(contents, {LISTED: {"linux/arm64": PLATFORM}},
+                                       {"thor01": ["rsync"]})
+
+
+def test_what_two_hosts_need_alike_is_bundled_once_and_patterns_make_another_copy():
+    contents = bundle_filters.bundle_contents([
+        need("thor01", models=[model()], files=[FILE], images=[IMAGE], engines=[ENGINE]),
+        need("thor02", models=[model(), model(allow=["*.gguf"])], files=[FILE],
+             images=[IMAGE], engines=[ENGINE])])
+    assert contents["unpinned"] == []
+    assert len(contents["models"]) == 2
+    assert [len(contents[part]) for part in ("files", "images", "sources")] == [1, 1, 1]
+    index = index_of(contents)
+    assert index["images"][0]["digest"] == PLATFORM
+    assert index["images"][0]["archive"] == f"images/{'c' * 64}.tar"
+    assert index["sources"][0]["repository"] == "sources/whisper.cpp.git"
+
+
+def test_what_the_lock_does_not_pin_is_named_with_a_host_that_needs_it():
+    contents = bundle_filters.bundle_contents([need(
+        "thor04", models=[model(revision="main")], files=[{**FILE, "sha256": ""}],
+        images=[{**IMAGE, "locked": ""}], engines=[{**ENGINE, "pin": ""}])])
+    assert contents["models"] == contents["files"] == contents["images"] == []
+    unpinned = " ".join(contents["unpinned"])
+    for named in ("model Qwen/Qwen3-8B", "huggingface:Qwen/Qwen3-8B@main", "file "
+                  "qwen3_nonthinking.jinja", "image nvcr.io/nvidia/vllm:25.10-py3",
+                  "engine whisper.cpp", "whisper.cpp@v1.8.5"):
+        assert named in unpinned
+    assert unpinned.count(", for thor04") == 4
+
+
+def test_a_bundle_lacking_a_model_names_it_and_the_host_and_holds_the_rest():
+    full = index_of(bundle_filters.bundle_contents([need(
+        "thor01", models=[model()], files=[FILE], images=[IMAGE], engines=[ENGINE])]))
+    wants = {"models": [model()], "files": [FILE], "images": [IMAGE], "engines": [ENGINE]}
+    assert bundle_filters.bundle_problems(json.dumps(full), "thor04", **wants) == []
+    lacking = {**full, "models": []}
+    assert bundle_filters.bundle_problems(json.dumps(lacking), "thor04", **wants) == [
+        f"model Qwen/Qwen3-8B (huggingface Qwen/Qwen3-8B@{COMMIT}), for thor04"]
+    # Another commit, another image or another engine commit is not held either.
+    other = {"models": [model(revision="f" * 40)], "images": [{**IMAGE, "locked": PLATFORM}],
+             "engines": [{**ENGINE, "pin": "0" * 40}], "files": [{**FILE, "sha256": "1" * 64}]}
+    assert len(bundle_filters.bundle_problems(full, "thor04", **other)) == 4
+
+
+@pytest.mark.parametrize("section, field, value", [
+    ("images", "archive", "../../etc/shadow"),
+    ("images", "archive", "images/x.tar; rm -rf /"),
+    ("images", "digest", "sha256:zz"),
+    ("models", "id", "../x"),
+    ("files", "name", "a/../../b"),
+    ("files", "name", "t.jinja\nExecStart=/bin/sh"),
+    ("sources", "commit", "HEAD"),
+])
+def test_an_index_with_a_hostile_field_is_refused_naming_it(section, field, value):
+    index = index_of(bundle_filters.bundle_contents([need(
+        "thor01", models=[model()], files=[FILE], images=[IMAGE], engines=[ENGINE])]))
+    index[section][0][field] = value
+    with pytest.raises(bundle_filters.BundleError, match=f"{section}: field {field}"):
+        bundle_filters.bundle_checked(json.dumps(index))
+    for text in ("nonsense", json.dumps({"format": 99})):
+        with pytest.raises(bundle_filters.BundleError):
+            bundle_filters.bundle_checked(text)
+
+
+@pytest.mark.parametrize("bundle, cache, rsync, git, named", [
+    ("/srv/bundle", [], 8873, 9418, "thorfleet_site_cache"),
+    ("srv/bundle", ["thor03"], 8873, 9418, "thorfleet_bundle:"),
+    ("/srv/b%n", ["thor03"], 8873, 9418, "thorfleet_bundle:"),
+    ("/srv/b\nx", ["thor03"], 8873, 9418, "thorfleet_bundle:"),
+    ("/srv/../etc", ["thor03"], 8873, 9418, "thorfleet_bundle:"),
+    ("/srv/bundle", ["thor03"], "87;3", 9418, "thorfleet_bundle_rsync_port"),
+    ("/srv/bundle", ["thor03"], 8873, 0, "thorfleet_bundle_git_port"),
+])
+def test_bad_bundle_settings_are_refused_naming_the_field(bundle, cache, rsync, git, named):
+    problems = fleet_filters.bundle_problems(bundle, cache, rsync, git)
+    assert len(problems) == 1 and named in problems[0], problems
+
+
+def test_no_bundle_and_a_good_one_pass():
+    assert fleet_filters.bundle_problems("", [], "x", None) == []
+    assert fleet_filters.bundle_problems("/srv/thorfleet-bundle", ["thor03"], 8873, 9418) == []
+
+
+def fill(monkeypatch, **options):
+    entry = {**IMAGE, "locked": digest(LISTING)}
+    return run_module(site_cache_fill, {"images": [entry], "platforms": {},
+                                        "authfile": AUTH["file"], **options}, monkeypatch)
+
+
+def test_an_image_goes_into_the_bundle_as_an_archive_of_its_platform_once(
+        skopeo, monkeypatch, tmp_path):  # noqa: F811
+    skopeo.serve(f"nvcr.io/nvidia/vllm@{digest(LISTING)}", LISTING)
+    done = fill(monkeypatch, archive_dir=str(tmp_path))
+    assert not done.failed, done.result
+    archive = tmp_path / f"{digest(ARM64).removeprefix('sha256:')}.tar"
+    assert archive.read_text() == f"docker://nvcr.io/nvidia/vllm@{digest(ARM64)}"
+    assert done.result["platforms"] == {digest(LISTING): {"linux/arm64": digest(ARM64)}}
+    assert not list(tmp_path.glob("*.partial"))
+    again = fill(monkeypatch, archive_dir=str(tmp_path),
+                 platforms=done.result["platforms"])
+    assert not again.failed and not again.result["changed"]
+
+
+def test_on_the_site_the_cache_loads_from_the_bundle_and_asks_no_registry(
+        skopeo, monkeypatch, tmp_path):  # noqa: F811
+    platforms = {digest(LISTING): {"linux/arm64": digest(ARM64)}}
+    archive = str(tmp_path / "images" / "x.tar")
+    done = fill(monkeypatch, registry="127.0.0.1:5444", platforms=platforms,
+                archives={digest(ARM64): archive})
+    assert not done.failed and done.result["changed"]
+    assert [call.split()[-2:] for call in skopeo.calls()] == [
+        [f"oci-archive:{archive}", f"docker://127.0.0.1:5444/nvidia/vllm@{digest(ARM64)}"]]
+    missing = fill(monkeypatch, registry="127.0.0.1:5444", platforms=platforms, archives={})
+    assert missing.failed and "the bundle has no linux/arm64 image" in missing.result["msg"]
+
+
+def test_verify_finds_a_changed_a_missing_and_an_added_file(tmp_path):
+    (tmp_path / "models" / "m").mkdir(parents=True)
+    (tmp_path / "models" / "m" / "w.bin").write_bytes(b"weights")
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "t.jinja").write_text("template")
+    (tmp_path / "bundle.json").write_text(json.dumps({
+        "format": 1, "models": [{"dir": "models/m"}], "files": [{"file": "files/t.jinja"}],
+        "images": [], "sources": []}))
+    assert bundles.write_sums(tmp_path) == 3
+    assert bundles.verify(tmp_path) == []
+    (tmp_path / "models" / "m" / "w.bin").write_bytes(b"weightz")
+    (tmp_path / "files" / "t.jinja").unlink()
+    (tmp_path / "extra").write_text("")
+    problems = bundles.verify(tmp_path)
+    assert problems == [
+        "files/t.jinja: listed in SHA256SUMS, missing",
+        "extra: not listed in SHA256SUMS",
+        "models/m/w.bin: its sha256 is not the one SHA256SUMS lists",
+        "bundle.json: files: files/t.jinja: not in the bundle"]
+    (tmp_path / "SHA256SUMS").unlink()
+    assert bundles.verify(tmp_path) == ["SHA256SUMS: missing (not a bundle, or one not finished)"]
