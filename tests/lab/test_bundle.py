@@ -1,7 +1,8 @@
 """A site with no internet, provisioned from a bundle (thorfleet_bundle): written by
 `thorfleet bundle create` on the controller from the lab's inventory and lock (the
 connected machine), carried to the site cache (thor03, by the README's inventory), and a
-fresh host (thor04) converged from it with the lab's upstreams stopped and no route out."""
+fresh host (thor04) converged from it with the lab's upstreams stopped and no route out,
+under ansible-core's defaults (no Mitogen, no pipelining), as most users run."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import shutil
 
 import yaml
 
-from tests.lab.conftest import Playbook, thorfleet
+from tests.lab.conftest import ROOT, Playbook, thorfleet
 from tests.snippets import snippets
+from thorfleet import stock
 from thorfleet.lab.config import FROM_EMPTY, FROM_EMPTY_SETTINGS
 
 # The README's site with no internet, verbatim.
@@ -52,6 +54,12 @@ def held(host) -> dict:
     return found
 
 
+def empty(lab) -> bool:
+    """Whether thor04 holds no model, engine source or build, and no image."""
+    return lab.ssh("thor04", "find /models /opt/thorfleet/whisper.cpp -mindepth 1 "
+                             "2>/dev/null; docker images -q", check=False).stdout.split() == []
+
+
 def running_image(host, unit: str) -> tuple[str, str]:
     """(the image reference a container service runs, its content's id)."""
     image = host.check_output(f"docker inspect --format '{{{{.Config.Image}}}}' {unit}")
@@ -81,6 +89,7 @@ def test_a_fresh_host_provisions_from_a_bundle_with_no_route_out(lab, hosts, tho
     lab.ssh(CACHE, NO_CACHE)
     converge = ("-i", "inventory/lab", "-i", str(site), "site.yml", "-l", "thor04",
                 "-e", json.dumps(SERVICES))
+    defaults = stock.environment(stock.write_config(ROOT, tmp_path))
     index_file = carried / "bundle.json"
     try:
         with lab.offline():
@@ -88,17 +97,23 @@ def test_a_fresh_host_provisions_from_a_bundle_with_no_route_out(lab, hosts, tho
             # on thor04 changes.
             index_file.write_text(json.dumps({**index, "models": [
                 m for m in index["models"] if m["path"] != "Qwen/Qwen3-8B"]}))
-            short = Playbook(*converge)
+            short = Playbook(*converge, env=defaults)
             assert short.rc != 0 and "lacks model Qwen/Qwen3-8B (huggingface" in short.output, short
             assert short.recap["thor04"]["changed"] == 0, short
-            left = lab.ssh("thor04", "find /models /opt/thorfleet/whisper.cpp -mindepth 1 "
-                                     "2>/dev/null; docker images -q", check=False).stdout
-            assert left.split() == [], left
+            assert empty(lab), short
 
+            # With the whole bundle: check mode previews it all on the fresh host and
+            # the fresh cache, and changes nothing on either.
             index_file.write_text(json.dumps(index))
-            run = Playbook(*converge)
+            preview = Playbook(*converge, "--check", env=defaults)
+            assert preview.rc == 0, preview
+            assert empty(lab), preview
+            assert not lab.ssh(CACHE, "ls /etc/systemd/system | grep thorfleet-bundle; ls -d "
+                                      "/etc/thorfleet/site-cache", check=False).stdout, preview
+
+            run = Playbook(*converge, env=defaults)
             assert run.rc == 0, run
-            again = Playbook(*converge)
+            again = Playbook(*converge, env=defaults)
             assert again.rc == 0 and again.recap["thor04"]["changed"] == 0, again
 
             # The same model commits, file sums, template and source commit as the
