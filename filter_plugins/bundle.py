@@ -45,7 +45,7 @@ def _pinned_model(entry):
         COMMIT.fullmatch(str(entry["revision"])))
 
 
-def image_archive(entry, platform_digest):
+def image_archive(platform_digest):
     """Where an image lies in the bundle: an OCI archive named by its platform's digest."""
     return f"images/{platform_digest.removeprefix('sha256:')}.tar"
 
@@ -103,7 +103,7 @@ def bundle_index(contents, images_platforms, packages):
                               f"in {entry['locked']}")
         images.append({"ref": entry["ref"], "locked": entry["locked"],
                        "platform": entry["platform"], "digest": digest, "path": entry["path"],
-                       "archive": image_archive(entry, digest)})
+                       "archive": image_archive(digest)})
     fields = ("path", "source", "repo_id", "revision", "allow_patterns", "ignore_patterns")
     return {
         "format": BUNDLE_FORMAT,
@@ -178,12 +178,6 @@ def bundle_problems(index, host, models=None, files=None, images=None, engines=N
     return problems
 
 
-def bundle_model(index, entry):
-    """The bundle's entry of a model request (model_store's plan entry), or {}."""
-    wanted = model_id(entry)
-    return next((m for m in bundle_checked(index)["models"] if m["id"] == wanted), {})
-
-
 def bundle_platforms(index, known):
     """The lock's image_platforms ({list digest: {platform: digest}}) with the bundle's
     (its checked index, or {} for none) on top."""
@@ -207,7 +201,6 @@ class FilterModule:
             "thorfleet_bundle_index": bundle_index,
             "thorfleet_bundle_checked": bundle_checked,
             "thorfleet_bundle_problems": bundle_problems,
-            "thorfleet_bundle_model": bundle_model,
             "thorfleet_bundle_model_id": model_id,
             "thorfleet_bundle_platforms": bundle_platforms,
             "thorfleet_bundle_archives": bundle_archives,

@@ -239,13 +239,18 @@ def site_cache_problems(hosts, address, port, storage):
     return problems
 
 
-def bundle_problems(bundle, cache_hosts, rsync_port, git_port):
-    """What is wrong with the bundle's settings (thorfleet_bundle and its ports): the
-    bundle lies on the site cache host, and its path goes into rsync's configuration and
-    git's unit there."""
+def bundle_problems(bundle, cache_hosts, rsync_port, git_port, clients=None):
+    """What is wrong with the bundle's settings (thorfleet_bundle and its ports, and the
+    addresses of the hosts it serves, {host: ansible_host, "" for the host's name}): the
+    bundle lies on the site cache
+    host, and its path and the hosts' addresses go into rsync's configuration and git's
+    unit there."""
     if not bundle:
         return []
-    problems = []
+    problems = [f"{host}: ansible_host: {str(address)[:80]!r} is not an IP address or a host "
+                "name (the bundle's rsync daemon lets it in by it)"
+                for host, address in sorted((clients or {}).items())
+                if not _is_address(address or host)]
     if not cache_hosts:
         problems.append("thorfleet_bundle: the site cache serves the bundle: put one host in "
                         "the inventory group thorfleet_site_cache")

@@ -122,9 +122,17 @@ def test_bad_bundle_settings_are_refused_naming_the_field(bundle, cache, rsync, 
     assert len(problems) == 1 and named in problems[0], problems
 
 
+@pytest.mark.parametrize("address", ["10.0.0.1\nhosts allow = *", "thor 05", "a;b", "%h"])
+def test_a_hosts_address_the_bundles_rsync_daemon_would_read_is_refused_naming_it(address):
+    problems = fleet_filters.bundle_problems("/srv/b", ["thor03"], 8873, 9418,
+                                             {"thor01": "10.0.0.1", "thor05": address})
+    assert len(problems) == 1 and problems[0].startswith("thor05: ansible_host:"), problems
+
+
 def test_no_bundle_and_a_good_one_pass():
     assert fleet_filters.bundle_problems("", [], "x", None) == []
-    assert fleet_filters.bundle_problems("/srv/thorfleet-bundle", ["thor03"], 8873, 9418) == []
+    assert fleet_filters.bundle_problems("/srv/thorfleet-bundle", ["thor03"], 8873, 9418,
+                                         {"thor01": "10.0.0.1", "thor02": ""}) == []
 
 
 def fill(monkeypatch, **options):
