@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--as-thor", action="append", default=[], metavar="HOST",
                     help="make HOST look like a Jetson Thor to preflight (repeatable)")
     lab_commands.add_parser("down", help="stop everything the lab started and remove it")
+    lab_commands.add_parser("offline", help="a site with no internet: stop the lab's "
+                                            "upstreams and the hosts' route out")
+    lab_commands.add_parser("online", help="start the lab's upstreams and route out again")
     status = lab_commands.add_parser("status", help="show the lab's hosts")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     as_thor = lab_commands.add_parser("as-thor", help="make a running host look like a Thor")
@@ -196,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             print(status_table(hosts, lab.services_running()))
         elif args.lab_command == "down":
             lab.down()
+        elif args.lab_command == "offline":
+            lab.offline()
+        elif args.lab_command == "online":
+            lab.online()
         elif args.lab_command == "status":
             hosts = lab.status()
             render = status_json if args.json else status_table

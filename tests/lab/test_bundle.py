@@ -92,43 +92,47 @@ def test_a_fresh_host_provisions_from_a_bundle_with_no_route_out(lab, hosts, tho
     defaults = stock.environment(stock.write_config(ROOT, tmp_path))
     index_file = carried / "bundle.json"
     try:
-        with lab.offline():
-            # A bundle missing one model: preflight stops thor04, naming it, and nothing
-            # on thor04 changes.
-            index_file.write_text(json.dumps({**index, "models": [
-                m for m in index["models"] if m["path"] != "Qwen/Qwen3-8B"]}))
-            short = Playbook(*converge, env=defaults)
-            assert short.rc != 0 and "lacks model Qwen/Qwen3-8B (huggingface" in short.output, short
-            assert short.recap["thor04"]["changed"] == 0, short
-            assert empty(lab), short
+        offline = thorfleet("lab", "offline")
+        assert offline.returncode == 0, offline.stderr
+        # A bundle missing one model: preflight stops thor04, naming it, and nothing
+        # on thor04 changes.
+        index_file.write_text(json.dumps({**index, "models": [
+            m for m in index["models"] if m["path"] != "Qwen/Qwen3-8B"]}))
+        short = Playbook(*converge, env=defaults)
+        assert short.rc != 0 and "lacks model Qwen/Qwen3-8B (huggingface" in short.output, short
+        assert short.recap["thor04"]["changed"] == 0, short
+        assert empty(lab), short
 
-            # With the whole bundle: check mode previews it all on the fresh host and
-            # the fresh cache, and changes nothing on either.
-            index_file.write_text(json.dumps(index))
-            preview = Playbook(*converge, "--check", env=defaults)
-            assert preview.rc == 0, preview
-            assert empty(lab), preview
-            assert not lab.ssh(CACHE, "ls /etc/systemd/system | grep thorfleet-bundle; ls -d "
-                                      "/etc/thorfleet/site-cache", check=False).stdout, preview
+        # With the whole bundle: check mode previews it all on the fresh host and
+        # the fresh cache, and changes nothing on either.
+        index_file.write_text(json.dumps(index))
+        preview = Playbook(*converge, "--check", env=defaults)
+        assert preview.rc == 0, preview
+        assert empty(lab), preview
+        assert not lab.ssh(CACHE, "ls /etc/systemd/system | grep thorfleet-bundle; ls -d "
+                                  "/etc/thorfleet/site-cache", check=False).stdout, preview
 
-            run = Playbook(*converge, env=defaults)
-            assert run.rc == 0, run
-            again = Playbook(*converge, env=defaults)
-            assert again.rc == 0 and again.recap["thor04"]["changed"] == 0, again
+        run = Playbook(*converge, env=defaults)
+        assert run.rc == 0, run
+        again = Playbook(*converge, env=defaults)
+        assert again.rc == 0 and again.recap["thor04"]["changed"] == 0, again
 
-            # The same model commits, file sums, template and source commit as the
-            # connected host, and the same image, from the site cache.
-            fresh, connected = held(hosts["thor04"]), held(thor01)
-            assert fresh == connected
-            for model in MODELS:
-                assert fresh[model]["on_disk"] == fresh[model]["sums"], model
-            image, content = running_image(hosts["thor04"], "thorfleet-chat")
-            connected_image, connected_content = running_image(thor01, "thorfleet-qwen3-vllm")
-            assert image.startswith(f"{hosts[CACHE].backend.hostname}:5443/nvidia/vllm@sha256:")
-            assert content == connected_content, (image, connected_image)
-            assert hosts["thor04"].service("thorfleet-whisper").is_running
-            assert hosts["thor04"].service("thorfleet-chat").is_running
+        # The same model commits, file sums, template and source commit as the
+        # connected host, and the same image, from the site cache.
+        fresh, connected = held(hosts["thor04"]), held(thor01)
+        assert fresh == connected
+        for model in MODELS:
+            assert fresh[model]["on_disk"] == fresh[model]["sums"], model
+        image, content = running_image(hosts["thor04"], "thorfleet-chat")
+        connected_image, connected_content = running_image(thor01, "thorfleet-qwen3-vllm")
+        assert image.startswith(f"{hosts[CACHE].backend.hostname}:5443/nvidia/vllm@sha256:")
+        assert content == connected_content, (image, connected_image)
+        assert hosts["thor04"].service("thorfleet-whisper").is_running
+        assert hosts["thor04"].service("thorfleet-chat").is_running
     finally:
+        # From the command, as `lab up` starts them: `lab down` can stop what it starts.
+        online = thorfleet("lab", "online")
+        assert online.returncode == 0, online.stderr
         lab.ssh(CACHE, NO_CACHE, check=False)
         shutil.rmtree(carried, ignore_errors=True)
         # thor04's own services back, from the lab's upstreams.

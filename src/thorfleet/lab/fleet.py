@@ -83,26 +83,29 @@ class Lab(Machine, Upstreams, Hosts, Inventory, Processes):
             shutil.rmtree(self.inventory, ignore_errors=True)
         log("lab is down")
 
-    @contextlib.contextmanager
-    def offline(self, log=print) -> Iterator[None]:
+    def offline(self, log=print) -> None:
         """The lab as a site with no internet: its upstreams stopped (the hubs, the
         registry and its token service, the git server, the file mirror) and the hosts'
-        NAT route out removed; all back as they were after."""
+        NAT route out removed, until `online`."""
         self._require_root()
         with self._locked():
             for service in SERVICES:
                 self._stop_process(service)
             self._remove_nat()
         log("lab is offline: upstreams stopped, no route out")
-        try:
-            yield
-        finally:
-            with self._locked():
-                self._ensure_network()
-                self._ensure_registry(log)
-                self._ensure_images(log)
-                self._ensure_sources(log)
-                self._ensure_hubs(log)
+
+    def online(self, log=print) -> None:
+        """The upstreams and the route out back, as `up` starts them. Run from the
+        `thorfleet lab online` command, as `up` is: what it starts is then nobody's child,
+        and `down`, another process, can stop it."""
+        self._require_root()
+        with self._locked():
+            self._ensure_network()
+            self._ensure_registry(log)
+            self._ensure_images(log)
+            self._ensure_sources(log)
+            self._ensure_hubs(log)
+        log("lab is online")
 
     def status(self) -> list[HostStatus]:
         result = []
