@@ -13,7 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import sys
+
+# The code the filters share (plugin_utils/thorfleet_lib), as filter_plugins/catalogue.py
+# finds it.
+_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "plugin_utils")
+if _UTILS not in sys.path:
+    sys.path.append(_UTILS)
+
+from thorfleet_lib.models import model_key  # noqa: E402
 
 BUNDLE_FORMAT = 1
 INDEX = "bundle.json"
@@ -28,12 +39,10 @@ class BundleError(ValueError):
 
 
 def model_id(entry):
-    """The directory of a model request in the bundle (models/<id>): one per path, hub,
-    repository, revision and patterns, as two hosts asking alike share one copy."""
-    key = json.dumps([entry["path"], entry["source"], entry["repo_id"], entry["revision"],
-                      sorted(entry.get("allow_patterns") or []),
-                      sorted(entry.get("ignore_patterns") or [])])
-    return hashlib.sha256(key.encode()).hexdigest()[:20]
+    """The directory of a model request in the bundle (models/<id>): one per model_key
+    (path, hub, repository, revision and patterns), as two hosts asking alike share one
+    copy, as when fetching once per fleet."""
+    return hashlib.sha256(model_key(entry).encode()).hexdigest()[:20]
 
 
 def _model_name(entry):

@@ -18,21 +18,25 @@ from __future__ import annotations
 import ipaddress
 import json
 import math
+import os
 import posixpath
 import re
+import sys
+
+# The code the filters share (plugin_utils/thorfleet_lib), as filter_plugins/catalogue.py
+# finds it.
+_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "plugin_utils")
+if _UTILS not in sys.path:
+    sys.path.append(_UTILS)
+
+from thorfleet_lib.models import model_key  # noqa: E402
 
 # The rsync daemon's modules: the host's model root, its engine builds' root, and its
 # engines' compile caches (one directory per image digest).
 SHARES = {"models": "thorfleet-models", "builds": "thorfleet-builds", "jit": "thorfleet-jit"}
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME = re.compile(rf"(?=.{{1,253}}$){LABEL}(?:\.{LABEL})*")  # fullmatch only
-
-
-def model_key(entry):
-    """What makes two hosts' models the same copy: path, hub, repository, revision and
-    patterns (a host's own model root may differ)."""
-    return json.dumps([entry["path"], entry["source"], entry["repo_id"], entry["revision"],
-                       entry.get("allow_patterns") or [], entry.get("ignore_patterns") or []])
 
 
 def _holdings(entries, held, host, address, port):

@@ -20,6 +20,13 @@ SERVICE_FIELDS = {"name", "recipe", "port", "served_name", "memory_share", "extr
                   "bind_address", "api_key"}
 
 
+def model_key(entry):
+    """What makes two hosts' models the same copy (fetching once per fleet, a bundle):
+    path, hub, repository, revision and patterns (a host's own model root may differ)."""
+    return json.dumps([entry["path"], entry["source"], entry["repo_id"], entry["revision"],
+                       entry.get("allow_patterns") or [], entry.get("ignore_patterns") or []])
+
+
 def lock_key(source, repo, revision):
     """The lock's key of a model revision: `huggingface:Qwen/Qwen3-8B@main`."""
     return f"{source}:{repo}@{revision}"
