@@ -24,13 +24,13 @@ _UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 if _UTILS not in sys.path:
     sys.path.append(_UTILS)
 
+from thorfleet_lib.formats import COMMIT, is_commit  # noqa: E402
 from thorfleet_lib.models import model_key  # noqa: E402
 
 BUNDLE_FORMAT = 1
 INDEX = "bundle.json"
 SHA256 = re.compile(r"[0-9a-f]{64}")
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-COMMIT = re.compile(r"[0-9a-f]{40}")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -51,7 +51,7 @@ def _model_name(entry):
 
 def _pinned_model(entry):
     return entry["revision"] != entry["requested_revision"] or bool(
-        COMMIT.fullmatch(str(entry["revision"])))
+        is_commit(entry["revision"]))
 
 
 def image_archive(platform_digest):
@@ -75,7 +75,7 @@ PARTS = (
      lambda e: e["name"], lambda e: f"file {e['name']}: no sha256 pins {e['upstream_url']}"),
     ("images", "images", lambda e: DIGEST.fullmatch(str(e.get("locked") or "")),
      lambda e: (e["ref"], e["platform"]), lambda e: f"image {e['ref']}: the lock pins no digest"),
-    ("engines", "sources", lambda e: COMMIT.fullmatch(str(e.get("pin") or "")),
+    ("engines", "sources", lambda e: is_commit(e.get("pin")),
      lambda e: e["lock_key"],
      lambda e: f"engine {e['name']}: the lock pins no commit for {e['lock_key']}"),
 )

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-import re
+import os
+import sys
+
+# The code the filters share (plugin_utils/thorfleet_lib), as filter_plugins/catalogue.py
+# finds it.
+_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "plugin_utils")
+if _UTILS not in sys.path:
+    sys.path.append(_UTILS)
+
+from thorfleet_lib.formats import is_commit  # noqa: E402
 
 # Every build: an optimised, self-contained binary (no shared libraries to go stale
 # when `current` moves to another build).
@@ -37,9 +47,6 @@ def ggml_cmake_flags(gpu, engine_flags=(), extra_flags=(), cuda_home="/usr/local
     return flags + list(engine_flags or []) + list(extra_flags or [])
 
 
-COMMIT = re.compile(r"[0-9a-f]{40}")
-
-
 def engine_plan(engines, sources, locked, refresh=False):
     """Per engine: name, ref, the lock's key (<engine>@<ref>) and pin, the commit to check
     out ("" when the ref is to be resolved: not locked yet, or a refresh). A ref that is a
@@ -48,8 +55,8 @@ def engine_plan(engines, sources, locked, refresh=False):
     for name in engines:
         ref = str(sources[name]["version"])
         key = f"{name}@{ref}"
-        pin = ref if COMMIT.fullmatch(ref) else ("" if refresh else str(locked.get(key) or ""))
-        if pin and not COMMIT.fullmatch(pin):
+        pin = ref if is_commit(ref) else ("" if refresh else str(locked.get(key) or ""))
+        if pin and not is_commit(pin):
             raise ValueError(f"the lock file's engines.{key}: {pin[:80]!r} is not a commit of "
                              "40 hex digits; delete the entry to resolve the ref again")
         plan.append({"name": name, "ref": ref, "lock_key": key, "pin": pin})
@@ -65,7 +72,7 @@ def engine_commits(checkouts):
             planned, after = result.get("item", {}), result.get("after")
             if result.get("failed") or result.get("skipped") or not planned:
                 continue
-            if COMMIT.fullmatch(str(after)) and not planned["pin"]:
+            if is_commit(after) and not planned["pin"]:
                 entries[planned["lock_key"]] = after
     return entries
 

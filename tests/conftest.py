@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import importlib.util
 import sys
+import threading
 from pathlib import Path
 
 import ansible.module_utils
 import pytest
 import yaml
 from ansible.module_utils.testing import patch_module_args
+
+# Where the suite's time goes, printed at the end of every run (tests/timing.py).
+from tests.timing import (  # noqa: F401
+    pytest_addoption,
+    pytest_fixture_setup,
+    pytest_runtest_logreport,
+    pytest_runtest_logstart,
+    pytest_terminal_summary,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # The shared settings' defaults, as a fleet gets them when its inventory says nothing.
@@ -65,3 +77,16 @@ def run_module(module, args: dict, monkeypatch, check: bool = False) -> ModuleDo
             pytest.raises(ModuleDone) as done:
         module.main()
     return done.value
+
+
+@contextlib.contextmanager
+def loopback_server(handler: type[http.server.BaseHTTPRequestHandler]):
+    """An HTTP server on the loopback address answering with `handler`, for the length of
+    the block; yields its port."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()

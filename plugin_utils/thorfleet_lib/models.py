@@ -8,9 +8,9 @@ import binascii
 import json
 import posixpath
 
+from thorfleet_lib.formats import is_commit
 from thorfleet_lib.rules import (
     DEFAULT_REVISION,
-    FULL_COMMIT,
     SOURCES,
     CatalogueError,
     check_field,
@@ -185,7 +185,7 @@ def manifest_commit(slurped, model_dir):
         commit = json.loads(base64.b64decode(slurped["content"]))["commit"]
     except (ValueError, binascii.Error, KeyError, TypeError):
         commit = None
-    if not isinstance(commit, str) or not FULL_COMMIT.fullmatch(commit):
+    if not is_commit(commit):
         raise CatalogueError(f"{model_dir}/thorfleet-manifest.json: commit "
                              f"{str(commit)[:80]!r} is not 40 hex characters; run the models "
                              "phase again (--tags models)")

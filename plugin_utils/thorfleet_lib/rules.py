@@ -55,7 +55,6 @@ RULES = {
                  "without spaces or control characters"),
 }
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-FULL_COMMIT = re.compile(r"[0-9a-f]{40}")  # a git commit; fullmatch only (`$` takes a newline)
 MAX_ARG = 4096
 # Where models may not go: the system's own directories, which containers mount read-write.
 SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",

@@ -11,11 +11,13 @@ import os
 import re
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
 import testinfra
 
+from tests.timing import LAB_PHASES, running_test
 from thorfleet import bounded
 from thorfleet.lab import BRIDGE, Lab, host_address
 from thorfleet.lab import images as lab_images
@@ -93,13 +95,19 @@ def lab():
     # changed need not put them back then).
     existing.session_only = not already_up
     if not already_up:
+        start = time.monotonic()
         up = thorfleet("lab", "up", "--hosts", str(len(HOSTS)))
+        LAB_PHASES["lab bring-up (thorfleet lab up)"] = (running_test(),
+                                                         time.monotonic() - start)
         if up.returncode != 0:
             thorfleet("lab", "down")  # a half-booted lab leaves nothing behind either
             pytest.fail(f"thorfleet lab up failed:\n{up.stdout}{up.stderr}")
     yield existing
     if not already_up:
+        start = time.monotonic()
         down = thorfleet("lab", "down")
+        LAB_PHASES["lab take-down (thorfleet lab down)"] = (running_test(),
+                                                           time.monotonic() - start)
         assert down.returncode == 0, down.stdout + down.stderr
         assert lab_leftovers() == []
 

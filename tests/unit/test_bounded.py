@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -31,3 +32,18 @@ def test_a_command_past_its_bound_is_stopped_with_what_it_started(tmp_path):
 def test_a_command_reads_nothing_unless_given_input():
     # No input: standard input is empty, not this process's terminal.
     assert bounded.run(["cat"], 10).stdout == ""
+
+
+def test_a_command_killed_by_a_signal_is_a_failure():
+    killed = bounded.run(["sh", "-c", "kill -9 $$"], 10)
+    assert killed.returncode == -9
+    with pytest.raises(subprocess.CalledProcessError):
+        bounded.run(["sh", "-c", "kill -9 $$"], 10, check=True)
+    assert bounded.run(["true"], 10, check=True).returncode == 0
+
+
+def test_an_overrun_shows_the_last_4000_characters_printed():
+    with pytest.raises(bounded.Overrun) as overrun:
+        bounded.run(["sh", "-c", "printf 'x%.0s' $(seq 5000); printf END; sleep 60"], 1)
+    shown = str(overrun.value).split("it printed last:\n", 1)[1]
+    assert len(shown) == 4000 and shown.endswith("END")

@@ -6,6 +6,8 @@ its images written to and read from OCI archives (site_cache_fill); and `bundle 
 from __future__ import annotations
 
 import json
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +191,139 @@ def test_verify_finds_a_changed_a_missing_and_an_added_file(tmp_path):
         "bundle.json: files: files/t.jinja: not in the bundle"]
     (tmp_path / "SHA256SUMS").unlink()
     assert bundles.verify(tmp_path) == ["SHA256SUMS: missing (not a bundle, or one not finished)"]
+
+
+# --- at the edges ---------------------------------------------------------------------
+
+
+def test_a_pinned_revision_is_one_the_lock_resolved_or_a_commit_asked_for():
+    assert bundle_filters.bundle_contents([need("thor01", models=[model()])])["unpinned"] == []
+    asked_a_commit = {**model(), "requested_revision": COMMIT}
+    assert bundle_filters.bundle_contents([need("thor01", models=[asked_a_commit])])[
+        "models"][0]["revision"] == COMMIT
+    branch = model(revision="main")
+    assert bundle_filters.bundle_contents([need("thor01", models=[branch])])["models"] == []
+
+
+def test_a_host_that_says_nothing_needs_nothing():
+    assert bundle_filters.bundle_need({"inventory_hostname": "thor01"}) == need("thor01")
+
+
+def test_a_bundle_is_of_format_1_and_an_index_of_another_shape_is_refused():
+    index = index_of(bundle_filters.bundle_contents([need("thor01", models=[model()])]))
+    assert index["format"] == 1
+    for shape in ([index], {**index, "format": 2}, {**index, "files": {}},
+                  {**index, "images": ["archive"]}):
+        with pytest.raises(bundle_filters.BundleError):
+            bundle_filters.bundle_checked(shape)
+
+
+@pytest.mark.parametrize(("section", "field", "value", "taken"), [
+    ("files", "name", "n" * 128, True), ("files", "name", "n" * 129, False),
+    ("models", "revision", "r" * 200, True), ("models", "revision", "r" * 201, False)])
+def test_an_index_field_is_taken_up_to_its_length(section, field, value, taken):
+    index = index_of(bundle_filters.bundle_contents([need(
+        "thor01", models=[model()], files=[FILE])]))
+    index[section][0][field] = value
+    if taken:
+        assert bundle_filters.bundle_checked(index)[section][0][field] == value
+    else:
+        with pytest.raises(bundle_filters.BundleError, match=f"{section}: field {field}"):
+            bundle_filters.bundle_checked(index)
+
+
+@pytest.mark.parametrize("found", [None, "sha256:zz", 42, {}])
+def test_an_image_whose_platform_digest_the_copy_did_not_find_is_refused(found):
+    contents = bundle_filters.bundle_contents([need("thor01", images=[IMAGE])])
+    with pytest.raises(bundle_filters.BundleError, match="no linux/arm64 image"):
+        bundle_filters.bundle_index(contents, {LISTED: {"linux/arm64": found}}, {})
+
+
+def test_the_bundles_platforms_go_over_the_locks():
+    other = "sha256:" + "9" * 64
+    known = {LISTED: {"linux/amd64": other}}
+    index = index_of(bundle_filters.bundle_contents([need("thor01", images=[IMAGE])]))
+    merged = bundle_filters.bundle_platforms(index, known)
+    assert merged == {LISTED: {"linux/amd64": other, "linux/arm64": PLATFORM}}
+    assert known == {LISTED: {"linux/amd64": other}}  # the lock's own, unchanged
+    assert bundle_filters.bundle_platforms(None, known) == known
+    assert bundle_filters.bundle_platforms(index, None) == {LISTED: {"linux/arm64": PLATFORM}}
+
+
+def test_a_link_in_a_bundle_is_refused_by_write_and_by_verify(tmp_path):
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "t.jinja").write_text("template")
+    (tmp_path / "bundle.json").write_text(json.dumps({"format": 1}))
+    assert bundles.write_sums(tmp_path) == 2
+    (tmp_path / "files" / "passwd").symlink_to("/etc/passwd")
+    with pytest.raises(bundles.BundleError, match="files/passwd: not a plain file"):
+        bundles.write_sums(tmp_path)
+    with pytest.raises(bundles.BundleError, match="files/passwd: not a plain file"):
+        bundles.verify(tmp_path)
+    (tmp_path / "files" / "passwd").unlink()
+    (tmp_path / "files" / "dir").symlink_to(tmp_path)
+    with pytest.raises(bundles.BundleError, match="files/dir: not a plain file"):
+        bundles.verify(tmp_path)
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\\b"])
+def test_a_file_name_sha256sum_cannot_list_is_refused(tmp_path, name):
+    (tmp_path / name).write_text("x")
+    with pytest.raises(bundles.BundleError, match="a file name sha256sum cannot list"):
+        bundles.write_sums(tmp_path)
+
+
+@pytest.mark.parametrize("line", [f"{'a' * 64} x", f"{'a' * 63}  x", f"{'a' * 64}  "])
+def test_a_sums_line_not_of_sha256sums_format_is_named_by_its_number(tmp_path, line):
+    (tmp_path / "x").write_text("")
+    (tmp_path / "SHA256SUMS").write_text(f"{'b' * 64}  x\n{line}\n")
+    assert bundles.verify(tmp_path) == ["SHA256SUMS: line 2 is not `<sha256>  <file>`"]
+
+
+def test_verify_finds_an_engine_source_the_bundle_lacks(tmp_path):
+    commit = "e" * 40
+    refs = tmp_path / "sources" / "whisper.cpp.git" / "refs" / "thorfleet"
+    refs.mkdir(parents=True)
+    (tmp_path / "bundle.json").write_text(json.dumps({"format": 1, "sources": [
+        {"engine": "whisper.cpp", "commit": commit}]}))
+    (refs / commit).write_text(commit + "\n")
+    bundles.write_sums(tmp_path)
+    assert bundles.verify(tmp_path) == []
+    (refs / commit).unlink()
+    bundles.write_sums(tmp_path)
+    assert bundles.verify(tmp_path) == [
+        f"bundle.json: sources: whisper.cpp at {commit}: not in the bundle"]
+
+
+def test_create_runs_the_bundle_playbook_then_writes_the_sums_only_when_it_passed(
+        tmp_path, monkeypatch):
+    ran, status = [], {"rc": 2}
+
+    def playbook(argv, cwd, timeout, check):
+        ran.append(argv)
+        (Path(argv[-1].split('"thorfleet_bundle_create": "')[1].split('"')[0])
+         / "bundle.json").write_text("{}")
+        return subprocess.CompletedProcess(argv, status["rc"])
+
+    monkeypatch.setattr(bundles.subprocess, "run", playbook)
+    directory = tmp_path / "bundle"
+    directory.mkdir()
+    (directory / "SHA256SUMS").write_text("from an earlier bundle\n")
+    assert bundles.create(tmp_path, ["inv/a", "inv/b"], directory, 60) == 2
+    assert not (directory / "SHA256SUMS").exists()  # a failed bundle is never taken as whole
+    assert ran[0][1:6] == ["playbooks/bundle.yml", "-i", str(Path("inv/a").resolve()),
+                           "-i", str(Path("inv/b").resolve())]
+    status["rc"] = 0
+    fresh = tmp_path / "new" / "bundle"  # made, with its parents
+    assert bundles.create(tmp_path, ["inv/a"], fresh, 60) == 0
+    assert bundles.verify(fresh) == []
+
+
+def test_create_past_its_bound_says_so_and_exits_124(tmp_path, monkeypatch, capsys):
+    def hangs(argv, cwd, timeout, check):
+        raise subprocess.TimeoutExpired(argv, timeout)
+
+    monkeypatch.setattr(bundles.subprocess, "run", hangs)
+    assert bundles.create(tmp_path, ["inv"], tmp_path / "b", 5) == 124
+    assert "did not finish within 5 s" in capsys.readouterr().err
+    assert not (tmp_path / "b" / "SHA256SUMS").exists()

@@ -218,3 +218,102 @@ def test_a_batchs_hosts_spread_over_the_hosts_that_hold_a_cache():
     sources = [fleet.jit_peers(mounts(NEW_IMAGE), holders, f"thor{n:02d}", 873)[0]["name"]
                for n in range(3, 9)]
     assert sources.count("thor01") == sources.count("thor02") == 3
+
+
+# --- at the edges -----------------------------------------------------------------------
+
+
+def test_two_hosts_wanting_one_model_copy_it_and_hosts_that_hold_it_copy_nothing():
+    wanting = [state(f"thor0{n}", wanted=["Qwen/Qwen3-8B"]) for n in (1, 2)]
+    assert fleet.fleet_work(wanting)["copies"] is True
+    holding = [state(f"thor0{n}", held=["Qwen/Qwen3-8B"]) for n in (1, 2)]
+    assert fleet.fleet_work(holding)["copies"] is False
+
+
+@pytest.mark.parametrize(("hosts", "rounds"), [(0, 2), (1, 2), (2, 3), (5, 5), (60, 8)])
+def test_rounds_are_one_for_the_hub_log2_of_the_hosts_for_copies_and_one_more(hosts, rounds):
+    states = [state(f"thor{n:02d}", wanted=["Qwen/Qwen3-8B"]) for n in range(1, hosts + 1)]
+    assert fleet.fleet_work(states)["rounds"] == rounds
+
+
+@pytest.mark.parametrize(("address", "taken"), [
+    (".".join(["a" * 63] * 3) + "." + "b" * 61, True),  # 253 characters
+    (".".join(["a" * 63] * 3) + "." + "b" * 62, False),  # 254
+    ("a" * 63 + ".lan", True), ("a" * 64 + ".lan", False), ("-thor01", False),
+    ("thor01-", False)])
+def test_a_host_name_is_taken_up_to_its_limits(address, taken):
+    found = fleet.fleet_problems(True, address, 873, "thor01")
+    assert (found == []) is taken, found
+
+
+@pytest.mark.parametrize("check", [
+    {"stamp": "s1", "ready": True, "failed": True},  # the check itself failed
+    {"stamp": "", "ready": True},  # no stamp: the ref is not pinned yet
+    "not a check result"])
+def test_a_build_is_held_only_on_a_check_that_passed_with_a_stamp(check):
+    plan = [{"name": "llama.cpp", "ref": "b1", "lock_key": "llama.cpp@b1", "pin": ""}]
+    results = [{**check, "engine": plan[0]} if isinstance(check, dict) else check]
+    held = fleet.build_holdings(plan, {"results": results}, "thor01", "10.0.0.1", 873, "/opt")
+    assert held["held"] == []
+    (entry,) = held["entries"].values()
+    assert entry["stamp"] == ""
+
+
+def test_a_failed_or_skipped_copy_is_not_counted_as_got():
+    wants = state("thor02", wanted=["Qwen/Qwen3-8B", "a/b"])
+    model, other = (wants["entries"][k] for k in sorted(wants["entries"]))
+    results = [{"item": model, "commit": "c" * 40, "failed": True},
+               {"item": other, "commit": "c" * 40, "skipped": True},
+               "not a result", {"item": model, "stamp": "s1"}]  # a build's, not a model's
+    after = fleet.got(wants, results)
+    assert after["got"] == [] and len(fleet.still_wanted(after)) == 2
+    done = fleet.got(wants, [{"item": model, "commit": "c" * 40}])
+    assert [e["path"] for e in fleet.still_wanted(done)] == [other["path"]]
+
+
+def test_a_build_is_got_only_from_a_result_with_a_stamp_under_the_engines_name():
+    (wants,) = [build_state("thor02", ["llama.cpp", "whisper.cpp"], stamp="")]
+    llama = next(e["engine"] for e in wants["entries"].values() if e["name"] == "llama.cpp")
+    assert fleet.got(wants, [{"engine": llama, "commit": "c" * 40}], "builds")["got"] == []
+    assert fleet.got(wants, [{"item": llama, "stamp": "s2", "failed": True}],
+                     "builds")["got"] == []
+    for named in ({"engine": llama}, {"item": llama}):
+        after = fleet.got(wants, [{**named, "stamp": "s2"}], "builds")
+        (key,) = after["got"]
+        assert after["entries"][key]["name"] == "llama.cpp"
+        assert after["entries"][key]["stamp"] == "s2"
+
+
+@pytest.mark.parametrize(("fetch", "on"), [
+    *[(word, True) for word in ("true", "yes", "on", "1", " True ")],
+    *[(word, False) for word in ("false", "no", "off", "0", "FALSE")]])
+def test_the_fleet_switch_reads_each_word_ansible_reads(fetch, on):
+    # Switched on, the bad address is found; off, nothing else is looked at.
+    found = fleet.fleet_problems(fetch, "", 873, "thor01")
+    assert (len(found) == 1) is on and all("thorfleet_fleet_address" in f for f in found)
+
+
+@pytest.mark.parametrize(("port", "taken"), [(1, True), (65535, True), ("65535", True),
+                                             (65536, False), ("008873", False), (-1, False),
+                                             (False, False)])
+def test_a_port_is_taken_from_1_to_65535(port, taken):
+    assert (fleet.fleet_problems(True, "10.0.0.1", port, "thor01") == []) is taken
+    assert (fleet.bundle_problems("/srv/bundle", ["thor03"], port, 9418) == []) is taken
+
+
+def test_a_holder_without_a_host_name_is_no_source_of_caches():
+    holders = [{"address": "10.0.0.1", "held": [NEW_IMAGE]}, holder("thor02")]
+    assert fleet.jit_peers(mounts(NEW_IMAGE), holders, "thor02", 873) == []
+
+
+@pytest.mark.parametrize(("address", "name"), [("10.0.0.2", "IP:10.0.0.2"),
+                                               ("fd00::2", "IP:fd00::2"),
+                                               ("cache.lan", "DNS:cache.lan")])
+def test_a_certificate_names_the_address_hosts_reach_the_cache_by(address, name):
+    assert fleet.subject_alt_name(address) == name
+
+
+@pytest.mark.parametrize("address", ["cache lan", "fe80::1%eth0", "", 10, None])
+def test_a_certificate_for_what_is_no_address_is_refused(address):
+    with pytest.raises(ValueError, match="is not an IP address or a host name"):
+        fleet.subject_alt_name(address)

@@ -10,17 +10,19 @@ import pytest
 
 from tests.conftest import load, run_module
 
-ggml_build = load("library/ggml_build.py")
+ggml_build = load("roles/ggml_build/library/ggml_build.py")
+# What a build directory is: the role's module_utils, which the module imports.
+from ansible.module_utils import thorfleet_build_dirs as build_dirs  # noqa: E402
 
-RECORD = ggml_build.build_record("llama.cpp", "a" * 40, ["-DGGML_CUDA=ON"], ["llama-server"],
+RECORD = build_dirs.build_record("llama.cpp", "a" * 40, ["-DGGML_CUDA=ON"], ["llama-server"],
                                  "13.0.48", "cc (Ubuntu 13.3.0) 13.3.0")
 
 
 def test_the_stamp_is_stable_and_ignores_target_order():
-    same = ggml_build.build_record("llama.cpp", "a" * 40, ["-DGGML_CUDA=ON"],
+    same = build_dirs.build_record("llama.cpp", "a" * 40, ["-DGGML_CUDA=ON"],
                                    ["llama-server"], "13.0.48", "cc (Ubuntu 13.3.0) 13.3.0")
-    assert ggml_build.stamp_of(RECORD) == ggml_build.stamp_of(same)
-    two = ggml_build.build_record("x", "c", [], ["b", "a"], "", "cc")
+    assert build_dirs.stamp_of(RECORD) == build_dirs.stamp_of(same)
+    two = build_dirs.build_record("x", "c", [], ["b", "a"], "", "cc")
     assert two["targets"] == ["a", "b"]
 
 
@@ -33,20 +35,20 @@ def test_the_stamp_is_stable_and_ignores_target_order():
 ])
 def test_every_input_changes_the_stamp_and_is_named(field, value):
     changed = {**RECORD, field: value}
-    assert ggml_build.stamp_of(changed) != ggml_build.stamp_of(RECORD)
-    assert ggml_build.explain(RECORD, changed).startswith(f"{field} ")
+    assert build_dirs.stamp_of(changed) != build_dirs.stamp_of(RECORD)
+    assert build_dirs.explain(RECORD, changed).startswith(f"{field} ")
 
 
 def test_flag_order_matters_because_cmake_keeps_the_last():
     swapped = {**RECORD, "cmake_flags": ["-DX=1", "-DX=2"]}
     other = {**RECORD, "cmake_flags": ["-DX=2", "-DX=1"]}
-    assert ggml_build.stamp_of(swapped) != ggml_build.stamp_of(other)
+    assert build_dirs.stamp_of(swapped) != build_dirs.stamp_of(other)
 
 
 def test_explain_shortens_commits_and_names_a_first_build():
     changed = {**RECORD, "commit": "b" * 40}
-    assert ggml_build.explain(RECORD, changed) == "commit aaaaaaaaaaaa -> bbbbbbbbbbbb"
-    assert ggml_build.explain(None, RECORD) == "no build yet"
+    assert build_dirs.explain(RECORD, changed) == "commit aaaaaaaaaaaa -> bbbbbbbbbbbb"
+    assert build_dirs.explain(None, RECORD) == "no build yet"
 
 
 def test_error_excerpt_keeps_the_compilers_errors():
@@ -100,13 +102,13 @@ def test_first_run_builds_and_switches_current(project, build):
     stamp = result.result["stamp"]
     assert current(project) == f"build-{stamp}"
     assert os.access(result.result["binaries"]["tiny-server"], os.X_OK)
-    record = json.loads((project / "engine" / f"build-{stamp}" / ggml_build.MARKER).read_text())
+    record = json.loads((project / "engine" / f"build-{stamp}" / build_dirs.MARKER).read_text())
     assert record["commit"] == "c1" and record["targets"] == ["tiny-server"]
 
 
 def test_same_inputs_run_no_compiler_and_change_nothing(project, build):
     first = build(project).result
-    marker = project / "engine" / f"build-{first['stamp']}" / ggml_build.MARKER
+    marker = project / "engine" / f"build-{first['stamp']}" / build_dirs.MARKER
     before = marker.stat().st_mtime_ns
     second = build(project)
     assert second.result["changed"] is False and second.result["compiled"] is False
@@ -169,7 +171,7 @@ def test_retrying_a_failed_build_compiles_again_and_never_switches_to_it(project
     assert build(project, commit="c-broken").failed
     # The failed build's directory stays (a retry is incremental), without a marker...
     broken = [b for b in builds(project) if b != f"build-{good}"]
-    assert len(broken) == 1 and not (project / "engine" / broken[0] / ggml_build.MARKER).exists()
+    assert len(broken) == 1 and not (project / "engine" / broken[0] / build_dirs.MARKER).exists()
     # ... so a retry of the same inputs compiles again, fails again, and `current` stays.
     retry = build(project, commit="c-broken")
     assert retry.failed and "tiny build failed at commit c-broken" in retry.result["msg"]
@@ -198,7 +200,7 @@ def test_a_failed_build_is_removed_once_another_succeeds(project, build):
     assert fixed["compiled"] and current(project) == f"build-{fixed['stamp']}"
     # The good first build stays for rollback; the failed one is gone.
     assert len(builds(project)) == 2 and all(
-        (project / "engine" / b / ggml_build.MARKER).exists() for b in builds(project))
+        (project / "engine" / b / build_dirs.MARKER).exists() for b in builds(project))
 
 
 # --- sharing a build with the fleet's other hosts (thorfleet_fleet_fetch) ----------------
@@ -208,10 +210,10 @@ def test_a_report_lists_the_builds_binaries_and_record_with_their_sums(project, 
     stamp = build(project).result["stamp"]
     report = build(project, check=True, report=True).result
     assert report["changed"] is False and report["ready"] is True
-    assert sorted(report["files"]) == sorted([ggml_build.MARKER, "bin/tiny-server"])
+    assert sorted(report["files"]) == sorted([build_dirs.MARKER, "bin/tiny-server"])
     binary = project / "engine" / f"build-{stamp}" / "bin" / "tiny-server"
     assert report["files"]["bin/tiny-server"] == {
-        "size": binary.stat().st_size, "sha256": ggml_build.sha256_of(binary)}
+        "size": binary.stat().st_size, "sha256": build_dirs.sha256_of(binary)}
     # Another commit's build is not here: nothing to offer.
     other = build(project, commit="c2", check=True, report=True).result
     assert other["ready"] is False and other["files"] == {}
@@ -223,7 +225,7 @@ def test_a_build_whose_record_has_another_stamp_is_never_switched_to(project, bu
     assert kept.result["compiled"]
     # The old build's directory now claims inputs it was not built from (a copy gone
     # wrong, a hand edit): the stamp guard refuses it, and the module compiles instead.
-    marker = project / "engine" / f"build-{stamp}" / ggml_build.MARKER
+    marker = project / "engine" / f"build-{stamp}" / build_dirs.MARKER
     marker.write_text(json.dumps({**json.loads(marker.read_text()), "commit": "c9"}))
     back = build(project)
     assert not back.failed and back.result["compiled"], back.result
@@ -232,11 +234,14 @@ def test_a_build_whose_record_has_another_stamp_is_never_switched_to(project, bu
 
 @pytest.mark.parametrize("files", [
     {"bin/tiny-server": {"size": 1, "sha256": "0" * 64}},  # no record
-    {ggml_build.MARKER: {"size": 1, "sha256": "0" * 64},
+    {build_dirs.MARKER: {"size": 1, "sha256": "0" * 64},
      "../../etc/cron.d/x": {"size": 1, "sha256": "0" * 64}},
-    {ggml_build.MARKER: {"size": 1, "sha256": "0" * 64},
+    {build_dirs.MARKER: {"size": 1, "sha256": "0" * 64},
      "bin/tiny-server": {"size": "1", "sha256": "0" * 64}},
-    {ggml_build.MARKER: {"size": 1, "sha256": "0" * 64}, "bin/x": {"size": 1}}])
+    {build_dirs.MARKER: {"size": 1, "sha256": "0" * 64}, "bin/x": {"size": 1}},
+    {build_dirs.MARKER: {"size": True, "sha256": "0" * 64}},  # a boolean is no size
+    {build_dirs.MARKER: {"size": 1, "sha256": "0" * 64},
+     "bin/" + "x" * 129: {"size": 1, "sha256": "0" * 64}}])  # a name past 128 characters
 def test_a_peer_build_not_made_of_a_record_and_binaries_with_sums_is_refused(project, build,
                                                                              files):
     stamp = build(project, check=True).result["stamp"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import sys
 
 import pytest
 
@@ -80,6 +81,8 @@ def test_a_service_name_outside_its_characters_or_too_long_is_refused(name):
     ("/models/", "is not an absolute, normalised path"),
     ("/models/../etc", "is not an absolute, normalised path"),
     ("/mo dels", "is not an absolute, normalised path"),
+    ("/ models", "is not an absolute, normalised path"),
+    ("/" + "m" * 256, "is not an absolute, normalised path"),
     ("/models\n", "is not an absolute, normalised path"),
     ("/etc", "is inside a system directory"),
     ("/etc/thorfleet/models", "is inside a system directory"),
@@ -151,3 +154,132 @@ def test_a_manifests_commit_reaches_a_unit_only_as_40_hex_characters(commit):
     good = {"content": base64.b64encode(json.dumps({"commit": "a" * 40}).encode()).decode()}
     assert catalogue_filters.manifest_commit(good, "/models/m") == "a" * 40
     assert catalogue_filters.manifest_commit({"failed": True}, "/models/m") == "not downloaded"
+
+
+# --- each rule at its edges: the longest value taken, one character more refused, and the
+# characters just outside what it allows ------------------------------------------------
+
+rules = sys.modules["thorfleet_lib.rules"]
+EDGES = {
+    "name": (["a" * 63, "a0_.-"], ["a" * 64, "_a", "a b"]),
+    "served_name": (["q" * 128, "Qwen/Qwen3:8b@x+1"], ["q" * 129, "q q", "q%"]),
+    "api_key": (["k" * 8, "k" * 256, "a.b_c~d+e/f=g:h@i-j"], ["k" * 7, "k" * 257, "k" * 8 + "%"]),
+    "path": (["p" * 255, "a/b.c"], ["p" * 256, "a/../b", "./a", "a//b/.", "a b"]),
+    "file_name": (["f" * 128], ["f" * 129, "a/b"]),
+    "repo": (["o" * 96 + "/" + "n" * 96], ["o" * 97 + "/n", "o/" + "n" * 97, "o/n/x"]),
+    "revision": (["r" * 128, "v1.2+3/x_y"], ["r" * 129, "main~1", "ma in"]),
+    "image": (["r" * 255 + ":" + "t" * 128], ["r" * 256 + ":t", "r:" + "t" * 129, "r",
+                                               "R/x:t", "r:-t"]),
+    "env_name": (["E" * 64, "_X1"], ["E" * 65, "1X", "x", "X-Y"]),
+    "flag": (["--" + "f" * 63, "--max-model-len"], ["--" + "f" * 64, "-f", "--F", "--a_b"]),
+    "sha256": (["0" * 64], ["0" * 63, "0" * 65, "A" * 64]),
+    "url": (["https://" + "u" * 2040, "http://h:1/p?q=%20&r#s"],
+            ["https://" + "u" * 2041, "ftp://h/x", "https://h/ x", "https://h/\"x",
+             "https://h/<x>", "https://"]),
+}
+
+
+@pytest.mark.parametrize(("rule", "value", "taken"), [
+    (rule, value, taken) for rule, (good, bad) in EDGES.items()
+    for taken, values in ((True, good), (False, bad)) for value in values])
+def test_each_rule_takes_up_to_its_limit_and_refuses_past_it(rule, value, taken):
+    if taken:
+        rules.check_field("thor01", rule, value)
+    else:
+        with pytest.raises(rules.CatalogueError, match=f"thor01: field {rule}:"):
+            rules.check_field("thor01", rule, value)
+    # A final newline is never part of a value, whatever the rule.
+    with pytest.raises(rules.CatalogueError):
+        rules.check_field("thor01", rule, value + "\n")
+
+
+def test_every_rule_has_its_edges_tested():
+    assert set(EDGES) == set(rules.RULES)
+
+
+def test_an_argument_of_exactly_the_longest_length_is_taken():
+    rules.check_token("thor01", "args", "x" * rules.MAX_ARG)
+    with pytest.raises(rules.CatalogueError, match="field args:"):
+        rules.check_token("thor01", "args", "x" * (rules.MAX_ARG + 1))
+
+
+@pytest.mark.parametrize("pattern", ["*.bin\n", "a\x00", 7])
+def test_an_ignore_pattern_that_is_no_plain_string_is_refused_naming_the_model(pattern):
+    extra = {"models": {"Qwen/Qwen3-8B": {"ignore_patterns": ["*.pt", pattern]}}}
+    assert ("thorfleet_catalogue_extra.models.Qwen/Qwen3-8B: field ignore_patterns:"
+            in refused(extra=extra))
+
+
+@pytest.mark.parametrize(("extra", "field"), [
+    ({"engines": {"vllm": {"modelscope_env": "VLLM USE"}}}, "modelscope_env"),
+    ({"engines": {"vllm": {"sampling_flag": "--x\n"}}}, "sampling_flag"),
+    ({"engines": {"vllm": {"caches": ["/root/.cache", "relative"]}}}, "caches"),
+    ({"engines": {"vllm": {"port": 65536}}}, "port"),
+    ({"engines": {"vllm": {"port": True}}}, "port"),
+    ({"recipes": {"vllm-qwen3-8b": {"chat_template": "../t.jinja"}}}, "chat_template"),
+    ({"recipes": {"vllm-qwen3-8b": {"files": ["a/b"]}}}, "files"),
+    ({"recipes": {"vllm-qwen3-8b": {"modality": "audio"}}}, "modality"),
+    ({"files": {"qwen3_nonthinking.jinja": {"url": "file:///etc/passwd"}}}, "url")])
+def test_catalogue_fields_no_hostile_case_reached_are_refused_by_name(extra, field):
+    assert f": field {field}:" in refused(extra=extra)
+
+
+def test_the_highest_port_an_engine_can_have_is_taken():
+    merged = catalogue_filters.merge_catalogue(CATALOGUE, {"engines": {"vllm": {"port": 65535}}})
+    assert merged["engines"]["vllm"]["port"] == 65535
+
+
+@pytest.mark.parametrize(("fields", "taken"), [
+    ({"port": 1}, True), ({"port": 65535}, True), ({"port": 0}, False), ({"port": 65536}, False),
+    ({"port": True}, False), ({"port": "8000"}, False),
+    ({"memory_share": 0.01}, True), ({"memory_share": 0}, False),
+    ({"memory_share": 1.001}, False), ({"memory_share": True}, False)])
+def test_a_services_port_and_share_are_taken_up_to_their_limits(fields, taken):
+    (field,) = fields
+    if taken:
+        assert service_specs(service(**fields), CATALOGUE, host="thor01")[0]["name"] == "a"
+    else:
+        assert f"thor01: service a: field {field}:" in refused(service(**fields))
+
+
+def test_a_whole_share_is_a_share_which_the_memory_budget_then_refuses():
+    message = refused(service(memory_share=1))
+    assert "field memory_share: the services take 1.02 of unified memory" in message
+
+
+@pytest.mark.parametrize(("timeout", "taken"), [(1, True), (86400, True), (0, False),
+                                                (86401, False), (True, False)])
+def test_a_recipes_start_timeout_is_taken_from_1_to_86400_seconds(timeout, taken):
+    extra = {"recipes": {"vllm-qwen3-8b": {"start_timeout": timeout}}}
+    if taken:
+        merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
+        assert service_specs(service(), merged, host="thor01")[0]["start_timeout"] == timeout
+    else:
+        assert "field start_timeout:" in refused(extra=extra)
+
+
+@pytest.mark.parametrize(("extra", "taken"), [
+    ({"engines": {"vllm": {"port": 1}}}, True),
+    ({"engines": {"vllm": {"port": 0}}}, False),
+    ({"engines": {"vllm": {"caches": ["/ root/.cache"]}}}, False)])
+def test_an_engines_port_and_caches_at_their_edges(extra, taken):
+    if taken:
+        catalogue_filters.merge_catalogue(CATALOGUE, extra)
+    else:
+        assert "thorfleet_catalogue_extra.engines.vllm: field" in refused(extra=extra)
+
+
+@pytest.mark.parametrize(("extra_args", "taken"), [
+    (["--override-generation-config", '{"temperature": 0.7}'], True),
+    (['--override-generation-config={"temperature": 0.7}'], True),
+    (["--override-generation-config", "{temperature"], False),
+    (["--override-generation-config={temperature"], False),
+    (["--override-generation-config"], False),  # its value missing: the end of the argv
+    (["--max-model-len", "{not JSON, not a JSON flag}"], True)])
+def test_a_json_flags_value_is_json_whether_joined_by_equals_or_the_next_token(extra_args,
+                                                                              taken):
+    if taken:
+        service_specs(service(extra_args=extra_args), CATALOGUE, host="thor01")
+    else:
+        assert "field extra_args: --override-generation-config takes JSON" in refused(
+            service(extra_args=extra_args))

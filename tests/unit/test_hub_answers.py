@@ -181,3 +181,45 @@ def test_files_of_the_old_revision_are_removed(hub, download, tmp_path):
     assert not download("v2").failed
     assert sorted(p.name for p in model(tmp_path).iterdir()) == [
         "config.json", model_download.MANIFEST, "weights.bin"]
+
+
+# --- what a hub's answer may hold, at its edges ------------------------------------------
+
+model_files = __import__("ansible.module_utils.thorfleet_model_files", fromlist=["confined"])
+
+
+@pytest.mark.parametrize(("path", "inside"), [
+    ("weights.bin", True), ("sub/dir/w.bin", True), ("p" * 4096, True), ("..x", True),
+    ("", False), ("p" * 4097, False), ("/etc/passwd", False), ("a//b", False),
+    ("a/./b", False), ("a/../b", False), ("..", False), ("a/", False),
+    ("a\nb", False), ("a\x7fb", False), ("thorfleet-manifest.json", False), (7, False)])
+def test_a_listed_path_stays_inside_the_models_directory(path, inside):
+    assert model_files.confined(path) is inside
+
+
+@pytest.mark.parametrize(("commit", "taken"), [
+    ("a" * 40, True), ("a" * 39, False), ("a" * 41, False), ("A" * 40, False),
+    ("a" * 40 + "\n", False), (None, False)])
+def test_a_commit_is_exactly_40_lower_case_hex_characters(commit, taken):
+    if taken:
+        assert model_files.check_commit(commit) == commit
+    else:
+        with pytest.raises(model_files.HubError, match="not 40 hex characters"):
+            model_files.check_commit(commit)
+
+
+def test_a_file_is_reused_only_with_its_size_a_matching_hash_and_its_bytes_in_place(tmp_path):
+    (tmp_path / "w.bin").write_bytes(b"12345")
+    sha = hashlib.sha256(b"12345").hexdigest()
+    old = {"w.bin": {"size": 5, "sha256": sha, "git_sha1": git_blob(b"12345")}}
+    assert model_files.reusable(old, RemoteFile("w.bin", 5, sha256=sha), tmp_path)
+    assert model_files.reusable(old, RemoteFile("w.bin", 5, git_sha1=git_blob(b"12345")),
+                                tmp_path)
+    assert not model_files.reusable(old, RemoteFile("w.bin", 5, sha256="0" * 64), tmp_path)
+    assert not model_files.reusable(old, RemoteFile("w.bin", 6, sha256=sha), tmp_path)
+    assert not model_files.reusable(old, RemoteFile("w.bin", 5), tmp_path)  # no hash listed
+    assert not model_files.reusable(None, RemoteFile("w.bin", 5, sha256=sha), tmp_path)
+    (tmp_path / "w.bin").write_bytes(b"1234")  # cut short on disk since
+    assert not model_files.reusable(old, RemoteFile("w.bin", 5, sha256=sha), tmp_path)
+    (tmp_path / "w.bin").unlink()
+    assert not model_files.reusable(old, RemoteFile("w.bin", 5, sha256=sha), tmp_path)

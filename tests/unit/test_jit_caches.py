@@ -110,6 +110,8 @@ def test_held_counts_only_caches_with_a_file(tmp_path, monkeypatch):
     ({"digest": DIGEST, "url": URL + "; rm -rf /"}, "url"),
     ({"digest": DIGEST, "url": URL.replace("b" * 64, "c" * 64)}, "url"),
     ({"digest": DIGEST, "url": "/etc/" + "x"}, "url"),
+    ({"digest": DIGEST, "url": URL.replace(":873/", ":100000/")}, "url"),  # six digits
+    ({"digest": DIGEST, "url": URL.replace("10.0.0.1", "[fe80::1%eth0]")}, "url"),
 ])
 def test_a_peer_entry_that_is_not_a_share_path_is_refused(tmp_path, rsync, monkeypatch, peer,
                                                           field):

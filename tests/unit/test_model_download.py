@@ -193,3 +193,25 @@ def test_a_peers_manifest_that_is_not_the_request_is_refused(change, cause, tmp_
     assert done.result["msg"].startswith("model unit/tiny@main (huggingface, from peer thor02): ")
     assert cause in done.result["msg"]
     assert not dest.exists() and not (dest.parent / ".tiny.partial").exists()
+
+
+@pytest.mark.parametrize("source", HUBS)
+def test_bytes_already_partly_downloaded_count_against_what_is_still_needed(
+        source, download, tmp_path, monkeypatch):
+    # 43031 bytes to fetch, 2071 of them already in the staging directory of a run that
+    # was cut off: 40960 still needed, and 40960 free is just enough.
+    staging = tmp_path / "models" / ".m.partial"
+    staging.mkdir(parents=True)
+    (staging / "cut-off.part").write_bytes(b"\0" * 2071)
+    real = os.statvfs
+
+    class Almost:
+        f_bavail, f_frsize = 10, 4096
+
+    monkeypatch.setattr(model_download.os, "statvfs",
+                        lambda p: Almost if str(p).startswith(str(tmp_path)) else real(p))
+    done = download(source, revision="v1", check=True)
+    assert not done.failed, done.result
+    (staging / "cut-off.part").write_bytes(b"\0" * 2070)  # one byte short
+    done = download(source, revision="v1", check=True)
+    assert done.failed and "needs 40961 bytes" in done.result["msg"], done.result

@@ -80,3 +80,34 @@ def test_the_summary_names_each_batch_the_halt_and_the_hosts_left():
         "later batches were not started",
         "switched: thor01", "failed: thor02", "left untouched: thor03, thor04"]
     assert rollout.rollout_left_out(["thor01", "thor05"], HOSTS) == ["thor05"]
+
+
+# --- at the edges: the longest count and name taken, one more refused ---------------------
+
+
+@pytest.mark.parametrize(("batch", "taken"), [("999999", True), ("1000000", False),
+                                              ("100%", True), ("101%", False)])
+def test_a_count_of_up_to_six_digits_is_taken_and_a_longer_one_refused(batch, taken):
+    assert (problems(batch=batch) == []) is taken
+
+
+def test_a_canary_name_of_128_characters_is_a_name_and_one_of_129_is_not():
+    longest, longer = "t" * 128, "t" * 129
+    assert problems(canary=longest, hosts=[*HOSTS, longest]) == []
+    (found,) = problems(canary=longer, hosts=[*HOSTS, longer])
+    assert found.startswith("thorfleet_rollout_canary: ") and "is not the name" in found
+
+
+def test_a_share_rounds_down_even_from_a_half_or_more():
+    # 10% of 15 is 1.5 hosts, 10% of 19 is 1.9: one host each, as max_fail_percentage.
+    assert [rollout.rollout_count("10%", total) for total in (15, 19, 20)] == [1, 1, 2]
+
+
+def test_results_that_do_not_pair_with_the_hosts_started_are_an_error():
+    with pytest.raises(ValueError):
+        rollout.rollout_results(["thor01", "thor02"], [{"restarted": [], "verified": 1}])
+
+
+def test_a_switch_that_says_no_checks_passed_none():
+    lines = rollout.rollout_summary([["thor01"]], {"thor01": {"restarted": []}}, HOSTS, 0)
+    assert lines[0] == "batch 1: thor01 switched (0 restarted, 0 checks passed)"

@@ -6,6 +6,7 @@ answers from files and records what it was asked to copy."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import stat
@@ -13,7 +14,7 @@ import sys
 
 import pytest
 
-from tests.conftest import load, run_module
+from tests.conftest import load, loopback_server, run_module
 
 image_filters = load("filter_plugins/images.py")
 fleet_filters = load("filter_plugins/fleet.py")
@@ -297,3 +298,90 @@ def test_bad_site_cache_settings_are_refused_naming_the_field(hosts, address, po
 def test_good_site_cache_settings_and_no_cache_pass():
     assert fleet_filters.site_cache_problems(["thor02"], "cache.lan", "5443", "/srv/c") == []
     assert fleet_filters.site_cache_problems([], "", "x", "") == []
+
+
+# --- at the edges: platforms and variants, manifests that do not say their kind, what the
+# cache's registry answers -----------------------------------------------------------------
+
+V7 = image_manifest("c")
+VARIANTS = json.dumps({"schemaVersion": 2, "manifests": [  # no mediaType: a list by its shape
+    {"digest": digest(V7), "platform": {"architecture": "arm64", "os": "linux", "variant": "v7"}},
+    {"digest": digest(ARM64), "platform": {"architecture": "arm64", "os": "linux",
+                                           "variant": "v8"}}]}).encode()
+
+
+@pytest.mark.parametrize(("platform", "image"), [("linux/arm64/v8", ARM64),
+                                                 ("linux/arm64/v7", V7),
+                                                 ("linux/arm64", V7)])  # the first arm64
+def test_a_platform_with_a_variant_takes_that_variants_image(platform, image):
+    found = site_cache_fill.platform_image(VLLM, digest(VARIANTS), VARIANTS, platform)
+    assert found == digest(image)
+
+
+def test_a_manifest_that_does_not_say_its_kind_is_known_by_its_shape():
+    single = json.dumps({"schemaVersion": 2, "layers": []}).encode()
+    assert site_cache_fill.platform_image(VLLM, digest(single), single,
+                                          "linux/arm64") == digest(single)
+    neither = json.dumps({"schemaVersion": 2, "blobs": []}).encode()
+    with pytest.raises(site_cache_fill.FillError, match="of a kind thorfleet does not copy"):
+        site_cache_fill.platform_image(VLLM, digest(neither), neither, "linux/arm64")
+    # A list that says it is one image is read as the image it says it is.
+    said = json.loads(LISTING)
+    said["mediaType"] = MANIFEST
+    said = json.dumps(said).encode()
+    assert site_cache_fill.platform_image(VLLM, digest(said), said, "linux/arm64") == \
+        digest(said)
+
+
+@pytest.mark.parametrize(("field", "value", "taken"), [
+    ("tag", "t" * 128, True), ("tag", "t" * 129, False),
+    ("upstream", "registry.lan:65535/nvidia/vllm", True),
+    ("upstream", "registry.lan:123456/nvidia/vllm", False)])
+def test_a_tag_and_a_registry_port_are_taken_up_to_their_lengths(skopeo, monkeypatch, field,
+                                                                  value, taken):
+    done = fill(monkeypatch, check=True, **{field: value})
+    if taken:
+        assert not (done.failed and field in done.result["msg"]), done.result
+    else:
+        assert done.failed and field in done.result["msg"] and skopeo.calls() == []
+
+
+@pytest.fixture
+def registry():
+    """The cache's registry on the loopback address, answering HEAD with the status each
+    path asks for (/v2/<status>/manifests/...)."""
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):  # noqa: N802 (the handler's API)
+            self.send_response(int(self.path.split("/")[2]))
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with loopback_server(Answer) as port:
+        yield f"127.0.0.1:{port}"
+
+
+def test_the_cache_holds_what_its_registry_has_and_nothing_it_lacks(registry):
+    found = digest(ARM64)
+    assert site_cache_fill.held(registry, "200", found) is True
+    assert site_cache_fill.held(registry, "404", found) is False
+    with pytest.raises(site_cache_fill.FillError, match="answered 500 for 500@"):
+        site_cache_fill.held(registry, "500", found)
+    with pytest.raises(site_cache_fill.FillError, match="answered 401"):
+        site_cache_fill.held(registry, "401", found)
+    # A registry that is not running (check mode on a new cache) holds nothing.
+    free = registry.rsplit(":", 1)[0] + ":1"
+    assert site_cache_fill.held(free, "200", found) is False
+
+
+def test_with_nothing_known_the_plan_and_the_lock_fall_back_to_their_defaults():
+    assert image_filters.image_platform(None) == "linux/arm64"  # a Thor's, before facts
+    listed = "sha256:" + "1" * 64
+    (entry,) = image_filters.image_plan([spec("chat", VLLM)], {VLLM: listed}, cache=CACHE,
+                                        platforms=None, platform="linux/arm64")
+    assert entry["digest"] == "" and entry["image"] == f"{CACHE}/nvidia/vllm:25.10-py3"
+    assert image_filters.images_to_cache(None) == []
+    assert image_filters.image_platforms_update(None, None) == {}
+    learned = {listed: {"linux/arm64": "sha256:" + "2" * 64}}
+    assert image_filters.image_platforms_update(None, learned) == learned

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 
 import pytest
 
-from tests.conftest import load, run_module
+from tests.conftest import load, loopback_server, run_module
 from tests.unit.test_service_specs import specs
 from thorfleet import bounded
 
@@ -178,10 +177,8 @@ def echo_server():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
+    with loopback_server(Echo) as port:
+        yield f"http://127.0.0.1:{port}/"
 
 
 @pytest.mark.parametrize("key", ["", "lab-key", 'a"quote', "back\\slash", "100%;$(id)"])

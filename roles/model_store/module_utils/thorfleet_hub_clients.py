@@ -10,12 +10,12 @@ import os
 import re
 from pathlib import Path
 
+from ansible.module_utils.thorfleet_formats import is_commit
 from ansible.module_utils.thorfleet_model_files import (
     HubError,
     RemoteFile,
     check_commit,
     check_paths,
-    is_commit,
 )
 
 

@@ -11,8 +11,9 @@ import os
 import re
 import shutil
 
+from ansible.module_utils.thorfleet_formats import is_commit
+
 MANIFEST = "thorfleet-manifest.json"
-FULL_COMMIT = re.compile(r"[0-9a-f]{40}")  # fullmatch only: `$` would allow a newline
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -26,10 +27,6 @@ class RemoteFile:
 
 
 # ------------------------------------------------------- what a hub says, checked
-
-
-def is_commit(value):
-    return isinstance(value, str) and FULL_COMMIT.fullmatch(value) is not None
 
 
 def check_commit(commit):

@@ -158,50 +158,27 @@ reason:
   type: str
 """
 
-import hashlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import re  # noqa: E402
-import shutil  # noqa: E402
-import stat  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-MARKER = "thorfleet-build.json"
-STAMP_FIELDS = ("engine", "commit", "cmake_flags", "targets", "cuda", "compiler")
-
-
-def build_record(engine, commit, cmake_flags, targets, cuda, compiler):
-    """What a build is made of; its stamp is a hash of exactly this."""
-    return {"engine": engine, "commit": commit, "cmake_flags": list(cmake_flags),
-            "targets": sorted(targets), "cuda": cuda or "", "compiler": compiler}
-
-
-def stamp_of(record):
-    canonical = json.dumps({k: record[k] for k in STAMP_FIELDS}, sort_keys=True)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        for chunk in iter(lambda: source.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def explain(old, new):
-    """Which inputs differ between two build records, for people."""
-    if not old:
-        return "no build yet"
-    changes = []
-    for field in STAMP_FIELDS:
-        if old.get(field) != new[field]:
-            before, after = old.get(field), new[field]
-            if field == "commit":
-                before, after = (before or "")[:12], after[:12]
-            changes.append(f"{field} {before} -> {after}")
-    return "; ".join(changes) or "same inputs, build incomplete"
+# What a build directory is (its record, stamp and files; keeping builds beside `current`)
+# and receiving one from a peer: this role's module_utils/.
+from ansible.module_utils.thorfleet_build_dirs import (  # noqa: E402
+    build_files,
+    build_record,
+    current_dir,
+    explain,
+    missing_targets,
+    prune,
+    read_record,
+    ready,
+    stamp_of,
+    switch,
+    write_record,
+)
+from ansible.module_utils.thorfleet_build_peer import receive  # noqa: E402
 
 
 def error_excerpt(output, lines=40):
@@ -212,6 +189,8 @@ def error_excerpt(output, lines=40):
 
 
 class Builder:
+    """Compiles a build where its stamp is not current, or receives it from a peer."""
+
     def __init__(self, module):
         self.module = module
         self.params = module.params
@@ -229,86 +208,6 @@ class Builder:
             _rc, out, _err = self.module.run_command([path, "--version"], check_rc=True)
             versions.append(out.splitlines()[0].strip())
         return " / ".join(versions)
-
-    def read_record(self, build_dir):
-        try:
-            with open(os.path.join(build_dir, MARKER)) as handle:
-                return json.load(handle)
-        except (OSError, ValueError):
-            return None
-
-    def ready(self, build_dir, stamp):
-        """Whether build_dir holds a complete build whose record has exactly `stamp`."""
-        record = self.read_record(build_dir)
-        try:
-            return record is not None and stamp_of(record) == stamp
-        except (KeyError, TypeError):
-            return False
-
-    def files(self, build_dir):
-        """The files another host needs to run this build: its binaries (bin/, regular
-        files only, else none: such a build is compiled where it runs) and its record."""
-        found = {}
-        for path in [MARKER, *sorted(f"bin/{n}" for n in os.listdir(os.path.join(build_dir,
-                                                                                  "bin")))]:
-            info = os.lstat(os.path.join(build_dir, path))
-            if not stat.S_ISREG(info.st_mode):
-                return {}
-            found[path] = {"size": info.st_size, "sha256": sha256_of(os.path.join(build_dir,
-                                                                                  path))}
-        return found
-
-    def receive(self, build_dir, stamp, peer):
-        """Copy the build with `stamp` from a peer, verified, into build_dir."""
-        name = self.params["name"]
-        partial = os.path.join(self.root, f".{os.path.basename(build_dir)}.partial")
-        files = peer["files"]
-        if MARKER not in files or any(
-                not re.fullmatch(r"bin/[A-Za-z0-9._+-]{1,128}", path) for path in files
-                if path != MARKER) or any(
-                not (isinstance(meta, dict) and isinstance(meta.get("size"), int)
-                     and re.fullmatch(r"[0-9a-f]{64}", str(meta.get("sha256"))))
-                for meta in files.values()):
-            self.module.fail_json(msg=f"{name}: peer {peer['name']} reported a build that is "
-                                      "not its record and binaries with sizes and sums: refused")
-        os.makedirs(os.path.join(partial, "bin"), mode=0o755, exist_ok=True)
-        rsync = self.module.get_bin_path("rsync", required=True)
-        rc, _out, err = self.module.run_command(
-            [rsync, "--files-from=-", "--from0", "--partial", "--executability", "--no-motd",
-             "--timeout=300", "--contimeout=30", f"{peer['url'].rstrip('/')}/", f"{partial}/"],
-            data="\0".join(sorted(files)), binary_data=True)
-        if rc != 0:
-            last = (err.strip().splitlines() or [f"exit status {rc}"])[-1]
-            self.module.fail_json(msg=f"{name}: copy of build-{stamp} from peer "
-                                      f"{peer['name']} failed: {last}")
-        for path, meta in sorted(files.items()):
-            local = os.path.join(partial, path)
-            size = os.path.getsize(local)
-            digest = sha256_of(local)
-            if (size, digest) != (meta["size"], meta["sha256"]):
-                os.unlink(local)  # copied again next time, never switched to
-                self.module.fail_json(msg=f"{name}: {path} of build-{stamp} from peer "
-                                          f"{peer['name']}: size {size}, sha256 {digest} "
-                                          f"after the copy; the peer reported {meta['size']}, "
-                                          f"{meta['sha256']}")
-        # The guard: the record received must be this host's own stamp.
-        if not self.ready(partial, stamp):
-            shutil.rmtree(partial, ignore_errors=True)
-            self.module.fail_json(msg=f"{name}: the build peer {peer['name']} sent is not "
-                                      f"build-{stamp} (its record has another stamp): refused")
-        missing = [t for t in self.params["targets"]
-                   if not os.access(os.path.join(partial, "bin", t), os.X_OK)]
-        if missing:
-            shutil.rmtree(partial, ignore_errors=True)
-            self.module.fail_json(msg=f"{name}: the build peer {peer['name']} sent has no "
-                                      f"{', '.join(missing)}: refused")
-        shutil.rmtree(build_dir, ignore_errors=True)  # an incomplete build of this stamp
-        os.replace(partial, build_dir)
-
-    def current_dir(self):
-        if not os.path.islink(self.current):
-            return None
-        return os.path.join(self.root, os.readlink(self.current))
 
     def env(self):
         env = {}
@@ -337,36 +236,11 @@ class Builder:
         jobs = self.params["jobs"] or os.cpu_count() or 1
         self.run_step([cmake, "--build", build_dir, "--config", "Release", "-j", str(jobs),
                        "--target", *self.params["targets"]], "build")
-        missing = [t for t in self.params["targets"]
-                   if not os.access(os.path.join(build_dir, "bin", t), os.X_OK)]
+        missing = missing_targets(build_dir, self.params["targets"])
         if missing:
             self.module.fail_json(msg=f"{self.params['name']} built, but without "
                                       f"{', '.join(missing)} in {build_dir}/bin")
-        tmp = os.path.join(build_dir, MARKER + ".tmp")
-        with open(tmp, "w") as handle:
-            json.dump(record, handle, indent=2, sort_keys=True)
-        os.replace(tmp, os.path.join(build_dir, MARKER))
-
-    def switch(self, build_dir):
-        tmp = self.current + ".tmp"
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(os.path.basename(build_dir), tmp)
-        os.replace(tmp, self.current)
-        os.utime(os.path.join(build_dir, MARKER))
-
-    def prune(self, keep_dir):
-        """Keep the newest complete builds (current among them); drop failed ones."""
-        builds = [os.path.join(self.root, d) for d in os.listdir(self.root)
-                  if d.startswith("build-") and os.path.isdir(os.path.join(self.root, d))]
-        others = [b for b in builds
-                  if b != keep_dir and os.path.exists(os.path.join(b, MARKER))]
-        # A marker's time is when its build last became current (see switch).
-        others.sort(key=lambda b: os.path.getmtime(os.path.join(b, MARKER)), reverse=True)
-        kept = {keep_dir, *others[: max(self.params["keep"], 1) - 1]}
-        for build in builds:
-            if build not in kept:
-                shutil.rmtree(build, ignore_errors=True)
+        write_record(build_dir, record)
 
     def run(self):
         p = self.params
@@ -374,23 +248,23 @@ class Builder:
                               p["cuda_version"], self.compiler_version())
         stamp = stamp_of(record)
         build_dir = os.path.join(self.root, f"build-{stamp}")
-        current = self.current_dir()
-        current_record = self.read_record(current) if current else None
+        current = current_dir(self.root)
+        current_record = read_record(current) if current else None
         previous = stamp_of(current_record) if current_record else ""
-        ready = self.ready(build_dir, stamp)
+        is_ready = ready(build_dir, stamp)
         result = {"stamp": stamp, "previous": previous, "build_dir": build_dir,
                   "binaries": {t: os.path.join(self.current, "bin", t) for t in p["targets"]},
-                  "compiled": False, "ready": ready,
+                  "compiled": False, "ready": is_ready,
                   "up_to_date": current == build_dir and current_record is not None}
         if p["report"]:
-            self.module.exit_json(changed=False, files=self.files(build_dir) if ready else {},
+            self.module.exit_json(changed=False, files=build_files(build_dir) if is_ready else {},
                                   **result)
         if result["up_to_date"]:
             self.module.exit_json(changed=False, reason="build is current", **result)
 
         reason = explain(current_record, record)
         peer = p["peer"] if p["peer"] and p["peer"]["stamp"] == stamp else None
-        reason += ("; switching to the kept build" if ready
+        reason += ("; switching to the kept build" if is_ready
                    else f"; receiving it from {peer['name']}" if peer
                    else f"; building (peer {p['peer']['name']}'s build is "
                         f"{p['peer']['stamp']})" if p["peer"]
@@ -407,14 +281,14 @@ class Builder:
             self.module.exit_json(changed=True, **result)
 
         os.makedirs(self.root, exist_ok=True)
-        if not ready and peer:
-            self.receive(build_dir, stamp, peer)
+        if not is_ready and peer:
+            receive(self.module, p["name"], build_dir, stamp, peer, p["targets"])
             result["received_from"] = peer["name"]
-        elif not ready:
+        elif not is_ready:
             self.compile(build_dir, record)
             result["compiled"] = True
-        self.switch(build_dir)
-        self.prune(build_dir)
+        switch(self.root, build_dir)
+        prune(self.root, build_dir, p["keep"])
         self.module.exit_json(changed=True, **result)
 
 

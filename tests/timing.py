@@ -1,0 +1,97 @@
+"""Where the suite's time goes, printed at the end of every run: lint (timed by `make test`,
+passed as THORFLEET_LINT_SECONDS), the unit tests, the lab's bring-up and take-down, each
+lab module (with the fixtures it shares among its tests), the ten slowest tests, and the
+total against the suite's budget (pyproject.toml, `suite_budget_minutes`), so that growth
+is seen at once. Times are wall-clock seconds of each test's setup, call and teardown.
+
+The hooks are pytest's own; tests/conftest.py brings them in.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import defaultdict
+
+import pytest
+
+# The lab session fixture's own phases, recorded by tests/lab/conftest.py: (which test's
+# setup or teardown ran them, seconds).
+LAB_PHASES: dict[str, tuple[str, float]] = {}
+_running = {"nodeid": ""}
+_tests: dict[str, float] = defaultdict(float)
+_fixtures: dict[str, list[tuple[str, float]]] = defaultdict(list)
+_started = time.monotonic()
+
+
+def pytest_addoption(parser):
+    parser.addini("suite_budget_minutes", "The suite's budget: `make test`'s lint and tests, "
+                  "in minutes, on the 2-core CI machine", default="35")
+
+
+def running_test() -> str:
+    """The node id of the test whose setup, call or teardown is running now."""
+    return _running["nodeid"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logstart(nodeid, location):
+    _running["nodeid"] = nodeid
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):
+    start = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        if fixturedef.scope in ("module", "class", "session"):
+            _fixtures[_area(_running["nodeid"])].append(
+                (f"{fixturedef.argname} ({fixturedef.scope})", time.monotonic() - start))
+
+
+def pytest_runtest_logreport(report):
+    _tests[report.nodeid] += report.duration
+
+
+def _area(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return "unit tests" if path.startswith("tests/unit/") else path
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if not _tests:
+        return
+    areas: dict[str, float] = defaultdict(float)
+    for nodeid, seconds in _tests.items():
+        areas[_area(nodeid)] += seconds
+    rows = []
+    lint = os.environ.get("THORFLEET_LINT_SECONDS", "")
+    if lint.isdigit():
+        rows.append(("lint (ruff, yamllint, ansible-lint)", float(lint)))
+    if "unit tests" in areas:
+        rows.append(("unit tests", areas.pop("unit tests")))
+    for phase, (nodeid, seconds) in sorted(LAB_PHASES.items()):
+        areas[_area(nodeid)] -= seconds  # it ran in that test's setup or teardown
+        rows.append((phase, seconds))
+    rows += sorted(areas.items())
+    write = terminalreporter.write_line
+    terminalreporter.section("where the time went")
+    for name, seconds in rows:
+        write(f"{_minutes(seconds):>14}  {name}")
+        shared = sorted(_fixtures.get(name, []), key=lambda f: -f[1])
+        for fixture, spent in shared:
+            if spent >= 30 and not fixture.startswith("lab ("):
+                write(f"{'':>14}    of which fixture {fixture}: {_minutes(spent)}")
+    write("ten slowest tests (setup, call and teardown):")
+    for nodeid, seconds in sorted(_tests.items(), key=lambda t: -t[1])[:10]:
+        write(f"{_minutes(seconds):>14}  {nodeid}")
+    total = time.monotonic() - _started + (float(lint) if lint.isdigit() else 0)
+    budget = float(config.getini("suite_budget_minutes")) * 60
+    verdict = "within" if total <= budget else "OVER"
+    write(f"suite: {_minutes(total)}, {verdict} its budget of {_minutes(budget)} "
+          "(README, Tests)", bold=True, red=total > budget)
