@@ -366,3 +366,29 @@ def test_the_readmes_recipe_table_lists_every_recipe_and_what_its_clients_send()
         else:
             assert not send.startswith("`"), f"{name}: its engine applies its sampling"
         assert rows[name][1:3] == [recipe["engine"], recipe["model"]]
+
+
+# --- at the edges --------------------------------------------------------------------
+
+
+def test_one_service_loading_a_file_and_one_the_whole_model_fetch_the_whole_model():
+    extra = {"recipes": {"vllm-gguf-repo": {"engine": "vllm", "model": "Qwen/Qwen3-8B-GGUF"}}}
+    merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
+    both = [{"name": "file", "recipe": "llama-qwen3-8b-gguf", "port": 8000},
+            {"name": "whole", "recipe": "vllm-gguf-repo", "port": 8001}]
+    for services in (both, both[::-1]):
+        (model,) = catalogue_filters.model_plan(services, merged)["models"]
+        assert model["allow_patterns"] == [], services
+    (alone,) = catalogue_filters.model_plan(both[:1], merged)["models"]
+    assert alone["allow_patterns"] == ["Qwen3-8B-Q5_K_M.gguf"]
+
+
+def test_a_models_revision_defaults_to_its_hubs_default_branch():
+    extra = {"models": {"Qwen/Qwen3-8B": {"huggingface": {"repo": "Qwen/Qwen3-8B",
+                                                          "revision": None},
+                                          "modelscope": {"repo": "Qwen/Qwen3-8B"}}}}
+    merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
+    for source, branch in (("huggingface", "main"), ("modelscope", "master")):
+        services = [{"name": "a", "recipe": "vllm-qwen3-8b", "source": source}]
+        (model,) = catalogue_filters.model_plan(services, merged)["models"]
+        assert (model["requested_revision"], model["revision"]) == (branch, branch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import textwrap
 
 import pytest
@@ -258,3 +259,94 @@ def test_a_peer_build_of_another_stamp_is_not_received_but_compiled_here(project
     assert "received_from" not in done.result
     assert done.result["reason"] == "no build yet; building (peer thor01's build is " \
         + "0" * 16 + ")"
+
+
+@pytest.fixture
+def peer(project, build, monkeypatch, tmp_path):
+    """thor01 holding the wanted build (built here under another root), what its report
+    says of it, and run_command as rsync from its share (or failing as a peer that went
+    away, or with `tamper` changing a file after the copy)."""
+    held = build(project, build_root=str(tmp_path / "thor01")).result
+    report = build(project, check=True, report=True, build_root=str(tmp_path / "thor01")).result
+    real = ggml_build.AnsibleModule.run_command
+
+    class Peer:
+        fail, tamper = "", None
+        source = tmp_path / "thor01" / f"build-{held['stamp']}"
+        offer = {"name": "thor01", "stamp": held["stamp"], "files": report["files"],
+                 "url": f"rsync://10.0.0.1:873/thorfleet-builds/tiny/build-{held['stamp']}"}
+
+    def run_command(self, argv, **kwargs):
+        if not argv[0].endswith("rsync"):
+            return real(self, argv, **kwargs)
+        if Peer.fail:
+            return 10, "", f"rsync: {Peer.fail}\nrsync error: error in socket IO (code 10)"
+        for path in kwargs["data"].split("\0"):
+            target = os.path.join(argv[-1], path)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            shutil.copy2(Peer.source / path, target)
+        if Peer.tamper:
+            Peer.tamper(argv[-1])
+        return 0, "", ""
+
+    monkeypatch.setattr(ggml_build.AnsibleModule, "run_command", run_command)
+    monkeypatch.setattr(ggml_build.AnsibleModule, "get_bin_path",
+                        lambda self, name, required=False: shutil.which(name) or f"/usr/bin/{name}")
+    return Peer
+
+
+def test_a_build_is_received_from_a_peer_verified_and_switched_to_without_compiling(
+        project, build, peer):
+    done = build(project, peer=peer.offer)
+    assert not done.failed and done.result["received_from"] == "thor01", done.result
+    assert done.result["compiled"] is False
+    assert current(project) == f"build-{peer.offer['stamp']}"
+    assert os.access(project / "engine/current/bin/tiny-server", os.X_OK)
+    assert not list((project / "engine").glob(".*.partial"))
+
+
+def test_a_peer_lost_during_the_copy_fails_naming_it_and_nothing_is_switched(project, build,
+                                                                            peer):
+    peer.fail = "failed to connect to 10.0.0.1: Connection refused (111)"
+    done = build(project, peer=peer.offer)
+    assert done.failed and done.result["msg"] == (
+        f"tiny: copy of build-{peer.offer['stamp']} from peer thor01 failed: "
+        "rsync error: error in socket IO (code 10)")
+    assert current(project) is None
+
+
+def test_a_copy_that_is_not_what_the_peer_reported_is_refused(project, build, peer):
+    def flip(partial):
+        with open(os.path.join(partial, "bin/tiny-server"), "r+b") as binary:
+            binary.seek(100)
+            byte = binary.read(1)
+            binary.seek(100)
+            binary.write(bytes([byte[0] ^ 0xFF]))
+
+    peer.tamper = flip
+    done = build(project, peer=peer.offer)
+    assert done.failed and "bin/tiny-server of build-" in done.result["msg"]
+    assert "after the copy; the peer reported" in done.result["msg"]
+    assert current(project) is None and builds(project) == []
+
+
+def test_a_peers_build_whose_record_has_another_stamp_is_refused(project, build, peer):
+    # The peer's record says other inputs, and it reports that record's own sum: the copy
+    # checks out, the stamp guard does not.
+    marker = peer.source / build_dirs.MARKER
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "commit": "c9"}))
+    files = {**peer.offer["files"], build_dirs.MARKER: {
+        "size": marker.stat().st_size, "sha256": build_dirs.sha256_of(marker)}}
+    done = build(project, peer={**peer.offer, "files": files})
+    assert done.failed and done.result["msg"] == (
+        f"tiny: the build peer thor01 sent is not build-{peer.offer['stamp']} (its record has "
+        "another stamp): refused")
+    assert current(project) is None and not list((project / "engine").glob(".*"))
+
+
+def test_a_peers_build_without_the_binary_is_refused(project, build, peer):
+    files = {build_dirs.MARKER: peer.offer["files"][build_dirs.MARKER]}
+    done = build(project, peer={**peer.offer, "files": files})
+    assert done.failed and done.result["msg"] == (
+        "tiny: the build peer thor01 sent has no tiny-server: refused")
+    assert current(project) is None and not list((project / "engine").glob(".*"))

@@ -216,6 +216,7 @@ def test_a_file_is_reused_only_with_its_size_a_matching_hash_and_its_bytes_in_pl
     assert model_files.reusable(old, RemoteFile("w.bin", 5, git_sha1=git_blob(b"12345")),
                                 tmp_path)
     assert not model_files.reusable(old, RemoteFile("w.bin", 5, sha256="0" * 64), tmp_path)
+    assert not model_files.reusable(old, RemoteFile("w.bin", 5, git_sha1="0" * 40), tmp_path)
     assert not model_files.reusable(old, RemoteFile("w.bin", 6, sha256=sha), tmp_path)
     assert not model_files.reusable(old, RemoteFile("w.bin", 5), tmp_path)  # no hash listed
     assert not model_files.reusable(None, RemoteFile("w.bin", 5, sha256=sha), tmp_path)
@@ -223,3 +224,42 @@ def test_a_file_is_reused_only_with_its_size_a_matching_hash_and_its_bytes_in_pl
     assert not model_files.reusable(old, RemoteFile("w.bin", 5, sha256=sha), tmp_path)
     (tmp_path / "w.bin").unlink()
     assert not model_files.reusable(old, RemoteFile("w.bin", 5, sha256=sha), tmp_path)
+
+
+def test_a_staged_revision_is_read_only_when_its_record_holds_together(tmp_path):
+    dest = tmp_path / "m"
+    staging = tmp_path / ".m.partial"
+    dest.mkdir()
+    staging.mkdir()
+    (dest / "config.json").write_bytes(b"{}")
+    (staging / "w.bin").write_bytes(b"12345")
+    good = {"manifest": {"commit": COMMIT_2, "files": {"w.bin": {"size": 5},
+                                                       "config.json": {"size": 2}}},
+            "fetched": ["w.bin"], "stale": ["old.bin"]}
+
+    def read(staged):
+        (staging / model_files.STAGED).write_text(json.dumps(staged))
+        return model_files.read_staged(str(dest))
+
+    assert read(good) == good
+    for bad in ({**good, "fetched": "w.bin"}, {**good, "stale": None},
+                {**good, "fetched": ["w.bin", "x.bin"]},  # fetched, but not in the revision
+                {**good, "stale": ["../escape"]},
+                {**good, "manifest": {**good["manifest"], "commit": "main"}},
+                {**good, "manifest": {**good["manifest"], "files": {
+                    "w.bin": {"size": 6}, "config.json": {"size": 2}}}}):  # cut short
+        assert read(bad) is None, bad
+
+
+def test_a_staged_revision_serves_only_the_request_it_was_made_for():
+    manifest = {"source": "huggingface", "repo_id": "o/m", "allow_patterns": [],
+                "ignore_patterns": [], "revision": "v2", "commit": COMMIT_2}
+    request = {key: manifest[key] for key in ("source", "repo_id", "allow_patterns",
+                                              "ignore_patterns", "revision")}
+    staged = {"manifest": manifest}
+    assert model_files.staged_satisfies(staged, request)
+    assert model_files.staged_satisfies(staged, {**request, "revision": COMMIT_2})
+    for other in ({"revision": "v3"}, {"repo_id": "o/n"}, {"allow_patterns": ["*.bin"]},
+                  {"source": "modelscope"}):
+        assert not model_files.staged_satisfies(staged, {**request, **other}), other
+    assert not model_files.staged_satisfies(None, request)
