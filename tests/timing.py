@@ -21,12 +21,21 @@ LAB_PHASES: dict[str, tuple[str, float]] = {}
 _running = {"nodeid": ""}
 _tests: dict[str, float] = defaultdict(float)
 _fixtures: dict[str, list[tuple[str, float]]] = defaultdict(list)
+# ansible-playbook runs per area: [count, seconds].
+_runs: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
 _started = time.monotonic()
 
 
 def pytest_addoption(parser):
     parser.addini("suite_budget_minutes", "The suite's budget: `make test`'s lint and tests, "
                   "in minutes, on the 2-core CI machine", default="35")
+
+
+def record_run(seconds: float) -> None:
+    """One ansible-playbook run of the running test (tests/lab/conftest.py's Playbook)."""
+    runs = _runs[_area(_running["nodeid"])]
+    runs[0] += 1
+    runs[1] += seconds
 
 
 def running_test() -> str:
@@ -82,7 +91,9 @@ def pytest_terminal_summary(terminalreporter, config):
     write = terminalreporter.write_line
     terminalreporter.section("where the time went")
     for name, seconds in rows:
-        write(f"{_minutes(seconds):>14}  {name}")
+        count, spent = _runs.get(name, (0, 0.0))
+        runs = f" ({count} ansible-playbook runs, {_minutes(spent)})" if count else ""
+        write(f"{_minutes(seconds):>14}  {name}{runs}")
         shared = sorted(_fixtures.get(name, []), key=lambda f: -f[1])
         for fixture, spent in shared:
             if spent >= 30 and not fixture.startswith("lab ("):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from tests.timing import LAB_PHASES, running_test
+from tests.timing import LAB_PHASES, record_run, running_test
 from thorfleet import bounded
 from thorfleet.lab import BRIDGE, Lab, host_address
 from thorfleet.lab import images as lab_images
@@ -47,8 +47,10 @@ class Playbook:
 
     def __init__(self, *args: str, env: dict | None = None, bound: float = PLAYBOOK_BOUND):
         self.argv = ["ansible-playbook", *args]
+        start = time.monotonic()
         proc = bounded.run(self.argv, bound, cwd=ROOT,
                            env={**os.environ, "ANSIBLE_NOCOLOR": "1"} if env is None else env)
+        record_run(time.monotonic() - start)
         self.rc = proc.returncode
         self.output = proc.stdout + proc.stderr
         self.recap = {m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
@@ -56,6 +58,16 @@ class Playbook:
 
     def __repr__(self) -> str:  # what pytest shows when an assertion on a run fails
         return f"<{' '.join(self.argv)} rc={self.rc}>\n{self.output[-6000:]}"
+
+
+# Hosts a test left changed (other services, images or settings than the lab's own), to be
+# converged back when the lab outlives the session (a developer's); in a session's own
+# lab, each later test converges the hosts it relies on first, so nothing waits on this.
+LEFT_CHANGED: set[str] = set()
+
+
+def left_changed(*names: str) -> None:
+    LEFT_CHANGED.update(names)
 
 
 def lab_leftovers() -> list[str]:
@@ -103,6 +115,9 @@ def lab():
             thorfleet("lab", "down")  # a half-booted lab leaves nothing behind either
             pytest.fail(f"thorfleet lab up failed:\n{up.stdout}{up.stderr}")
     yield existing
+    if already_up and LEFT_CHANGED:
+        back = Playbook("site.yml", "-l", ",".join(sorted(LEFT_CHANGED)))
+        assert back.rc == 0, back
     if not already_up:
         start = time.monotonic()
         down = thorfleet("lab", "down")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,19 @@ def test_a_models_revision_defaults_to_its_hubs_default_branch():
         services = [{"name": "a", "recipe": "vllm-qwen3-8b", "source": source}]
         (model,) = catalogue_filters.model_plan(services, merged)["models"]
         assert (model["requested_revision"], model["revision"]) == (branch, branch)
+
+
+def test_a_file_already_pinned_or_fetched_without_a_sum_adds_nothing_to_the_lock():
+    pinned = {"results": [{"item": {"upstream_url": "u", "sha256": "a" * 64},
+                           "sha256": "a" * 64}]}
+    unsummed = {"results": [{"item": {"upstream_url": "v", "sha256": ""}, "changed": True}]}
+    model = {"results": [{"item": {"upstream_url": "w", "sha256": ""}, "commit": "c" * 40}]}
+    assert catalogue_filters.lock_entries([pinned, unsummed, model], "files") == {}
+
+
+def test_ignore_patterns_make_another_copy_of_a_model():
+    entry = {"path": "Qwen/Qwen3-8B", "source": "huggingface", "repo_id": "Qwen/Qwen3-8B",
+             "revision": "main", "allow_patterns": [], "ignore_patterns": []}
+    models = sys.modules["thorfleet_lib.models"]
+    assert models.model_key(entry) != models.model_key({**entry, "ignore_patterns": ["*.pt"]})
+    assert models.model_key(entry) == models.model_key({**entry, "ignore_patterns": None})

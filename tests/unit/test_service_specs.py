@@ -292,3 +292,14 @@ def test_a_moved_vllm_default_port_is_passed_to_vllm():
     (spec,) = service_specs([{"name": "a", "recipe": "vllm-qwen3-8b", "memory_share": 0.5}],
                             merged, host="thor01")
     assert spec["port"] == 9000 and spec["argv"][-4:-2] == ["--port", "9000"]
+
+
+def test_a_services_quantization_is_its_recipes_else_its_models():
+    extra = {"models": {"Qwen/Qwen3-8B": {"quantization": "bfloat16"}},
+             "recipes": {"vllm-qwen3-8b-fp8": {"engine": "vllm", "model": "Qwen/Qwen3-8B",
+                                               "quantization": "fp8_w8a8"}}}
+    merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
+    specs = service_specs([{"name": "a", "recipe": "vllm-qwen3-8b", "memory_share": 0.3},
+                           {"name": "b", "recipe": "vllm-qwen3-8b-fp8", "port": 8001,
+                            "memory_share": 0.3}], merged, host="thor01")
+    assert [s["quantization"] for s in specs] == ["bfloat16", "fp8_w8a8"]
