@@ -301,8 +301,8 @@ def test_create_runs_the_bundle_playbook_then_writes_the_sums_only_when_it_passe
 
     def playbook(argv, cwd, timeout, check):
         ran.append(argv)
-        (Path(argv[-1].split('"thorfleet_bundle_create": "')[1].split('"')[0])
-         / "bundle.json").write_text("{}")
+        where = json.loads(argv[argv.index("-e") + 1])["thorfleet_bundle_create"]
+        (Path(where) / "bundle.json").write_text("{}")
         return subprocess.CompletedProcess(argv, status["rc"])
 
     monkeypatch.setattr(bundles.subprocess, "run", playbook)
