@@ -9,6 +9,7 @@ The hooks are pytest's own; tests/conftest.py brings them in.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import defaultdict
@@ -31,11 +32,23 @@ def pytest_addoption(parser):
                   "in minutes, on the 2-core CI machine", default="35")
 
 
-def record_run(seconds: float) -> None:
+def record_run(seconds: float, argv: list[str] | None = None) -> None:
     """One ansible-playbook run of the running test (tests/lab/conftest.py's Playbook)."""
     runs = _runs[_area(_running["nodeid"])]
     runs[0] += 1
     runs[1] += seconds
+    record_command(argv or ["ansible-playbook"], seconds)
+
+
+def record_command(argv: list[str], seconds: float) -> None:
+    """With THORFLEET_RUN_LOG set, each command a lab test starts (an ansible-playbook
+    run, a thorfleet command) is appended to that file as a JSON line: the test, the
+    command, its seconds. For finding which runs a change could save."""
+    path = os.environ.get("THORFLEET_RUN_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(json.dumps({"test": _running["nodeid"], "argv": argv,
+                                  "seconds": round(seconds, 1)}) + "\n")
 
 
 def running_test() -> str:
@@ -68,7 +81,7 @@ def _area(nodeid: str) -> str:
     return "unit tests" if path.startswith("tests/unit/") else path
 
 
-def _minutes(seconds: float) -> str:
+def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
 
 
@@ -92,17 +105,17 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.section("where the time went")
     for name, seconds in rows:
         count, spent = _runs.get(name, (0, 0.0))
-        runs = f" ({count} ansible-playbook runs, {_minutes(spent)})" if count else ""
-        write(f"{_minutes(seconds):>14}  {name}{runs}")
+        runs = f" ({count} ansible-playbook runs, {minutes(spent)})" if count else ""
+        write(f"{minutes(seconds):>14}  {name}{runs}")
         shared = sorted(_fixtures.get(name, []), key=lambda f: -f[1])
         for fixture, spent in shared:
             if spent >= 30 and not fixture.startswith("lab ("):
-                write(f"{'':>14}    of which fixture {fixture}: {_minutes(spent)}")
+                write(f"{'':>14}    of which fixture {fixture}: {minutes(spent)}")
     write("ten slowest tests (setup, call and teardown):")
     for nodeid, seconds in sorted(_tests.items(), key=lambda t: -t[1])[:10]:
-        write(f"{_minutes(seconds):>14}  {nodeid}")
+        write(f"{minutes(seconds):>14}  {nodeid}")
     total = time.monotonic() - _started + (float(lint) if lint.isdigit() else 0)
     budget = float(config.getini("suite_budget_minutes")) * 60
     verdict = "within" if total <= budget else "OVER"
-    write(f"suite: {_minutes(total)}, {verdict} its budget of {_minutes(budget)} "
+    write(f"suite: {minutes(total)}, {verdict} its budget of {minutes(budget)} "
           "(README, Tests)", bold=True, red=total > budget)

@@ -9,7 +9,6 @@ phase), health from each unit's own /health probe address.
 
 from __future__ import annotations
 
-import io
 import json
 import shlex
 import subprocess
@@ -94,8 +93,10 @@ def _connection(name: str, hostvars: dict) -> fabric.Connection:
 def host_status(name: str, hostvars: dict) -> dict:
     try:
         with _connection(name, hostvars) as connection:
-            result = connection.run("python3 -", in_stream=io.StringIO(REMOTE), hide=True,
-                                    warn=True)
+            # On the command line, not on standard input: invoke sends a stream's end
+            # only when it polls again, and `python3 -` waits for it (seconds a host).
+            result = connection.run(f"python3 -c {shlex.quote(REMOTE)}", hide=True,
+                                    warn=True, in_stream=False)
     except Exception as error:  # an unreachable host is a row of the report, not a crash
         return {"host": name, "reachable": False, "error": str(error), "services": []}
     if result.exited != 0:

@@ -11,13 +11,14 @@ import os
 import re
 import subprocess
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import testinfra
 
-from tests.timing import LAB_PHASES, record_run, running_test
+from tests.timing import LAB_PHASES, minutes, record_command, record_run, running_test
 from thorfleet import bounded
 from thorfleet.lab import BRIDGE, Lab, host_address
 from thorfleet.lab import images as lab_images
@@ -38,7 +39,11 @@ THORFLEET_BOUND = 1800
 
 
 def thorfleet(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return bounded.run(["thorfleet", *args], THORFLEET_BOUND, cwd=ROOT, env=env)
+    start = time.monotonic()
+    try:
+        return bounded.run(["thorfleet", *args], THORFLEET_BOUND, cwd=ROOT, env=env)
+    finally:
+        record_command(["thorfleet", *args], time.monotonic() - start)
 
 
 class Playbook:
@@ -50,7 +55,7 @@ class Playbook:
         start = time.monotonic()
         proc = bounded.run(self.argv, bound, cwd=ROOT,
                            env={**os.environ, "ANSIBLE_NOCOLOR": "1"} if env is None else env)
-        record_run(time.monotonic() - start)
+        record_run(time.monotonic() - start, self.argv)
         self.rc = proc.returncode
         self.output = proc.stdout + proc.stderr
         self.recap = {m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
@@ -94,26 +99,86 @@ def lab_leftovers() -> list[str]:
     return found
 
 
-def pytest_collection_modifyitems(items):
-    """Tests marked `from_empty` empty every lab host: they run after all the others."""
-    items.sort(key=lambda item: item.get_closest_marker("from_empty") is not None)
+class BringUp:
+    """`thorfleet lab up`, started when the session's tests are known and a lab test is
+    among them, so that the lab boots while the unit tests run (the unit tests go
+    first); the `lab` fixture waits for it. Not started when a lab is up already (a
+    developer's): that one is used and left running."""
+
+    def __init__(self):
+        self.was_up: bool | None = None
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+        self.output = None
+        self.waited_for = False
+
+    def start(self) -> None:
+        self.was_up = sum(h.running for h in Lab(ROOT).status()) >= len(HOSTS)
+        if self.was_up:
+            return
+        self.output = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read back by wait)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(["thorfleet", "lab", "up", "--hosts", str(len(HOSTS))],
+                                     cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self.output,
+                                     stderr=subprocess.STDOUT, text=True)
+
+    def wait(self) -> tuple[int, str]:
+        """(its exit status, what it printed), within the bound of a thorfleet command."""
+        self.waited_for = True
+        left = THORFLEET_BOUND - (time.monotonic() - self.started)
+        try:
+            rc = self.proc.wait(timeout=max(left, 1))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            rc = -9
+            self.output.write(f"\n(killed after {THORFLEET_BOUND} s)\n")
+        self.output.seek(0)
+        return rc, self.output.read()
+
+
+BRING_UP = BringUp()
+
+
+def pytest_collection_modifyitems(session, items):
+    """The unit tests first (the lab boots meanwhile), then the lab tests; tests marked
+    `from_empty` empty every lab host: they run after all the others."""
+    lab_dir = Path(__file__).parent
+    items.sort(key=lambda item: (lab_dir in item.path.parents,
+                                 item.get_closest_marker("from_empty") is not None))
+    if session.config.option.collectonly or BRING_UP.was_up is not None:
+        return
+    if any(lab_dir in item.path.parents for item in items):
+        BRING_UP.start()
+
+
+def pytest_sessionfinish(session):
+    """A bring-up started for lab tests that never ran (the session stopped before
+    them): the lab it booted is taken down again."""
+    if BRING_UP.proc is not None and not BRING_UP.waited_for:
+        BRING_UP.wait()
+        thorfleet("lab", "down")
 
 
 @pytest.fixture(scope="session")
 def lab():
     existing = Lab(ROOT)
-    already_up = sum(h.running for h in existing.status()) >= len(HOSTS)
+    if BRING_UP.was_up is None:  # lab tests selected by a later hook than collection's
+        BRING_UP.start()
+    already_up = BRING_UP.was_up
     # Whether the session takes the lab down at its end (a test that leaves the hosts
     # changed need not put them back then).
     existing.session_only = not already_up
     if not already_up:
         start = time.monotonic()
-        up = thorfleet("lab", "up", "--hosts", str(len(HOSTS)))
-        LAB_PHASES["lab bring-up (thorfleet lab up)"] = (running_test(),
-                                                         time.monotonic() - start)
-        if up.returncode != 0:
+        rc, said = BRING_UP.wait()
+        took = time.monotonic() - BRING_UP.started
+        LAB_PHASES[f"lab bring-up (thorfleet lab up, {minutes(took)} from its start "
+                   "beside the unit tests): waited for"] = (running_test(),
+                                                            time.monotonic() - start)
+        if rc != 0:
             thorfleet("lab", "down")  # a half-booted lab leaves nothing behind either
-            pytest.fail(f"thorfleet lab up failed:\n{up.stdout}{up.stderr}")
+            pytest.fail(f"thorfleet lab up failed:\n{said}")
     yield existing
     if already_up and LEFT_CHANGED:
         back = Playbook("site.yml", "-l", ",".join(sorted(LEFT_CHANGED)))

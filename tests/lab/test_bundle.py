@@ -2,7 +2,10 @@
 `thorfleet bundle create` on the controller from the lab's inventory and lock (the
 connected machine), carried to the site cache (thor03, by the README's inventory), and a
 fresh host (thor04) converged from it with the lab's upstreams stopped and no route out,
-under ansible-core's defaults (no Mitogen, no pipelining), as most users run."""
+under ansible-core's defaults (no Mitogen, no pipelining), as most users run. The checks
+around that converge (a short bundle refused, the check-mode preview, the re-run that
+changes nothing) run under the project's ansible.cfg: each is a whole run, three times
+slower without Mitogen, and test_site proves the main job the same under both."""
 
 from __future__ import annotations
 
@@ -98,7 +101,7 @@ def test_a_fresh_host_provisions_from_a_bundle_with_no_route_out(lab, hosts, tho
         # on thor04 changes.
         index_file.write_text(json.dumps({**index, "models": [
             m for m in index["models"] if m["path"] != "Qwen/Qwen3-8B"]}))
-        short = Playbook(*converge, env=defaults)
+        short = Playbook(*converge)
         assert short.rc != 0 and "lacks model Qwen/Qwen3-8B (huggingface" in short.output, short
         assert short.recap["thor04"]["changed"] == 0, short
         assert empty(lab), short
@@ -106,7 +109,7 @@ def test_a_fresh_host_provisions_from_a_bundle_with_no_route_out(lab, hosts, tho
         # With the whole bundle: check mode previews it all on the fresh host and
         # the fresh cache, and changes nothing on either.
         index_file.write_text(json.dumps(index))
-        preview = Playbook(*converge, "--check", env=defaults)
+        preview = Playbook(*converge, "--check")
         assert preview.rc == 0, preview
         assert empty(lab), preview
         assert not lab.ssh(CACHE, "ls /etc/systemd/system | grep thorfleet-bundle; ls -d "
@@ -114,7 +117,7 @@ def test_a_fresh_host_provisions_from_a_bundle_with_no_route_out(lab, hosts, tho
 
         run = Playbook(*converge, env=defaults)
         assert run.rc == 0, run
-        again = Playbook(*converge, env=defaults)
+        again = Playbook(*converge)
         assert again.rc == 0 and again.recap["thor04"]["changed"] == 0, again
 
         # The same model commits, file sums, template and source commit as the

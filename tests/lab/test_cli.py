@@ -53,15 +53,9 @@ def test_deploy_runs_under_a_users_own_ansible_config(thor01, tmp_path):
     assert "mitogen" not in run.stdout.lower()
 
 
-def test_deploy_check_mode_runs_every_phase_without_verify(thor01):
-    run = thorfleet("deploy", "-l", "thor01", "--check")
-    assert run.returncode == 0, run.stdout + run.stderr
-    table = summary(run.stdout)
-    assert all(counts["changed"] == 0 for counts in table.values())
-    assert table[("thor01", "Verify")]["ok"] <= 2  # argument checks only: nothing was asked
-
-
 def test_deploy_check_mode_shows_what_would_change_and_changes_nothing(thor01):
+    # One check-mode deploy (each costs a whole run): every phase runs, only what the
+    # change touches would change, and verify asks nothing.
     moved = [{**service, "port": 8005} if service["name"] == "qwen3" else service
              for service in LAB_SERVICES]
     unit = "/etc/systemd/system/thorfleet-qwen3.service"
@@ -70,7 +64,12 @@ def test_deploy_check_mode_shows_what_would_change_and_changes_nothing(thor01):
     run = thorfleet("deploy", "-l", "thor01", "--check", "-e",
                     f"thorfleet_services={json.dumps(moved)}")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert summary(run.stdout)[("thor01", "Services")]["changed"] >= 1
+    table = summary(run.stdout)
+    assert [phase for host, phase in table] == PHASES
+    assert table[("thor01", "Services")]["changed"] >= 1
+    assert all(counts["changed"] == 0 for (_, phase), counts in table.items()
+               if phase != "Services"), table
+    assert table[("thor01", "Verify")]["ok"] <= 2  # argument checks only: nothing was asked
     # The unit's diff, under the task that would write it.
     assert f"--- {unit}" in run.stdout, run.stdout
     assert "-Description=thorfleet qwen3: llama-qwen3-8b-gguf-nothink on port 8000" in run.stdout

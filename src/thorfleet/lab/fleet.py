@@ -70,12 +70,12 @@ class Lab(Machine, Upstreams, Hosts, Inventory, Processes):
     def down(self, log=print) -> None:
         self._require_root()
         with self._locked():
-            for pidfile in sorted((self.state / "run").glob("*.pid")):
-                if pidfile.stem not in SERVICES:
-                    self._stop_host(pidfile.stem)
-                    log(f"stopped {pidfile.stem}")
-            for service in SERVICES:
-                self._stop_process(service)
+            hosts = sorted(pidfile.stem for pidfile in (self.state / "run").glob("*.pid")
+                           if pidfile.stem not in SERVICES)
+            self._stop_hosts(hosts)
+            for name in hosts:
+                log(f"stopped {name}")
+            self._stop_processes(list(SERVICES))
             self._remove_network()
             shutil.rmtree(CONTAINERS_CERTS, ignore_errors=True)
             for directory in ("hosts", "registry", "git", "hub", "www"):
@@ -89,8 +89,7 @@ class Lab(Machine, Upstreams, Hosts, Inventory, Processes):
         NAT route out removed, until `online`."""
         self._require_root()
         with self._locked():
-            for service in SERVICES:
-                self._stop_process(service)
+            self._stop_processes(list(SERVICES))
             self._remove_nat()
         log("lab is offline: upstreams stopped, no route out")
 

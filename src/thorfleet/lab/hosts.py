@@ -175,8 +175,12 @@ class Hosts:
             (self.state / "run" / f"{name}.pid").unlink(missing_ok=True)
 
     def _stop_host(self, name: str) -> None:
-        # nspawn turns SIGTERM into an orderly shutdown of the host's systemd.
-        self._stop_process(name, grace=60)
+        self._stop_hosts([name])
+
+    def _stop_hosts(self, names: list[str]) -> None:
+        # nspawn turns SIGTERM into an orderly shutdown of the host's systemd; the hosts
+        # shut down side by side.
+        self._stop_processes(names, grace=60)
 
     def _set_as_thor(self, name: str, on: bool) -> None:
         lab_thor.apply(self._root(name), on)

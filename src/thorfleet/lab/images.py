@@ -10,6 +10,7 @@ digest, and pushed through the registry's HTTP API under NGC's repository paths.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import hashlib
 import io
@@ -145,11 +146,18 @@ def machine_arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
 
+@functools.lru_cache(maxsize=2)
+def _compressed(layer: bytes) -> bytes:
+    """The layer gzipped, once per process (each tag a test pushes has the same layer):
+    at the fastest level, the same bytes for the same layer."""
+    return gzip.compress(layer, compresslevel=1, mtime=0)
+
+
 def image(layer: bytes, engine: str, version: str, broken: bool = False,
           arch: str | None = None) -> tuple[bytes, bytes, bytes]:
     """(compressed layer, config, manifest) of a stand-in image; a broken one exits at
     start. `arch`: the platform its config names (default: this machine's)."""
-    compressed = gzip.compress(layer, mtime=0)
+    compressed = _compressed(layer)
     arch = arch or machine_arch()
     config = json.dumps({
         "architecture": arch, "os": "linux",

@@ -49,20 +49,30 @@ class Processes:
         (run_dir / f"{name}.pid").write_text(f"{proc.pid}\n")
 
     def _stop_process(self, name: str, grace: float = 10) -> None:
-        pidfile = self.state / "run" / f"{name}.pid"
-        pid = self._pid(name)
-        if pid is not None:
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while pid_alive(pid) and time.monotonic() < deadline:
+        self._stop_processes([name], grace)
+
+    def _stop_processes(self, names: list[str], grace: float = 10) -> None:
+        """Stop processes together: each is asked (SIGTERM) at once and given the same
+        `grace`, then its group is killed; a lab of several takes one grace, not the sum."""
+        asked = {}
+        for name in names:
+            pid = self._pid(name)
+            if pid is not None:
+                os.kill(pid, signal.SIGTERM)
+                asked[name] = pid
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(pid_alive(pid) for pid in asked.values()):
+            for pid in asked.values():
                 self._reap(pid)
-                time.sleep(0.2)
+            time.sleep(0.1)
+        for pid in asked.values():
             if pid_alive(pid):
                 os.killpg(pid, signal.SIGKILL)
                 while pid_alive(pid):
                     self._reap(pid)
                     time.sleep(0.1)
-        pidfile.unlink(missing_ok=True)
+        for name in names:
+            (self.state / "run" / f"{name}.pid").unlink(missing_ok=True)
 
     @staticmethod
     def _reap(pid: int) -> None:

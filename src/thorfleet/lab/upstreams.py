@@ -132,7 +132,9 @@ class Upstreams:
     def standin_layer(self) -> bytes:
         """The one layer of the engine stand-in images (the lab root file system's Python
         and the stand-in), the same bytes for the same inputs."""
-        return lab_images.build_layer(self._ensure_rootfs(lambda _msg: None))
+        if getattr(self, "_standin_layer", None) is None:
+            self._standin_layer = lab_images.build_layer(self._ensure_rootfs(lambda _msg: None))
+        return self._standin_layer
 
     def push_standin(self, engine: str, tag: str) -> str:
         """Push the stand-in of `engine` ("vllm", "sglang") under the repository of its
