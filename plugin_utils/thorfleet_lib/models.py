@@ -52,10 +52,11 @@ def _service_errors(host, services, recipes):
             raise CatalogueError(f"{where}: field name: two services are named {name}")
         seen.add(name)
         recipe = service.get("recipe")
-        if recipe not in recipes:
+        if not isinstance(recipe, str) or recipe not in recipes:
             raise CatalogueError(f"{where}: field recipe: unknown recipe {recipe!r}; known: "
                                  f"{', '.join(sorted(recipes))}")
-        if service.get("source") is not None and service["source"] not in SOURCES:
+        if service.get("source") is not None and (not isinstance(service["source"], str)
+                                                  or service["source"] not in SOURCES):
             raise CatalogueError(f"{where}: field source: {service['source']!r} is not one of "
                                  f"{', '.join(SOURCES)}")
 

@@ -4,6 +4,7 @@ inventory's thorfleet_catalogue_extra merges into it, every entry checked."""
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 
@@ -79,6 +80,35 @@ def check_token(where, field, value):
                              "control characters such as a newline)")
 
 
+def check_number(where, field, value, low=None, high=None, *, low_closed=False, whole=False,
+                 strings=True, what=""):
+    """`value` as a number of its field's range (above `low`, or from it if `low_closed`;
+    at most `high`; None: no bound), else an error naming the field. A string that reads
+    as a number is taken as one (`-e thorfleet_memory_budget=0.95` reaches a play as a
+    string) unless `strings` is false; a boolean, NaN and infinity are refused."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = (int(value) if whole else float(value)) if strings else None
+        except ValueError:
+            number = None
+    fits = (isinstance(number, int | float) and not isinstance(number, bool)
+            and math.isfinite(number) and (not whole or float(number).is_integer())
+            and (low is None or (low <= number if low_closed else low < number))
+            and (high is None or number <= high))
+    if not fits:
+        kind = "a whole number" if whole else "a number"
+        if low is None:
+            says = f"{kind} (finite)"
+        elif whole:
+            says = f"{kind} from {low} to {high}"
+        else:
+            says = f"{kind} {'from' if low_closed else 'above'} {low}, at most {high}"
+        says = f"{what} ({says})" if what else says
+        raise CatalogueError(f"{where}: field {field}: {value!r} is not {says}")
+    return int(number) if whole else number
+
+
 def check_absolute(path, where):
     """An absolute, normalised path of plain characters below /: one that can go into a
     unit's command line as it is."""
@@ -121,6 +151,28 @@ KEY_RULES = {"engines": "name", "models": "path", "files": "file_name", "recipes
 # What each entry must hold, and the type of every field it may hold: a full entry of the
 # catalogue, or one of the inventory's after the merge. Anything else is an error naming
 # the entry and the field.
+# The range of each number an entry may hold, as check_number takes it: (low, high,
+# low_closed, whole, what). Shares of unified memory above 0; an overhead from 0 (none).
+PORT = (1, 65535, True, True, "a port")
+SHARE = (0, 1, False, False, "a share of unified memory")
+SECONDS = (1, 86400, True, True, "a number of seconds")
+NUMBER_RANGES = {
+    "engines": {"port": PORT, "builtin_port": PORT, "memory_share": SHARE,
+                "memory_overhead": (0, 1, True, False, "a share of unified memory"),
+                "start_timeout": SECONDS},
+    "recipes": {"memory_share": SHARE, "start_timeout": SECONDS},
+}
+
+
+def check_in_range(where, field, value, bounds):
+    """check_number with one of the ranges above."""
+    low, high, low_closed, whole, what = bounds
+    return check_number(where, field, value, low, high, low_closed=low_closed, whole=whole,
+                        what=what)
+
+
+# A recipe's sampling: the engine's sampling fields by name, each a number.
+SAMPLING_KEY = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 ENTRY_FIELDS = {
     "engines": {"required": ("kind", "port"),
                 "types": {"kind": str, "image": str, "build": str, "binary": str, "port": int,
@@ -148,7 +200,8 @@ def merge_catalogue(catalogue, extra=None):
     one rule: mappings merge recursively, anything else (lists included) is replaced whole.
 
     So `{engines: {vllm: {image: ...}}}` moves vLLM's image and keeps the rest of the
-    engine, and a recipe's `args` given again replace that list. Every entry is checked
+    engine, a recipe's `args` given again replace that list, and a field given as null
+    is unset. Every entry is checked
     after the merge: a new one must be complete, and an error names the entry and field.
     """
     extra = {} if extra is None else extra
@@ -166,7 +219,9 @@ def merge_catalogue(catalogue, extra=None):
         if not isinstance(added, dict):
             raise CatalogueError(f"thorfleet_catalogue_extra.{section}: a mapping of entries "
                                  f"by name, not {_kind(added)}")
-        merged[section] = _merged((catalogue or {}).get(section) or {}, added)
+        merged[section] = {
+            name: _unset(entry)
+            for name, entry in _merged((catalogue or {}).get(section) or {}, added).items()}
         for name, entry in merged[section].items():
             in_section, where = _where(section, added, name)
             check_field(in_section, "key", name, KEY_RULES[section])
@@ -199,6 +254,14 @@ def _merged(base, added):
     return merged
 
 
+def _unset(entry):
+    """An entry without the fields given as null: a null field is unset (an engine's
+    memory_overhead: null is no overhead), as if the entry never named it."""
+    if not isinstance(entry, dict):
+        return entry
+    return {field: value for field, value in entry.items() if value is not None}
+
+
 def _kind(value):
     return "a list" if isinstance(value, list) else f"{value!r}"
 
@@ -212,7 +275,8 @@ def _check_entry(section, where, entry):
                              f"{_kind(entry)}")
     fields = ENTRY_FIELDS[section]
     required = list(fields["required"])
-    if section == "engines" and entry.get("kind") in ENGINE_KINDS:
+    if section == "engines" and isinstance(entry.get("kind"), str) \
+            and entry["kind"] in ENGINE_KINDS:
         required += ENGINE_KINDS[entry["kind"]]
     for field in required:
         if entry.get(field) in (None, ""):
@@ -252,8 +316,14 @@ def _check_entry(section, where, entry):
                 and RULES["path"][0].fullmatch(cache[1:])):
             raise CatalogueError(f"{where}: field caches: {cache!r} is not an absolute path of "
                                  "letters, digits, '.', '_', '+', '@', '-' and '/'")
-    if section == "engines" and not 1 <= entry["port"] <= 65535:
-        raise CatalogueError(f"{where}: field port: {entry['port']!r} is not a port (1-65535)")
+    for field, bounds in NUMBER_RANGES.get(section, {}).items():
+        if entry.get(field) is not None:
+            check_in_range(where, field, entry[field], bounds)
+    for key, value in (entry.get("sampling") or {}).items():
+        if not (isinstance(key, str) and SAMPLING_KEY.fullmatch(key)):
+            raise CatalogueError(f"{where}: field sampling: {key!r} is not a sampling field's "
+                                 "name (lower case letters, digits, '_')")
+        check_number(where, f"sampling.{key}", value, strings=False)
     if section == "models":
         hubs = [hub for hub in SOURCES if entry.get(hub) is not None]
         if not hubs:

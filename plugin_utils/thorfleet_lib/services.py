@@ -9,9 +9,13 @@ import posixpath
 
 from thorfleet_lib.models import model_plan
 from thorfleet_lib.rules import (
+    PORT,
+    SECONDS,
+    SHARE,
     CatalogueError,
     check_absolute,
     check_field,
+    check_in_range,
     check_models_root,
     check_token,
 )
@@ -91,16 +95,119 @@ ADAPTERS = {"vllm": _vllm, "sglang": _sglang, "llama-server": _llama_server,
             "whisper-server": _whisper_server}
 
 
+# What the project sets on each engine's command line from a service's fields and its
+# recipe, by flag: the field to use instead. extra_args may not set them, or they would
+# undo what preflight checked (a port clash, the memory budget, the bind address) or put
+# a key into the unit file. The engine entry's own flags (memory_flag, api_key_flag,
+# sampling_flag, chat_template_flag) are added to its engine's list.
+_SERVER = {"--host": "bind_address", "--port": "port", "--api-key": "api_key"}
+MANAGED_FLAGS = {
+    "vllm": {**_SERVER, "--model": "the recipe's model", "--served-model-name": "served_name",
+             "--uds": "port", "--gpu-memory-utilization": "memory_share",
+             "--kv-cache-memory-bytes": "memory_share",
+             "--allowed-local-media-path": "the recipe's args",
+             "--chat-template": "the recipe's chat_template",
+             "--override-generation-config": "the recipe's sampling",
+             "--config": "the service's fields (a config file may set any of them)"},
+    "sglang": {**_SERVER, "--model-path": "the recipe's model", "--model": "the recipe's model",
+               "--served-model-name": "served_name", "--mem-fraction-static": "memory_share",
+               "--chat-template": "the recipe's chat_template",
+               "--preferred-sampling-params": "the recipe's sampling",
+               "--config": "the service's fields (a config file may set any of them)"},
+    "llama-server": {**_SERVER, "--model": "the recipe's model", "-m": "the recipe's model",
+                     "--alias": "served_name", "-a": "served_name",
+                     "--api-key-file": "api_key", "--path": "the recipe's args",
+                     "--chat-template-file": "the recipe's chat_template"},
+    "whisper-server": {"--host": "bind_address", "--port": "port",
+                       "--model": "the recipe's model", "-m": "the recipe's model",
+                       "--public": "the recipe's args"},
+}
+# Engines whose parser (Python's argparse) takes a flag's unique prefix and '_' for '-':
+# `--gpu-memory` or `--gpu_memory_utilization` is the managed flag to them.
+PREFIX_PARSERS = ("vllm", "sglang")
+# Flags whose value is a path the engine reads files under: it stays inside the models
+# root after normalisation (a recipe's `--allowed-local-media-path /etc` is refused).
+PATH_FLAGS = ("--allowed-local-media-path", "--chat-template", "--chat-template-file",
+              "--path", "--public")
+_TRAIT_FIELDS = {"memory_flag": "memory_share", "api_key_flag": "api_key",
+                 "sampling_flag": "the recipe's sampling",
+                 "chat_template_flag": "the recipe's chat_template"}
+
+
+def managed_flags(engine_name, engine):
+    """The flags of MANAGED_FLAGS for this engine, with its entry's own."""
+    managed = dict(MANAGED_FLAGS.get(engine_name, {}))
+    for trait, field in _TRAIT_FIELDS.items():
+        if engine.get(trait):
+            managed.setdefault(engine[trait], field)
+    return managed
+
+
+def _managed_flag(token, managed, prefixes):
+    """The managed flag `token` sets (its part before '='), or None."""
+    flag = token.partition("=")[0]
+    if flag in managed:
+        return flag
+    if prefixes and flag.startswith("--") and len(flag) > 2:
+        flag = flag.replace("_", "-")
+        return next((m for m in managed if m.startswith(flag)), None)
+    return None
+
+
+def _check_extra_args(where, engine_name, engine, extra):
+    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+        raise CatalogueError(f"{where}: field extra_args: a list of strings, one per argv token")
+    managed = managed_flags(engine_name, engine)
+    for index, token in enumerate(extra):
+        check_token(where, "extra_args", token)
+        if token == "--":
+            raise CatalogueError(f"{where}: field extra_args: '--' ends the engine's flags; "
+                                 "what follows it would be read as its model")
+        flag = _managed_flag(token, managed, engine_name in PREFIX_PARSERS)
+        if flag:
+            raise CatalogueError(f"{where}: field extra_args: {token!r} sets {flag}, which "
+                                 f"thorfleet sets for {engine_name}; use {managed[flag]} "
+                                 "instead")
+        flag, eq, value = token.partition("=")
+        if flag not in JSON_FLAGS:
+            continue
+        if not eq:
+            value = extra[index + 1] if index + 1 < len(extra) else ""
+        try:
+            json.loads(value)
+        except ValueError as error:
+            raise CatalogueError(f"{where}: field extra_args: {flag} takes JSON: {error}: "
+                                 f"{value!r}") from None
+
+
+def _checked_paths(where, recipe_name, args, root):
+    """The recipe's flags, each path one gives the engine normalised (so that no `..`
+    reaches the engine, which would follow a link before it) and inside the models root."""
+    checked = list(args)
+    for index, token in enumerate(args):
+        flag, eq, value = token.partition("=")
+        if flag not in PATH_FLAGS:
+            continue
+        at = index if eq else index + 1
+        if not eq:
+            value = args[at] if at < len(args) else ""
+        path = posixpath.normpath(value) if value.startswith("/") else ""
+        if path != root and not path.startswith(root + "/"):
+            raise CatalogueError(f"{where}: recipe {recipe_name}: field args: {flag} "
+                                 f"{value!r} is not inside the models root {root}; an engine "
+                                 "reads files only from there")
+        checked[at] = f"{flag}={path}" if eq else path
+    return checked
+
+
 def _check_overrides(where, service):
-    port = service.get("port")
-    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
-                             or not 1 <= port <= 65535):
-        raise CatalogueError(f"{where}: field port: {port!r} is not a port (1-65535)")
-    share = service.get("memory_share")
-    if share is not None and (not isinstance(share, int | float) or isinstance(share, bool)
-                              or not 0 < share <= 1):
-        raise CatalogueError(f"{where}: field memory_share: {share!r} is not a share of "
-                             "unified memory (above 0, at most 1)")
+    """The service's own settings, checked; returns its port and memory share (None
+    where not given), converted from strings where given as such."""
+    port, share = service.get("port"), service.get("memory_share")
+    if port is not None:
+        port = check_in_range(where, "port", port, PORT)
+    if share is not None:
+        share = check_in_range(where, "memory_share", share, SHARE)
     bind = service.get("bind_address")
     if bind is not None:
         try:
@@ -115,31 +222,13 @@ def _check_overrides(where, service):
         check_field(where, "api_key", service["api_key"], secret=True)
     if service.get("served_name") is not None:
         check_field(where, "served_name", service["served_name"])
-    extra = service.get("extra_args", [])
-    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
-        raise CatalogueError(f"{where}: field extra_args: a list of strings, one per argv token")
-    for token in extra:
-        check_token(where, "extra_args", token)
-    for index, token in enumerate(extra):
-        flag, eq, value = token.partition("=")
-        if flag not in JSON_FLAGS:
-            continue
-        if not eq:
-            value = extra[index + 1] if index + 1 < len(extra) else ""
-        try:
-            json.loads(value)
-        except ValueError as error:
-            raise CatalogueError(f"{where}: field extra_args: {flag} takes JSON: {error}: "
-                                 f"{value!r}") from None
+    return port, share
 
 
 def _start_timeout(where, recipe, engine):
     """Seconds the service may take to answer /health: the recipe's, else the engine's."""
     timeout = recipe.get("start_timeout", engine.get("start_timeout", DEFAULT_START_TIMEOUT))
-    if isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 < timeout <= 86400:
-        raise CatalogueError(f"{where}: field start_timeout: {timeout!r} is not a number of "
-                             "seconds from 1 to 86400")
-    return timeout
+    return check_in_range(where, "start_timeout", timeout, SECONDS)
 
 
 def _probe_address(bind):
@@ -170,6 +259,7 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
     check_absolute(builds_root, f"{host}: ggml_build_root")
     if api_key:
         check_field(f"{host}: thorfleet_api_key", "api_key", api_key, secret=True)
+    memory_budget = check_in_range(host, "thorfleet_memory_budget", memory_budget, SHARE)
     plan = model_plan(services, catalogue, models_root, default_source, host)
     models_by_service = {name: m for m in plan["models"] for name in m["services"]}
     files = {f["name"]: f["dest"] for f in plan["files"]}
@@ -185,8 +275,9 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
             raise CatalogueError(f"{where}: recipe {service['recipe']}: field engine: unknown "
                                  f"engine {recipe.get('engine')!r}; known: "
                                  f"{', '.join(sorted(ADAPTERS))}")
-        _check_overrides(where, service)
-        port = service.get("port") or engine["port"]
+        given_port, given_share = _check_overrides(where, service)
+        _check_extra_args(where, recipe["engine"], engine, service.get("extra_args", []))
+        port = given_port or engine["port"]
         if port in ports:
             raise CatalogueError(f"{where}: field port: {port} is already the port of service "
                                  f"{ports[port]}")
@@ -195,8 +286,8 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
         model_path = posixpath.join(model["dest"], recipe["model_file"]) \
             if recipe.get("model_file") else model["dest"]
         args = [a.replace("{models_root}", root) for a in recipe.get("args") or []]
+        args = _checked_paths(where, service["recipe"], args, root)
         template = files.get(recipe.get("chat_template"))
-        given_share = service.get("memory_share")
         share = given_share if given_share is not None else \
             recipe.get("memory_share", engine.get("memory_share", 0))
         served_name = service.get("served_name") or recipe.get("served_name") or name

@@ -336,7 +336,7 @@ def with_entries(section, **entries):
       for share in (0, True, False)),
     (lambda: service_specs(
         [{"name": "a", "recipe": "vllm-qwen3-8b", "port": True}], CATALOGUE, host="thor01"),
-     "thor01: service a: field port: True is not a port (1-65535)"),
+     "thor01: service a: field port: True is not a port (a whole number from 1 to 65535)"),
     (lambda: service_specs(
         [{"name": "a", "recipe": "vllm-qwen3-8b", "served_name": ""}], CATALOGUE,
         host="thor01"),

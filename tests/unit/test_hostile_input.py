@@ -231,7 +231,7 @@ def test_the_highest_port_an_engine_can_have_is_taken():
 
 @pytest.mark.parametrize(("fields", "taken"), [
     ({"port": 1}, True), ({"port": 65535}, True), ({"port": 0}, False), ({"port": 65536}, False),
-    ({"port": True}, False), ({"port": "8000"}, False),
+    ({"port": True}, False), ({"port": "8000"}, True), ({"port": "8000.5"}, False),
     ({"memory_share": 0.01}, True), ({"memory_share": 0}, False),
     ({"memory_share": 1.001}, False), ({"memory_share": True}, False)])
 def test_a_services_port_and_share_are_taken_up_to_their_limits(fields, taken):
@@ -270,16 +270,16 @@ def test_an_engines_port_and_caches_at_their_edges(extra, taken):
 
 
 @pytest.mark.parametrize(("extra_args", "taken"), [
-    (["--override-generation-config", '{"temperature": 0.7}'], True),
-    (['--override-generation-config={"temperature": 0.7}'], True),
-    (["--override-generation-config", "{temperature"], False),
-    (["--override-generation-config={temperature"], False),
-    (["--override-generation-config"], False),  # its value missing: the end of the argv
+    (["--hf-overrides", '{"rope_theta": 1e6}'], True),
+    (['--hf-overrides={"rope_theta": 1e6}'], True),
+    (["--hf-overrides", "{rope_theta"], False),
+    (["--hf-overrides={rope_theta"], False),
+    (["--hf-overrides"], False),  # its value missing: the end of the argv
     (["--max-model-len", "{not JSON, not a JSON flag}"], True)])
 def test_a_json_flags_value_is_json_whether_joined_by_equals_or_the_next_token(extra_args,
                                                                               taken):
     if taken:
         service_specs(service(extra_args=extra_args), CATALOGUE, host="thor01")
     else:
-        assert "field extra_args: --override-generation-config takes JSON" in refused(
+        assert "field extra_args: --hf-overrides takes JSON" in refused(
             service(extra_args=extra_args))
