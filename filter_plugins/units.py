@@ -12,10 +12,14 @@ For each service (a spec of __thorfleet_services) the result is the spec with `r
   cache_volumes the `docker run` mounts of its compile caches (per image digest)
   docker        the `docker run` command before the image (container engines), with the
                 options `docker` gives: runtime, models_root, volumes, env_dir, extra
-  api_key_argv  what the unit appends for an engine that takes its key on the command
-                line (SGLang): systemd puts it there from the environment file, so the
-                key is in no unit file; joined to its flag, so that a key that starts
-                with '-' is not taken for a flag
+  command       what the container runs (container engines): the engine's argv; for
+                an engine that takes its key only on its command line (SGLang), a shell
+                in the container appends it from the environment file's variable, so
+                that the key is in no unit file, not in the host's `docker run` command
+                line and not in the container's recorded command (`docker inspect`)
+  api_key_argv  the same for a native engine: what the unit appends, which systemd
+                fills in from the environment file; joined to its flag, so that a key
+                that starts with '-' is not taken for a flag
 """
 
 from __future__ import annotations
@@ -52,6 +56,17 @@ def docker_run(spec, container, cache_volumes, docker):
             *cache_volumes, *(docker.get("extra") or [])]
 
 
+def container_command(spec, keyed):
+    """The container's command: the engine's argv, and for an engine that takes its key
+    only as a flag (`keyed`: the service has a key), `/bin/sh -c` appending it inside the
+    container, from the variable the environment file sets. The flag is a catalogue
+    value of the `flag` rule (no shell syntax); the key is expanded in double quotes."""
+    if not keyed:
+        return list(spec["argv"])
+    return ["/bin/sh", "-c", f'exec "$@" {spec["api_key_flag"]}="$THORFLEET_API_KEY"', "sh",
+            *spec["argv"]]
+
+
 def unit_inputs(specs, images, builds, manifests, templates, caches, api_keys, docker):
     """specs: the resolved services; images: the image plan (thorfleet_image_plan);
     builds: stat results of each engine root's `current` (looped over engine roots);
@@ -71,12 +86,15 @@ def unit_inputs(specs, images, builds, manifests, templates, caches, api_keys, d
                "model_commit": manifest_commit(manifest_of.get(spec["model_dir"]),
                                                spec["model_dir"]),
                "template_sum": sum_of.get(spec.get("chat_template")) or "not fetched",
-               "api_key_argv": f" {spec['api_key_flag']}=${{THORFLEET_API_KEY}}"
-               if (api_keys or {}).get(spec["name"]) and spec.get("api_key_flag") else ""}
+               "api_key_argv": ""}
+        keyed = bool((api_keys or {}).get(spec["name"]) and spec.get("api_key_flag"))
         if spec["kind"] == "container":
+            run["command"] = container_command(spec, keyed)
             run["image"] = image_of.get(spec.get("image"), "")
             run["docker"] = docker_run(spec, run["container"], run["cache_volumes"], docker)
         else:
+            if keyed:
+                run["api_key_argv"] = f" {spec['api_key_flag']}=${{THORFLEET_API_KEY}}"
             run["build"] = build_of.get(spec["engine_root"]) or "not built"
             run["binary"] = posixpath.join(spec["engine_root"], run["build"], "bin",
                                            posixpath.basename(spec["binary"]))

@@ -165,9 +165,10 @@ def _check_extra_args(where, engine_name, engine, extra):
                                  "what follows it would be read as its model")
         flag = _managed_flag(token, managed, engine_name in PREFIX_PARSERS)
         if flag:
-            raise CatalogueError(f"{where}: field extra_args: {token!r} sets {flag}, which "
-                                 f"thorfleet sets for {engine_name}; use {managed[flag]} "
-                                 "instead")
+            # The flag as given, never its value (it may be a key).
+            raise CatalogueError(f"{where}: field extra_args: {token.partition('=')[0]!r} "
+                                 f"sets {flag}, which thorfleet sets for {engine_name}; use "
+                                 f"{managed[flag]} instead")
         flag, eq, value = token.partition("=")
         if flag not in JSON_FLAGS:
             continue

@@ -13,10 +13,15 @@ STATE = "sha256sum /etc/systemd/system/thorfleet-*.service /etc/thorfleet/servic
 SECRET = "lab-secret-key-3d1e"
 
 
-def services_with(**fields) -> str:
-    """-e JSON: thor01's services, the first one with `fields` set."""
-    first, *rest = LAB_SERVICES
-    return json.dumps({"thorfleet_services": [{**first, **fields}, *rest]})
+def services_with(name: str = "qwen3", **fields) -> str:
+    """-e JSON: thor01's services, the one named `name` with `fields` set."""
+    return json.dumps({"thorfleet_services": [
+        {**service, **fields} if service["name"] == name else service
+        for service in LAB_SERVICES]})
+
+
+def catalogue_extra(section: str, entry: str, **fields) -> str:
+    return json.dumps({"thorfleet_catalogue_extra": {section: {entry: fields}}})
 
 
 HOSTILE = [
@@ -35,6 +40,32 @@ HOSTILE = [
 ]
 
 
+# Values of the wrong type, out of range, or flags that would undo what preflight checked
+# (issue 33): each refused naming the field, with no Python error and no key shown.
+# Cost: 11 preflight-only runs, about 1 minute.
+MISTAKEN = [
+    (services_with(recipe=["llama-qwen3-8b-gguf-nothink"]), "thor01: service qwen3: field recipe"),
+    (catalogue_extra("engines", "vllm", kind=["container"]),
+     "thorfleet_catalogue_extra.engines.vllm: field kind"),
+    (services_with("qwen3-vllm", extra_args=["--gpu-memory-utilization", "0.9"]),
+     "thor01: service qwen3-vllm: field extra_args: '--gpu-memory-utilization' sets"),
+    (services_with("qwen3-vllm", extra_args=["--port", "8000"]),
+     "thor01: service qwen3-vllm: field extra_args: '--port' sets"),
+    (services_with(extra_args=["--host", "0.0.0.0"]),
+     "thor01: service qwen3: field extra_args: '--host' sets"),
+    (services_with("qwen3-sglang", extra_args=[f"--api-key={SECRET}"]),
+     "thor01: service qwen3-sglang: field extra_args: '--api-key' sets"),
+    (services_with("qwen3-vllm", extra_args=["--allowed-local-media-path", "/"]),
+     "thor01: service qwen3-vllm: field extra_args: '--allowed-local-media-path' sets"),
+    (catalogue_extra("recipes", "vllm-qwen3-8b-nothink", memory_share=-1),
+     "thorfleet_catalogue_extra.recipes.vllm-qwen3-8b-nothink: field memory_share"),
+    # YAML's NaN (JSON has none).
+    ("{thorfleet_catalogue_extra: {recipes: {vllm-qwen3-8b-nothink: {memory_share: .nan}}}}",
+     "thorfleet_catalogue_extra.recipes.vllm-qwen3-8b-nothink: field memory_share"),
+    ("thorfleet_memory_budget=2.0", "thor01: field thorfleet_memory_budget"),
+]
+
+
 def test_hostile_values_stop_preflight_and_leave_units_and_env_files_as_they_were(thor01):
     before = thor01.check_output(STATE)
     for extra, field in HOSTILE:
@@ -42,5 +73,21 @@ def test_hostile_values_stop_preflight_and_leave_units_and_env_files_as_they_wer
         assert run.rc != 0, run
         assert "fatal: [thor01]" in run.output and field in run.output, (field, run)
         assert "PLAY [Models" not in run.output, run  # nothing after preflight ran
+        assert SECRET not in run.output
+    assert thor01.check_output(STATE) == before
+
+
+def test_mistaken_values_are_refused_in_preflight_naming_the_field(thor01):
+    before = thor01.check_output(STATE)
+    # The command line's usual form: a string, used as the number it reads as.
+    taken = Playbook("site.yml", "-l", "thor01", "--tags", "preflight",
+                     "-e", "thorfleet_memory_budget=0.95")
+    assert taken.rc == 0, taken
+    for extra, field in MISTAKEN:
+        run = Playbook("site.yml", "-l", "thor01", "--tags", "preflight", "-e", extra)
+        assert run.rc != 0, run
+        assert "fatal: [thor01]" in run.output and field in run.output, (field, run)
+        for python_error in ("Traceback", "unhashable", "not supported between", "Error:"):
+            assert python_error not in run.output, (python_error, run)
         assert SECRET not in run.output
     assert thor01.check_output(STATE) == before

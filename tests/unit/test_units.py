@@ -74,8 +74,17 @@ def test_before_a_build_or_a_key_there_is_nothing_to_name():
     # SGLang takes its key on the command line: from the environment file, joined to its
     # flag; the key itself is never in the unit.
     chat, _ = inputs(keys={"chat": "sk-secret-key-1", "asr": ""})
-    assert chat["run"]["api_key_argv"] == " --api-key=${THORFLEET_API_KEY}"
+    # In the container: a shell appends it from the environment file's variable, so the
+    # host's `docker run` command line names the variable, not the key.
+    assert chat["run"]["command"] == [
+        "/bin/sh", "-c", 'exec "$@" --api-key="$THORFLEET_API_KEY"', "sh", *chat["argv"]]
+    assert chat["run"]["api_key_argv"] == ""
     assert "sk-secret" not in json.dumps(chat)
+
+
+def test_a_container_without_a_key_runs_the_engines_argv_as_it_is():
+    chat, _ = inputs()
+    assert chat["run"]["command"] == chat["argv"]
 
 
 def test_a_manifest_whose_commit_is_not_a_commit_is_refused():

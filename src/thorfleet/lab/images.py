@@ -1,7 +1,8 @@
 """The lab's stand-in images for vLLM and SGLang, built and pushed without Docker.
 
 Each image is one layer: the Python of the lab's root file system (the interpreter, the
-libraries it links and its standard library) and :mod:`thorfleet.engine_standin`, with
+libraries it links and its standard library), its shell (dash, as /bin/sh) and
+:mod:`thorfleet.engine_standin`, with
 the engines' entry points (``vllm`` on PATH, the ``sglang.launch_server`` module). The
 layer is written reproducibly (fixed times and owners), so the same inputs give the same
 digest, and pushed through the registry's HTTP API under NGC's repository paths.
@@ -38,13 +39,14 @@ LAYER_TYPE = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 SKIP_STDLIB = ("test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
                "pydoc_data", "__pycache__")
 STANDIN_MODULE = "usr/local/lib/python3.11/dist-packages/thorfleet_engine_standin.py"
-# Commands people type: `python` and `python3` both start the interpreter.
-LINKS = {"usr/bin/python3": PYTHON, "usr/bin/python": PYTHON}
+# Commands people type: `python` and `python3` both start the interpreter; `sh`, the
+# shell NGC's images have too (a unit's container command may start with /bin/sh -c).
+LINKS = {"usr/bin/python3": PYTHON, "usr/bin/python": PYTHON, "usr/bin/sh": "dash"}
 
 
 def _libraries(root: Path) -> set[str]:
     """Shared libraries the interpreter and its extension modules load, inside `root`."""
-    binaries = [f"/usr/bin/{PYTHON}"] + [
+    binaries = [f"/usr/bin/{PYTHON}", "/usr/bin/dash"] + [
         "/" + str(p.relative_to(root))
         for p in (root / f"usr/lib/{PYTHON}/lib-dynload").glob("*.so")]
     out = subprocess.run(["chroot", str(root), "ldd", *binaries], capture_output=True,
@@ -129,7 +131,7 @@ def build_layer(root: Path) -> bytes:
     for top in ("bin", "lib", "lib64"):
         if (root / top).is_symlink():
             layer.copy(top, follow=False)
-    for relative in [f"usr/bin/{PYTHON}", *sorted(p.lstrip("/") for p in _libraries(root)),
+    for relative in [f"usr/bin/{PYTHON}", "usr/bin/dash", *sorted(p.lstrip("/") for p in _libraries(root)),
                      f"usr/lib/{PYTHON}"]:
         layer.copy(relative)
     for link, target in LINKS.items():
