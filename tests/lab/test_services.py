@@ -221,8 +221,15 @@ class TestAnApiKey:
                                    + native_argv(host, "qwen3"))
         env = host.file("/etc/thorfleet/services/qwen3-vllm.env")
         assert "VLLM_API_KEY" in env.content_string
-        # SGLang reads it from argv only, joined to its flag.
+        # SGLang reads it from argv only, joined to its flag: put there by a shell in the
+        # container, so neither the host's `docker run` nor the container's recorded
+        # command holds it, only the variable's name.
         assert f"--api-key={KEY}" in recorded_argv(host, "qwen3-sglang")
+        inspected = container(host, "qwen3-sglang")
+        recorded = json.dumps([inspected["Path"], inspected["Args"], inspected["Config"]["Cmd"]])
+        assert KEY not in recorded and "$THORFLEET_API_KEY" in recorded
+        docker_run = host.check_output("ps -eo args | grep '^/usr/bin/docker run' || true")
+        assert "thorfleet-qwen3-sglang" in docker_run and KEY not in docker_run
 
 
 def test_a_refused_registry_login_names_the_key_and_changes_nothing(thor01):
