@@ -131,8 +131,8 @@ def build_layer(root: Path) -> bytes:
     for top in ("bin", "lib", "lib64"):
         if (root / top).is_symlink():
             layer.copy(top, follow=False)
-    for relative in [f"usr/bin/{PYTHON}", "usr/bin/dash", *sorted(p.lstrip("/") for p in _libraries(root)),
-                     f"usr/lib/{PYTHON}"]:
+    libraries = sorted(p.lstrip("/") for p in _libraries(root))
+    for relative in [f"usr/bin/{PYTHON}", "usr/bin/dash", *libraries, f"usr/lib/{PYTHON}"]:
         layer.copy(relative)
     for link, target in LINKS.items():
         layer.special(link, tarfile.SYMTYPE, target=target)
