@@ -3,8 +3,14 @@ shares of hosts, and what each batch did.
 
 A count is a whole number of hosts (`5`) or a share of some total (`"10%"`), as
 Ansible's `serial` takes it. A host's switch leaves a result fact behind:
-{restarted: [...], verified: N} when it passed, {failed: "...", put_back: [...]} when it
-did not; a host that started its switch and has no result left the run during it.
+{restarted: [...], verified: N} when it passed (with `unverified` when the run skipped
+verify, and `warning` when housekeeping after its commit point failed), {failed: "...",
+put_back: [...]} when it did not (with `rollback_failed` when putting it back failed too);
+a host that started its switch and has no result left the run during it.
+
+The canary is a gate: when a canary host failed, was lost, or never reached the switch,
+no later batch starts, whatever the failure budget allows; the budget is for the hosts
+after it.
 """
 
 from __future__ import annotations
@@ -77,40 +83,78 @@ def rollout_failed(results):
     return [host for host, result in results.items() if "failed" in result]
 
 
-def rollout_summary(batches, results, hosts, budget, halted=False):
-    """Lines telling what the rollout did: one per batch, the halt, and which hosts
-    switched, failed, were left untouched (a later batch that never started) or left out
-    (unreachable, or failed before the switch). `hosts` are the hosts the switch started
-    with; `halted` that a batch found the failure budget spent."""
+def rollout_canaries(run_hosts, canary, groups):
+    """The run's hosts that are the canary: the host of that name, or the members of the
+    group, in the run's order (also those left out before the switch: unreachable, or
+    their staging failed)."""
+    if not canary:
+        return []
+    members = set((groups or {}).get(canary) or []) | {canary}
+    return [host for host in run_hosts or [] if host in members]
+
+
+def _failure(host, result):
+    text = f"{host} failed ({result['failed']})"
+    if result.get("rollback_failed"):
+        return text + f", rollback failed ({result['rollback_failed']}): its state is unknown"
+    back = result.get("put_back") or []
+    return text + (f", put back: {', '.join(back)}" if back else "")
+
+
+def _success(host, result):
+    restarted, checks = result.get("restarted") or [], int(result.get("verified", 0))
+    text = (f"{host} switched ({len(restarted)} restarted"
+            + (f": {', '.join(restarted)}" if restarted else ""))
+    if result.get("unverified"):
+        text += ", not verified: nothing kept as last good, nothing pruned)"
+    else:
+        text += f", {checks} check{'' if checks == 1 else 's'} passed)"
+    if result.get("warning"):
+        text += f", warning: {result['warning']}"
+    return text
+
+
+def rollout_summary(batches, results, hosts, budget, halt=""):
+    """Lines telling what the rollout did: one per batch, why it halted (`halt`, from
+    rollout_halt), and which hosts switched, failed, were left untouched (a later batch
+    that never started) or left out (unreachable, or failed before the switch). `hosts`
+    are the hosts the switch started with."""
     lines = []
     for number, batch in enumerate(batches or [], 1):
         parts = []
         for host in batch:
             result = results.get(host, LEFT)
-            if "failed" in result:
-                back = result.get("put_back") or []
-                parts.append(f"{host} failed ({result['failed']})"
-                             + (f", put back: {', '.join(back)}" if back else ""))
-            else:
-                restarted, checks = result.get("restarted") or [], int(result.get("verified", 0))
-                parts.append(f"{host} switched ({len(restarted)} restarted"
-                             + (f": {', '.join(restarted)}" if restarted else "")
-                             + f", {checks} check{'' if checks == 1 else 's'} passed)")
+            parts.append(_failure(host, result) if "failed" in result
+                         else _success(host, result))
         lines.append(f"batch {number}: " + "; ".join(parts))
     failed = rollout_failed(results)
     started = [host for batch in batches or [] for host in batch]
     untouched = [host for host in hosts or [] if host not in started]
-    if halted:
-        lines.append(rollout_halt(results, budget) + "; later batches were not started")
+    if halt:
+        lines.append(halt + "; later batches were not started")
     lines.append("switched: " + (", ".join(h for h in started if h not in failed) or "none"))
     lines.append("failed: " + (", ".join(failed) or "none"))
+    unknown = [host for host in failed if results[host].get("rollback_failed")]
+    if unknown:
+        lines.append("state unknown (rollback failed): " + ", ".join(unknown))
     lines.append("left untouched: " + (", ".join(untouched) or "none"))
     return lines
 
 
-def rollout_halt(results, budget):
-    """Why the rollout stopped: the hosts that failed, against its budget."""
+def rollout_halt(results, budget, canaries=(), hosts=None):
+    """Why no later batch may start, or "" when they may: a canary host that failed, was
+    lost or never reached the switch (not among `hosts`, those the switch started with),
+    or more failed hosts than the budget allows. The canary's own batch passes no
+    `canaries`."""
+    for host in canaries or []:
+        if hosts is not None and host not in hosts:
+            return (f"halted: canary {host} failed (left out of the switch: unreachable "
+                    "when it started, or its staging failed)")
+        if "failed" in results.get(host, {}):
+            return f"halted: canary {host} failed ({results[host]['failed']})"
     failed = rollout_failed(results)
+    if len(failed) <= int(budget):
+        return ""
     return (f"halted: {len(failed)} host(s) failed ({', '.join(failed)}), more than "
             f"thorfleet_rollout_max_fail allows ({budget})")
 
@@ -129,4 +173,5 @@ class FilterModule:
                 "thorfleet_rollout_failed": rollout_failed,
                 "thorfleet_rollout_summary": rollout_summary,
                 "thorfleet_rollout_halt": rollout_halt,
+                "thorfleet_rollout_canaries": rollout_canaries,
                 "thorfleet_rollout_left_out": rollout_left_out}

@@ -102,23 +102,36 @@ def unit_inputs(specs, images, builds, manifests, templates, caches, api_keys, d
     return units
 
 
-def last_good_to_keep(specs, units, envs, found, env_dir):
+def last_good_to_keep(specs, units, envs, found, env_dir, unkept=()):
     """The unit and environment files to keep as each service's last good ones: those of
-    a service whose unit or environment file changed in this run, and any whose copy is
-    missing (found: a find result of the last good directory). A run that changed
+    a service whose unit or environment file changed in this run, or differs from its
+    last good copy (`unkept`: written by a run that did not verify it), and any whose copy
+    is missing (found: a find result of the last good directory). A run that changed
     nothing keeps nothing again."""
-    changed = {r["file"]["name"] for registered in (units, envs)
-               for r in (registered or {}).get("results", []) if r.get("changed")}
+    unverified = {spec["name"] for spec in unverified_services(specs, units, envs, unkept)}
     kept = {posixpath.basename(f["path"]) for f in (found or {}).get("files", [])}
     keep = []
     for spec in specs or []:
         files = [f"/etc/systemd/system/{spec['unit']}", f"{env_dir}/{spec['name']}.env"]
-        if spec["name"] in changed or any(posixpath.basename(f) not in kept for f in files):
+        if spec["name"] in unverified or any(posixpath.basename(f) not in kept for f in files):
             keep += files
     return keep
+
+
+def unverified_services(specs, units, envs, unkept=()):
+    """The services (specs) whose unit or environment file this run wrote, or that differ
+    from their last good copy (`unkept`, names of files): what verify has not passed yet,
+    so what a failed switch puts back (tasks/rollback.yml)."""
+    changed = {r["file"]["name"] for registered in (units, envs)
+               for r in (registered or {}).get("results", []) if r.get("changed")}
+    unkept = set(unkept or [])
+    return [spec for spec in specs or []
+            if spec["name"] in changed or spec["unit"] in unkept
+            or f"{spec['name']}.env" in unkept]
 
 
 class FilterModule:
     def filters(self):
         return {"thorfleet_unit_inputs": unit_inputs,
-                "thorfleet_last_good_to_keep": last_good_to_keep}
+                "thorfleet_last_good_to_keep": last_good_to_keep,
+                "thorfleet_unverified_services": unverified_services}

@@ -72,7 +72,8 @@ def test_a_host_without_a_result_left_the_run():
 def test_the_summary_names_each_batch_the_halt_and_the_hosts_left():
     results = {"thor01": {"restarted": ["chat"], "verified": 2},
                "thor02": {"failed": "Verify: chat: no answer", "put_back": ["chat"]}}
-    lines = rollout.rollout_summary([["thor01"], ["thor02"]], results, HOSTS, 0, halted=True)
+    halt = rollout.rollout_halt(results, 0, ["thor01"], HOSTS)
+    lines = rollout.rollout_summary([["thor01"], ["thor02"]], results, HOSTS, 0, halt)
     assert lines == [
         "batch 1: thor01 switched (1 restarted: chat, 2 checks passed)",
         "batch 2: thor02 failed (Verify: chat: no answer), put back: chat",
@@ -111,3 +112,82 @@ def test_results_that_do_not_pair_with_the_hosts_started_are_an_error():
 def test_a_switch_that_says_no_checks_passed_none():
     lines = rollout.rollout_summary([["thor01"]], {"thor01": {"restarted": []}}, HOSTS, 0)
     assert lines[0] == "batch 1: thor01 switched (0 restarted, 0 checks passed)"
+
+
+# --- the canary gates; the budget is for the hosts after it --------------------------------
+
+
+def fleet(size):
+    return [f"thor{n:02d}" for n in range(1, size + 1)]
+
+
+@pytest.mark.parametrize("size", [1, 4, 17, 60])
+def test_a_failed_canary_halts_whatever_the_budget(size):
+    hosts = fleet(size)
+    results = {"thor01": {"failed": "Send each service the requests: chat: 500"}}
+    for budget in (0, 1, size):
+        assert rollout.rollout_halt(results, budget, ["thor01"], hosts) == (
+            "halted: canary thor01 failed (Send each service the requests: chat: 500)")
+    # In the canary's own batch (no canaries passed) only the budget counts.
+    assert rollout.rollout_halt(results, 1, [], hosts) == ""
+
+
+@pytest.mark.parametrize("size", [1, 4, 17, 60])
+def test_a_canary_left_out_or_lost_halts_too(size):
+    hosts = fleet(size)
+    left_out = rollout.rollout_halt({}, size, ["thor01"], hosts[1:])
+    assert left_out.startswith("halted: canary thor01 failed (left out of the switch"), left_out
+    lost = rollout.rollout_results(["thor01"], [None])
+    assert rollout.rollout_halt(lost, size, ["thor01"], hosts) == (
+        "halted: canary thor01 failed (left the run during its switch (unreachable))")
+
+
+@pytest.mark.parametrize(("size", "max_fail", "budget"), [
+    (1, "10%", 0), (4, "10%", 0), (17, "10%", 1), (60, "10%", 6), (60, 1, 1), (17, "25%", 4)])
+def test_a_passed_canary_leaves_the_budget_to_the_batches(size, max_fail, budget):
+    hosts = fleet(size)
+    assert rollout.rollout_count(max_fail, size) == budget
+    results = {"thor01": {"restarted": ["chat"], "verified": 2},
+               **{host: {"failed": "x"} for host in hosts[1:budget + 1]}}
+    assert rollout.rollout_halt(results, budget, ["thor01"], hosts) == ""
+    if budget + 2 <= size:  # one more failed host than the budget halts
+        results[hosts[budget + 1]] = {"failed": "x"}
+        assert rollout.rollout_halt(results, budget, ["thor01"], hosts).startswith(
+            f"halted: {budget + 1} host(s) failed")
+
+
+def test_a_canary_group_fails_on_any_of_its_hosts():
+    hosts = fleet(17)
+    canaries = rollout.rollout_canaries(hosts, "canaries", {"canaries": ["thor09", "thor02"]})
+    assert canaries == ["thor02", "thor09"]  # in the run's order
+    results = {"thor02": {"restarted": [], "verified": 1}, "thor09": {"failed": "power: x"}}
+    assert rollout.rollout_halt(results, 5, canaries, hosts) == (
+        "halted: canary thor09 failed (power: x)")
+    assert rollout.rollout_canaries(hosts, "thor03", {}) == ["thor03"]
+    assert rollout.rollout_canaries(hosts, "", {}) == []
+    assert rollout.rollout_canaries(hosts, "thor99", {}) == []
+
+
+def test_a_failed_rollback_is_named_with_the_host_state_unknown():
+    results = {"thor01": {"failed": "Restart: chat did not start", "put_back": [],
+                          "rollback_failed": "Put back the last good unit: No such file"}}
+    lines = rollout.rollout_summary([["thor01"]], results, HOSTS, 1,
+                                    rollout.rollout_halt(results, 1, [], HOSTS))
+    assert lines[0] == ("batch 1: thor01 failed (Restart: chat did not start), rollback "
+                        "failed (Put back the last good unit: No such file): its state is "
+                        "unknown")
+    assert "failed: thor01" in lines and "state unknown (rollback failed): thor01" in lines
+    assert not any(line.startswith("halted") for line in lines)  # within the budget of 1
+    assert rollout.rollout_failed(results) == ["thor01"]  # counts against it
+
+
+def test_a_switch_not_verified_or_with_a_warning_says_so():
+    results = {"thor01": {"restarted": ["chat"], "verified": 0, "unverified": True},
+               "thor02": {"restarted": [], "verified": 1,
+                          "warning": "Prune images no service runs: disk busy"}}
+    lines = rollout.rollout_summary([["thor01", "thor02"]], results, HOSTS, 0, "")
+    assert lines[0] == (
+        "batch 1: thor01 switched (1 restarted: chat, not verified: nothing kept as last good, "
+        "nothing pruned); thor02 switched (0 restarted, 1 check passed), warning: Prune "
+        "images no service runs: disk busy")
+    assert "switched: thor01, thor02" in lines

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HOSTS = ["h1", "h2", "h3", "h4"]
 
 # Stand-ins for the roles the switch runs. Each appends [host, what, time] to a log per
-# host; `fail_at` ({host: what}) makes that step fail there.
+# host; `fail_at` ({host: what, or a list of them}) makes that step fail there.
 RECORD = """
 - name: Record {what}
   ansible.builtin.shell: >-
@@ -30,7 +30,7 @@ RECORD = """
 - name: Fail {what} where asked
   ansible.builtin.fail:
     msg: "{what} failed on {{{{ inventory_hostname }}}}"
-  when: fail_at[inventory_hostname] | default('') == '{what}'
+  when: "'{what}' in [fail_at[inventory_hostname] | default('')] | flatten"
 """
 ROLES = {
     "thor_power/tasks/main.yml": RECORD.format(what="power"),
@@ -76,7 +76,11 @@ def switch(tmp_path):
     playbook = tmp_path / "site.yml"
     playbook.write_text(yaml.safe_dump([
         {"name": "Preflight", "hosts": "thor", "gather_facts": False,
-         "tasks": [{"name": "Reach the host", "ansible.builtin.ping": {}}]},
+         "tasks": [{"name": "Reach the host", "ansible.builtin.ping": {}},
+                   {"name": "Fail staging where asked",
+                    "ansible.builtin.fail": {"msg": "staging failed"},
+                    "when": "'staging' in [fail_at[inventory_hostname] | default('')] "
+                            "| flatten"}]},
         {"name": "Switch", "ansible.builtin.import_playbook": str(ROOT / "playbooks/switch.yml")},
     ], sort_keys=False))
 
@@ -242,3 +246,100 @@ def test_a_host_lost_during_its_switch_counts_as_failed(switch, tmp_path):
     assert "; h2 failed (left the run during its switch (unreachable))" in summary[0], run
     assert summary[1].startswith("halted: 1 host(s) failed (h2)"), run
     assert "left untouched: h3, h4" in summary, run
+
+
+# --- failing safe (issue 34) ------------------------------------------------------------
+
+
+def untouched(run, hosts):
+    return all(run.steps(host) == [] for host in hosts)
+
+
+def test_a_failed_canary_halts_the_rollout_whatever_the_budget(switch):
+    # The README's 60-host command's settings: a budget of one is for the batches, not
+    # for the canary.
+    run = switch("-e", "thorfleet_rollout_canary=h1", "-e", "thorfleet_rollout_batch=10%",
+                 "-e", "thorfleet_rollout_max_fail=1", fail_at={"h1": "verify"})
+    assert run.rc != 0, run
+    assert run.steps("h1") == ["power", "services", "verify", "rollback"], run
+    assert untouched(run, ["h2", "h3", "h4"]), run
+    summary = run.summary()
+    assert ("halted: canary h1 failed (Fail verify where asked: verify failed on h1); later "
+            "batches were not started") in summary, run
+    assert "left untouched: h2, h3, h4" in summary, run
+
+
+@pytest.mark.parametrize("how", ["unreachable", "staging"])
+def test_a_canary_that_never_reaches_the_switch_halts_it(switch, how):
+    hosts = {"h1": UNREACHABLE} if how == "unreachable" else None
+    fail_at = {"h1": "staging"} if how == "staging" else None
+    run = switch("-e", "thorfleet_rollout_canary=h1", "-e", "thorfleet_rollout_batch=1",
+                 "-e", "thorfleet_rollout_max_fail=1", hosts=hosts, fail_at=fail_at)
+    assert run.rc != 0, run
+    assert untouched(run, HOSTS), run
+    summary = run.summary()
+    assert summary[0].startswith("halted: canary h1 failed (left out of the switch"), run
+    assert "left untouched: h2, h3, h4" in summary and "left out: h1" in summary, run
+
+
+@pytest.mark.parametrize(("max_fail", "switched"), [(1, ["h1", "h3", "h4"]), (0, ["h1"])])
+def test_a_failed_rollback_in_batches_of_one_still_ends_in_the_summary(switch, max_fail,
+                                                                       switched):
+    run = switch("-e", "thorfleet_rollout_batch=1", "-e", f"thorfleet_rollout_max_fail={max_fail}",
+                 fail_at={"h2": ["verify", "rollback"]})
+    assert run.rc != 0, run
+    assert run.steps("h2") == ["power", "services", "verify", "rollback"], run
+    for host in switched:
+        assert run.steps(host) == SWITCHED, run
+    summary = run.summary()
+    assert summary[1] == ("batch 2: h2 failed (Fail verify where asked: verify failed on h2), "
+                          "rollback failed (Fail rollback where asked: rollback failed on h2): "
+                          "its state is unknown"), run
+    assert "state unknown (rollback failed): h2" in summary, run
+    assert f"switched: {', '.join(switched)}" in summary, run
+    assert "rollback failed, state unknown" in run.output, run  # the host's own failure
+
+
+@pytest.mark.parametrize(("flag", "steps"), [("--tags=services", ["services"]),
+                                             ("--skip-tags=verify", ["power", "services"])])
+def test_a_run_that_skips_verify_keeps_nothing_and_prunes_nothing(switch, flag, steps):
+    run = switch(flag)
+    assert run.rc == 0, run
+    for host in HOSTS:
+        assert run.steps(host) == steps, run  # no keep, no prune
+    assert run.summary()[0].startswith(
+        "batch 1: h1 switched (1 restarted: chat, not verified: nothing kept as last good, "
+        "nothing pruned)"), run
+
+
+def test_housekeeping_that_fails_after_the_commit_point_is_a_warning(switch):
+    run = switch("-e", "thorfleet_rollout_batch=2", fail_at={"h1": "prune"})
+    assert run.rc == 0, run
+    for host in HOSTS:
+        assert run.steps(host) == SWITCHED, run  # h1: no rollback after its keep
+    summary = run.summary()
+    assert summary[0].startswith("batch 1: h1 switched (1 restarted: chat, 2 checks passed), "
+                                 "warning: Fail prune where asked: prune failed on h1;"), run
+    assert "failed: none" in summary, run
+
+
+def test_a_run_of_other_phases_switches_nothing_and_prints_no_summary(switch):
+    run = switch("--tags=models")
+    assert run.rc == 0, run
+    assert untouched(run, HOSTS), run
+    assert "left untouched" not in run.output, run  # the summary was skipped
+
+
+def test_a_failed_switch_under_tags_services_is_put_back_through_nested_includes(switch,
+                                                                                 tmp_path):
+    # The real rollback (roles/inference_services/tasks/rollback.yml) includes put_back.yml
+    # per service: a run limited by tags must reach those tasks too.
+    tasks = tmp_path / "roles/inference_services/tasks"
+    (tasks / "put_back.yml").write_text("---\n" + RECORD.format(what="put_back"))
+    (tasks / "rollback.yml").write_text("---\n" + ROLES["inference_services/tasks/rollback.yml"]
+                                        + "\n- name: Put back each service\n"
+                                        "  ansible.builtin.include_tasks: put_back.yml\n")
+    run = switch("--tags=services", fail_at={"h1": "services"})
+    assert run.rc != 0, run
+    assert run.steps("h1") == ["services", "rollback", "put_back"], run
+    assert run.steps("h2") == ["services"], run

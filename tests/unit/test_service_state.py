@@ -175,3 +175,31 @@ def test_the_packages_the_units_need_are_asked_of_dpkg_in_the_same_read(tmp_path
                       "curl", "busybox", "jq", "curl=8.5.0-2"]]
     # Removed (`un`), unknown, or pinned to a version (apt judges those): to install.
     assert done.result["packages_missing"] == ["busybox", "jq", "curl=8.5.0-2"]
+
+
+def test_files_that_differ_from_their_last_good_copy_are_named_unkept(tmp_path, monkeypatch):
+    # A run that skipped verify (--tags services) wrote chat's unit and environment file:
+    # they differ from the last good copies, so they are not yet what a rollback returns
+    # to. A file with no last good copy is not named (there is nothing to go back to).
+    paths = host(tmp_path)
+    env_dir = tmp_path / "env"
+    env_dir.mkdir()
+    (env_dir / "chat.env").write_text("KEY=new\n")
+    (env_dir / "asr.env").write_text("KEY=2\n")
+    monkeypatch.setattr(state.AnsibleModule, "run_command", lambda self, argv, **kw: (0, "", ""))
+    monkeypatch.setattr(state.AnsibleModule, "get_bin_path",
+                        lambda self, name, required=False: f"/usr/bin/{name}")
+
+    def unkept():
+        done = run_module(state, {
+            "units": ["thorfleet-chat.service", "thorfleet-asr.service"],
+            "unit_dir": paths["unit_dir"], "last_good_dir": paths["last_good"],
+            "env_files": [str(env_dir / "chat.env"), str(env_dir / "asr.env")]}, monkeypatch,
+            check=True)
+        return done.result["unkept"]
+
+    assert unkept() == ["chat.env"]
+    (tmp_path / "units/thorfleet-chat.service").write_text("[Unit]\nDescription=new\n")
+    assert unkept() == ["thorfleet-chat.service", "chat.env"]
+    (tmp_path / "last-good/chat.env").write_text("KEY=new\n")
+    assert unkept() == ["thorfleet-chat.service"]

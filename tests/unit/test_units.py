@@ -108,3 +108,19 @@ def test_only_what_changed_or_is_missing_is_kept_as_last_good():
         f"/etc/systemd/system/{asr['unit']}", f"{env_dir}/asr.env"]
     # A first run keeps everything.
     assert len(units.last_good_to_keep(SERVICES, None, None, {"files": []}, env_dir)) == 4
+    # A unit a run that skipped verify wrote (it differs from its last good copy) is kept
+    # by the next run that verifies, though that run changed nothing.
+    assert units.last_good_to_keep(SERVICES, nothing, nothing, found, env_dir,
+                                   ["asr.env"]) == [
+        f"/etc/systemd/system/{asr['unit']}", f"{env_dir}/asr.env"]
+
+
+def test_a_failed_switch_puts_back_what_it_changed_and_what_no_verify_passed():
+    chat, asr = SERVICES
+    nothing = {"results": [{"file": chat, "changed": False}, {"file": asr, "changed": False}]}
+    changed = {"results": [{"file": chat, "changed": True}]}
+    assert units.unverified_services(SERVICES, nothing, nothing, []) == []
+    assert units.unverified_services(SERVICES, changed, nothing, []) == [chat]
+    assert units.unverified_services(SERVICES, nothing, changed, []) == [chat]
+    assert units.unverified_services(SERVICES, nothing, nothing, [asr["unit"]]) == [asr]
+    assert units.unverified_services(SERVICES, changed, None, ["asr.env"]) == [chat, asr]

@@ -97,6 +97,14 @@ last_good:
   description: The files in O(last_good_dir), shaped as a C(find) result.
   returned: always
   type: dict
+unkept:
+  description:
+    - The names of the units and environment files whose content differs from their last
+      good copy in O(last_good_dir) (one there, that is): written by a run that did not
+      verify them (C(--tags services)), so not yet what a rollback returns to.
+  returned: always
+  type: list
+  elements: str
 packages_missing:
   description: The entries of O(packages) that dpkg does not report installed.
   returned: always
@@ -183,6 +191,26 @@ def sha1_as_written(path, mode):
         return ""
 
 
+def content(path):
+    """A file's bytes, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:
+        return None
+
+
+def unkept(paths, last_good_dir):
+    """The names of `paths` whose content differs from their copy in the last good
+    directory, where there is one."""
+    names = []
+    for path in paths:
+        kept = content(os.path.join(last_good_dir, os.path.basename(path)))
+        if kept is not None and content(path) != kept:
+            names.append(os.path.basename(path))
+    return names
+
+
 def packages_missing(module, packages):
     """The packages dpkg does not report installed (status `ii`), in one dpkg-query."""
     if not packages:
@@ -242,6 +270,8 @@ def main():
                   or states.get(u, ("", ""))[1] not in RUNNING],
         last_good={"files": files_matching(p["last_good_dir"], ["thorfleet-*.service",
                                                                  "*.env"])},
+        unkept=unkept([os.path.join(p["unit_dir"], u) for u in p["units"]] + p["env_files"],
+                      p["last_good_dir"]),
         packages_missing=packages_missing(module, p["packages"]),
         file_sums={**{os.path.join(p["unit_dir"], u): sha1_as_written(
                           os.path.join(p["unit_dir"], u), 0o644) for u in p["units"]},
