@@ -42,7 +42,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 STANDIN = "thorfleet lab stand-in"
 # The nonthinking template ends its generation prompt with an empty think block.
 EMPTY_THINK = "<think>\n\n</think>"
+# An image built broken: set to "1" it exits at start; set to "answers" it starts and
+# answers /health, but every /v1 request with a server error (it fails verify only).
 BROKEN = "THORFLEET_STANDIN_BROKEN"
+ANSWERS = "answers"
 # Where each engine compiles kernels on a first start (one of its caches in the catalogue):
 # the stand-in leaves a marker there, and says whether it found one from a start before.
 JIT_CACHE = {"vllm": "~/.cache/vllm", "sglang": "~/.cache/flashinfer"}
@@ -231,6 +234,9 @@ def make_handler(settings: dict, command: list[str]):
             if not self._authorised():
                 return None
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if os.environ.get(BROKEN) == ANSWERS:
+                return self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": {
+                    "message": f"{STANDIN}: this image is built to fail ({BROKEN}={ANSWERS})"}})
             if self.path == "/v1/chat/completions":
                 try:
                     request = json.loads(body)
@@ -323,7 +329,7 @@ def main(engine: str, command: list[str]) -> None:
     """Serve as `engine` ("vllm" or "sglang"), started with `command` (the full argv)."""
     skip = 1 if engine == "vllm" else 3  # "vllm" | "python -m sglang.launch_server"
     settings = configure(engine, command[skip:])
-    if os.environ.get(BROKEN):
+    if os.environ.get(BROKEN) and os.environ.get(BROKEN) != ANSWERS:
         # An image that cannot serve, as one whose engine cannot load its model: for tests
         # of a rollout that fails.
         sys.exit(f"{STANDIN}: this image is built broken ({BROKEN})")

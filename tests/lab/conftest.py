@@ -242,10 +242,11 @@ def jetson(lab):
 
 
 def push_standin(lab: Lab, engine: str, tag: str, version: str | None = None,
-                 broken: bool = False) -> str:
+                 broken: bool | str = False) -> str:
     """Push an engine's stand-in under `tag` as a publisher would: `version` labels the
     image (default: the tag), so one tag can be moved to a different image; a `broken`
-    one exits at start. Returns the digest."""
+    one exits at start, one broken="answers" starts and fails every request. Returns the
+    digest."""
     repository, _tag = lab.container_engines()[engine]
     parts = lab_images.image(lab.standin_layer(), engine, version or tag, broken)
     return lab.registry().push(repository, tag, parts)

@@ -1,8 +1,9 @@
 """A fleet rollout on the four-host lab: images staged on every host, then switched batch
-by batch behind the verify phase's checks, a failed batch put back and the rollout
-halted, hosts down at the start left out and caught up, and a host whose power was cut
-serving again on its own. thor01 runs its five services, thor02 to thor04 one vLLM
-stand-in each (thor02 for this module only)."""
+by batch behind the verify phase's checks, a failed canary halting the rollout, a failed
+rollback reported and the rollout still summarised with its shares closed, a run that
+skips verify keeping nothing, hosts down at the start left out and caught up, and a host
+whose power was cut serving again on its own. thor01 runs its five services, thor02 to
+thor04 one vLLM stand-in each (thor02 for this module only)."""
 
 from __future__ import annotations
 
@@ -91,14 +92,34 @@ def fleet(lab, hosts):
     assert back.rc == 0, back
 
 
-def test_a_broken_image_stops_at_the_first_host_and_the_rest_keep_serving(lab, fleet):
+def said(run) -> str:
+    """A run's output with its whitespace made single spaces: the YAML callback folds a
+    long line of the summary."""
+    return " ".join(run.output.split())
+
+
+def units_and_pids(host) -> dict:
+    """{unit: (sha256 of its bytes, main PID)} of every service unit of a host: what a
+    host a rollout never touched keeps."""
+    listing = host.check_output(
+        "cd /etc/systemd/system && for unit in thorfleet-*.service; do "
+        "echo $unit $(sha256sum < $unit | cut -c1-64) "
+        "$(systemctl show -p MainPID --value $unit); done")
+    return {line.split()[0]: tuple(line.split()[1:]) for line in listing.splitlines()}
+
+
+def test_the_readmes_rollout_with_a_broken_image_stops_at_the_canary(lab, fleet):
+    # The README's 60-host command as written (canary thor01, 10%, one failure allowed):
+    # the budget is for the batches; a failed canary halts the rollout. Cost: ~1 min 50 s.
     push_standin(lab, "vllm", "25.11-py3", broken=True)
+    IMAGES_VARS.write_text("---\n" + yaml.safe_dump(catalogue_image("25.11-py3")))
     before = state(fleet)
-    run = Playbook("site.yml", "-e", "thorfleet_rollout_batch=1",
-                   "-e", json.dumps(catalogue_image("25.11-py3")))
+    others = {host: units_and_pids(fleet[host]) for host in HOSTS[1:]}
+    assert ROLLOUT[0] == "ansible-playbook" and "thorfleet_rollout_max_fail=1" in ROLLOUT, ROLLOUT
+    run = Playbook(*ROLLOUT[1:])
     assert run.rc == 2, run
-    assert "halted: 1 host(s) failed (thor01)" in run.output, run
-    assert "left untouched: thor02, thor03, thor04" in run.output, run
+    assert "halted: canary thor01 failed (" in said(run), run
+    assert "left untouched: thor02, thor03, thor04" in said(run), run
     assert run.recap["thor01"]["failed"] == 1, run
     assert all(run.recap[host]["failed"] == 0 for host in HOSTS[1:]), run
     # The image was staged everywhere: every host pulled it beside the running one.
@@ -107,14 +128,72 @@ def test_a_broken_image_stops_at_the_first_host_and_the_rest_keep_serving(lab, f
         assert broken in fleet[host].check_output(
             f"docker images --digests --format '{{{{.Digest}}}}' {REGISTRY}/nvidia/vllm")
     after = state(fleet)
-    for (host, name), (pid, image, health) in after.items():
+    for (host, name), (_pid, image, health) in after.items():
         assert health == "200", (host, name)
         assert image == before[(host, name)][1], (host, name)  # the old digest
-        if host != "thor01":
-            assert pid == before[(host, name)][0], (host, name)  # never restarted
+    for host in HOSTS[1:]:  # never restarted, units as they were
+        assert units_and_pids(fleet[host]) == others[host], host
     # thor01 tried, failed to start on the new image and was put back.
     assert all(after[("thor01", name)][0] != before[("thor01", name)][0]
                for name in VLLM["thor01"])
+
+
+def test_batches_of_one_with_a_failed_rollback_end_in_the_summary_with_every_share_closed(
+        lab, fleet):
+    # thor02 fails and is put back (within the budget of one); thor03 fails and its
+    # rollback fails too (its last good unit is a dangling link): the rollout halts with
+    # the summary, thor04 is untouched and no host's share is left listening. Ansible
+    # would end a playbook whose only host in a batch failed. Cost: ~1 min 30 s.
+    push_standin(lab, "vllm", "25.11-py3", broken=True)
+    IMAGES_VARS.write_text("---\n" + yaml.safe_dump(catalogue_image("25.11-py3")))
+    thor04 = units_and_pids(fleet["thor04"])
+    kept = "/var/lib/thorfleet/last-good/thorfleet-chat.service"
+    fleet["thor03"].check_output(f"mv {kept} {kept}.saved && ln -s /nonexistent {kept}")
+    try:
+        run = Playbook("site.yml", "-l", "thor02,thor03,thor04", "-e", "thorfleet_rollout_batch=1",
+                       "-e", "thorfleet_rollout_max_fail=1", "-e", "thorfleet_fleet_fetch=true")
+    finally:
+        fleet["thor03"].check_output(f"rm -f {kept} && mv {kept}.saved {kept}")
+    assert run.rc == 2, run
+    assert "batch 1: thor02 failed (" in said(run) and "put back: chat" in said(run), run
+    assert "batch 2: thor03 failed (" in said(run), run
+    assert "rollback failed (" in said(run) and "its state is unknown" in said(run), run
+    assert "state unknown (rollback failed): thor03" in said(run), run
+    assert "halted: 2 host(s) failed (thor02, thor03)" in said(run), run
+    assert "left untouched: thor04" in said(run), run
+    assert units_and_pids(fleet["thor04"]) == thor04
+    for host in HOSTS:
+        assert ":873 " not in fleet[host].check_output("ss -ltn"), host
+    assert service_state(fleet["thor02"], "chat", 8000)[2] == "200"  # put back
+
+
+def test_a_run_limited_to_services_keeps_nothing_as_last_good_and_prunes_nothing(lab, fleet):
+    # An image that starts and answers /health but fails every request: a --tags services
+    # run restarts onto it without verify, so it keeps nothing as last good and prunes no
+    # image; the next full run verifies, fails and puts the last good unit back.
+    # Cost: ~1 min.
+    host = fleet["thor04"]
+    previous = service_state(host, "chat", 8000)[1]
+    bad = push_standin(lab, "vllm", "25.13-py3", broken="answers")
+    IMAGES_VARS.write_text("---\n" + yaml.safe_dump(catalogue_image("25.13-py3")))
+    kept = host.check_output("sha256sum /var/lib/thorfleet/last-good/thorfleet-chat.service")
+    listing = f"docker images --digests --format '{{{{.Digest}}}}' {REGISTRY}/nvidia/vllm"
+    staged = Playbook("site.yml", "-l", "thor04", "--tags", "images")
+    assert staged.rc == 0, staged
+    images = set(host.check_output(listing).split())
+    run = Playbook("site.yml", "-l", "thor04", "--tags", "services")
+    assert run.rc == 0, run
+    assert ("thor04 switched (1 restarted: chat, not verified: nothing kept as last good, "
+            "nothing pruned)") in said(run), run
+    assert service_state(host, "chat", 8000)[1] == f"{REGISTRY}/nvidia/vllm@{bad}"
+    assert host.check_output(
+        "sha256sum /var/lib/thorfleet/last-good/thorfleet-chat.service") == kept
+    assert set(host.check_output(listing).split()) == images  # nothing pruned
+    verified = Playbook("site.yml", "-l", "thor04")
+    assert verified.rc == 2, verified
+    assert "thor04 failed (" in said(verified) and "put back: chat" in said(verified)
+    _pid, image, health = service_state(host, "chat", 8000)
+    assert image == previous and health == "200"
 
 
 def test_the_readmes_rollout_goes_canary_first_then_batch_by_batch(lab, fleet):

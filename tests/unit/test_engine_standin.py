@@ -150,3 +150,14 @@ def test_a_streamed_chat_sends_each_token_then_usage_then_done(standin, monkeypa
     with urllib.request.urlopen(request, timeout=5) as response:
         text = response.read().decode()
     assert '"finish_reason": "stop"' in text and '"usage"' not in text
+
+
+def test_an_image_built_to_fail_answers_health_but_no_request(standin, monkeypatch):
+    # For tests of a health gate: the service starts and is healthy, verify fails.
+    serve, _root = standin
+    base = serve()
+    monkeypatch.setenv(engine_standin.BROKEN, engine_standin.ANSWERS)
+    with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+        assert response.status == 200
+    status, body = chat(base, "hello")
+    assert status == 500 and "built to fail" in body["error"]["message"]

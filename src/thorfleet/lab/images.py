@@ -155,10 +155,11 @@ def _compressed(layer: bytes) -> bytes:
     return gzip.compress(layer, compresslevel=1, mtime=0)
 
 
-def image(layer: bytes, engine: str, version: str, broken: bool = False,
+def image(layer: bytes, engine: str, version: str, broken: bool | str = False,
           arch: str | None = None) -> tuple[bytes, bytes, bytes]:
     """(compressed layer, config, manifest) of a stand-in image; a broken one exits at
-    start. `arch`: the platform its config names (default: this machine's)."""
+    start, or with broken="answers" starts and answers every request with an error.
+    `arch`: the platform its config names (default: this machine's)."""
     compressed = _compressed(layer)
     arch = arch or machine_arch()
     config = json.dumps({
@@ -168,7 +169,8 @@ def image(layer: bytes, engine: str, version: str, broken: bool = False,
             # their compile caches (the catalogue's `caches`).
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                     "HOME=/root"]
-            + ([f"{engine_standin.BROKEN}=1"] if broken else []),
+            + ([f"{engine_standin.BROKEN}={'1' if broken is True else broken}"]
+               if broken else []),
             "Labels": {"org.thorfleet.standin": engine, "org.thorfleet.version": version},
         },
         "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},
