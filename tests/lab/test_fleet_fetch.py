@@ -254,6 +254,9 @@ def test_a_rollouts_later_hosts_start_with_the_compile_caches_the_canary_made(la
         assert re.search(r"TASK \[inference_services : Copy the compile caches[^\n]*\n"
                          r"changed: \[thor04\]", run.output), run
         assert share_closed(hosts["thor03"]) and share_closed(hosts["thor04"])
+        # Both passed verify on the image: each marked its cache complete, to offer on.
+        complete = f"/var/cache/thorfleet/jit/{digest.replace(':', '-')}/.thorfleet-complete"
+        assert hosts["thor03"].file(complete).exists and hosts["thor04"].file(complete).exists
 
         again = Playbook(*rollout)
         assert again.rc == 0 and all(again.recap[name]["changed"] == 0

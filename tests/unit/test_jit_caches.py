@@ -61,15 +61,16 @@ def test_a_cache_this_host_lacks_is_copied_into_place(tmp_path, rsync, monkeypat
     done = run_module(jit_caches, {"root": str(root), "peers": [
         {"digest": DIGEST, "name": "thor01", "url": URL}]}, monkeypatch)
     assert not done.failed and done.result["changed"]
-    assert done.result["copied"] == [DIGEST] and done.result["held"] == [DIGEST]
+    # Copied, but not offered on: this host's own switch has not passed verify on it yet.
+    assert done.result["copied"] == [DIGEST] and done.result["held"] == []
     place = root / ("sha256-" + "b" * 64)
     assert (place / "root/.cache/vllm/kernel.bin").read_bytes() == b"\x7fELF kernels"
     assert rsync[0][-2:] == [URL + "/", str(root / f".sha256-{'b' * 64}.partial") + "/"]
-    # No link of the peer's that leads out of the cache comes over.
-    assert "--safe-links" in rsync[0]
+    # No link of the peer's that leads out of the cache comes over, nor the peer's mark.
+    assert "--safe-links" in rsync[0] and "--exclude=/.thorfleet-complete" in rsync[0]
     assert sorted(os.listdir(root)) == ["sha256-" + "b" * 64]  # no partial left
 
-    # Held now: asked again, nothing is copied.
+    # There now: asked again, nothing is copied over it.
     again = run_module(jit_caches, {"root": str(root), "peers": [
         {"digest": DIGEST, "name": "thor01", "url": URL}]}, monkeypatch)
     assert not again.result["changed"] and len(rsync) == 1
@@ -92,17 +93,43 @@ def test_a_failed_copy_is_a_warning_and_leaves_the_host_as_it_was(tmp_path, rsyn
     assert not list((root / ("sha256-" + "b" * 64)).rglob("half"))
 
 
-def test_held_counts_only_caches_with_a_file(tmp_path, monkeypatch):
+def test_held_counts_only_caches_marked_complete(tmp_path, monkeypatch):
     root = tmp_path / "jit"
     (root / ("sha256-" + "a" * 64) / "root/.triton").mkdir(parents=True)  # made, never used
-    (root / ("sha256-" + "c" * 64) / "x").mkdir(parents=True)
-    (root / ("sha256-" + "c" * 64) / "x/k").write_text("k")
+    for digit in "cd":  # both written by an engine; c's host passed verify on it
+        (root / ("sha256-" + digit * 64) / "x").mkdir(parents=True)
+        (root / ("sha256-" + digit * 64) / "x/k").write_text("k")
+    (root / ("sha256-" + "c" * 64) / ".thorfleet-complete").write_text("")
     (root / "not-a-digest").mkdir()
     (root / "not-a-digest/k").write_text("k")
+    (root / "not-a-digest/.thorfleet-complete").write_text("")
     done = run_module(jit_caches, {"root": str(root)}, monkeypatch)
     assert done.result["held"] == ["sha256:" + "c" * 64] and not done.result["changed"]
     assert run_module(jit_caches, {"root": str(tmp_path / "none")}, monkeypatch
                       ).result["held"] == []
+
+
+def test_a_cache_is_offered_only_once_its_host_marked_it_after_verify(tmp_path, monkeypatch):
+    # The switch marks the caches of a host's images once its services passed verify; a
+    # host whose switch failed marks nothing, and its partial cache is never offered.
+    root = tmp_path / "jit"
+    partial = root / ("sha256-" + "d" * 64)
+    (partial / "root/.cache/vllm").mkdir(parents=True)
+    (partial / "root/.cache/vllm/half-compiled").write_text("k")
+    assert run_module(jit_caches, {"root": str(root)}, monkeypatch).result["held"] == []
+    digest = "sha256:" + "d" * 64
+    absent = "sha256:" + "e" * 64  # no cache directory: nothing to mark
+    check = run_module(jit_caches, {"root": str(root), "mark": [digest, absent]}, monkeypatch,
+                       check=True)
+    assert check.result["marked"] == [digest] and check.result["held"] == []
+    done = run_module(jit_caches, {"root": str(root), "mark": [digest, absent]}, monkeypatch)
+    assert done.result["changed"] and done.result["marked"] == [digest]
+    assert done.result["held"] == [digest] and (partial / ".thorfleet-complete").is_file()
+    again = run_module(jit_caches, {"root": str(root), "mark": [digest]}, monkeypatch)
+    assert not again.result["changed"] and again.result["marked"] == []
+    bad = run_module(jit_caches, {"root": str(root), "mark": ["sha256:x; rm -rf /"]},
+                     monkeypatch)
+    assert bad.failed and "mark: " in bad.result["msg"]
 
 
 @pytest.mark.parametrize(("peer", "field"), [

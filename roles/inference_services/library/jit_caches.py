@@ -11,11 +11,15 @@ short_description: Report the compile caches held per image digest; copy missing
 description:
   - The container engines keep the kernels they compile (torch.compile, FlashInfer,
     Triton) under O(root)/sha256-<hex>, one directory per image digest
-    (thorfleet_jit_cache_root). A digest is held when its directory holds at least one
-    regular file (an engine wrote something there).
-  - With O(peers), each digest this host does not hold is copied from the peer named for
-    it (rsync, from the read-only share of the thorfleet role), into a directory beside
-    its place, and moved into place only once complete. A cache is an optimisation: a copy
+    (thorfleet_jit_cache_root). A digest is held, and offered to the fleet, only when its
+    cache is marked complete: the switch marks the caches of a host's images (O(mark))
+    once its services passed verify, so a host whose switch failed never offers the
+    partial cache its engine left.
+  - With O(peers), each digest whose cache directory holds no file yet is copied from
+    the peer named for it (rsync, from the read-only share of the thorfleet role, without
+    the peer's mark), into a directory beside its place, and moved into place only once
+    complete; a cache this host's engine already wrote to is never replaced. A cache is
+    an optimisation: a copy
     that fails leaves this host as it was, is reported in RV(not_copied) and as a warning
     (not as C(failed), which would fail the task), and the engine compiles its kernels
     itself on its first start.
@@ -27,10 +31,17 @@ options:
     required: true
   peers:
     description:
-      - The caches to copy when not held here; C(digest) (C(sha256:<hex>)), C(name) (the
+      - The caches to copy where this host's directory of the digest holds no file; C(digest) (C(sha256:<hex>)), C(name) (the
         peer's host name, for messages) and C(url) (C(rsync://<address>:<port>/thorfleet-jit/sha256-<hex>)).
     type: list
     elements: dict
+    default: []
+  mark:
+    description:
+      - Digests (C(sha256:<hex>)) whose caches to mark complete, after this host's services
+        on those images passed verify. A digest without a cache directory is left alone.
+    type: list
+    elements: str
     default: []
 author:
   - thorfleet
@@ -48,11 +59,16 @@ EXAMPLES = r"""
 
 RETURN = r"""
 held:
-  description: The digests (C(sha256:<hex>)) whose caches this host holds after the copies.
+  description: The digests (C(sha256:<hex>)) whose caches this host holds complete (marked),
+    after the marks.
   returned: success
   type: list
 copied:
   description: The digests copied from a peer (in check mode, those that would be).
+  returned: success
+  type: list
+marked:
+  description: The digests of O(mark) newly marked complete (in check mode, those that would be).
   returned: success
   type: list
 not_copied:
@@ -69,6 +85,8 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 DIR = re.compile(r"sha256-[0-9a-f]{64}")
+# Written in a cache directory once the host's services on that image passed verify.
+COMPLETE = ".thorfleet-complete"
 # rsync URL of a peer's share: an address or host name, a port, the caches' module.
 URL = re.compile(r"rsync://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}/thorfleet-jit/"
                  r"sha256-[0-9a-f]{64}")
@@ -83,14 +101,24 @@ def holds(path):
     return False
 
 
-def held(root):
-    """The digests whose cache directories under root hold something."""
+def digests(root, test):
+    """The digests whose cache directories under root pass `test` (a path's)."""
     try:
         names = os.listdir(root)
     except FileNotFoundError:
         return []
     return sorted(name.replace("-", ":", 1) for name in names
-                  if DIR.fullmatch(name) and holds(os.path.join(root, name)))
+                  if DIR.fullmatch(name) and test(os.path.join(root, name)))
+
+
+def complete(path):
+    """Whether a cache directory is marked complete."""
+    return os.path.isfile(os.path.join(path, COMPLETE))
+
+
+def held(root):
+    """The digests whose caches are marked complete: what this host offers."""
+    return digests(root, complete)
 
 
 def refused(peer):
@@ -115,12 +143,12 @@ def copy(module, root, peer):
     # out a link of the peer's that points outside the cache (absolute, or up out of it).
     rc, _out, err = module.run_command(
         [rsync, "--recursive", "--links", "--safe-links", "--perms", "--times", "--owner",
-         "--group",
+         "--group", f"--exclude=/{COMPLETE}",
          "--no-motd", "--timeout=300", "--contimeout=30", f"{peer['url']}/", f"{partial}/"])
     if rc != 0:
         shutil.rmtree(partial, ignore_errors=True)
         return (err.strip().splitlines() or [f"rsync exit status {rc}"])[-1]
-    # What is there holds no file (else the digest is held): the directories the services
+    # What is there holds no file (else it is not copied over): the directories the services
     # role made for it.
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(partial, dest)
@@ -132,6 +160,7 @@ def main():
         argument_spec={
             "root": {"type": "path", "required": True},
             "peers": {"type": "list", "elements": "dict", "default": []},
+            "mark": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -140,7 +169,18 @@ def main():
         reason = refused(peer)
         if reason:
             module.fail_json(msg=f"jit_caches: peers: {reason}: refused")
-    have = set(held(root))
+    for digest in module.params["mark"]:
+        if not DIGEST.fullmatch(digest):
+            module.fail_json(msg=f"jit_caches: mark: {digest[:80]!r} is not sha256:<64 hex>")
+    marked = []
+    for digest in module.params["mark"]:
+        path = os.path.join(root, digest.replace(":", "-"))
+        if os.path.isdir(path) and not complete(path):
+            if not module.check_mode:
+                with open(os.path.join(path, COMPLETE), "w") as out:
+                    out.write("passed verify on this host\n")
+            marked.append(digest)
+    have = set(digests(root, holds))
     copied, not_copied = [], []
     for peer in peers:
         if peer["digest"] in have or peer["digest"] in copied:
@@ -155,8 +195,8 @@ def main():
                             f"{peer.get('name')} ({error}): the engine compiles them")
                 continue
         copied.append(peer["digest"])
-    module.exit_json(changed=bool(copied), held=sorted(have | set(copied)), copied=copied,
-                     not_copied=not_copied)
+    module.exit_json(changed=bool(copied or marked), held=held(root), copied=copied,
+                     not_copied=not_copied, marked=marked)
 
 
 if __name__ == "__main__":
