@@ -31,8 +31,9 @@ options:
     required: true
   peers:
     description:
-      - The caches to copy where this host's directory of the digest holds no file; C(digest) (C(sha256:<hex>)), C(name) (the
-        peer's host name, for messages) and C(url) (C(rsync://<address>:<port>/thorfleet-jit/sha256-<hex>)).
+      - The caches to copy where this host's directory of the digest holds no file;
+        C(digest) (C(sha256:<hex>)), C(name) (the peer's host name, for messages) and
+        C(url) (C(rsync://<address>:<port>/thorfleet-jit/sha256-<hex>)).
     type: list
     elements: dict
     default: []
