@@ -118,12 +118,19 @@ def last_good_to_keep(specs, units, envs, found, env_dir, unkept=()):
     return keep
 
 
+def changed_services(specs, units, envs):
+    """The services (specs) whose unit or environment file this run wrote (`units`,
+    `envs`: the registered results of the two writes): what the handler restarts."""
+    changed = {r["file"]["name"] for registered in (units, envs)
+               for r in (registered or {}).get("results", []) if r.get("changed")}
+    return [spec for spec in specs or [] if spec["name"] in changed]
+
+
 def unverified_services(specs, units, envs, unkept=()):
     """The services (specs) whose unit or environment file this run wrote, or that differ
     from their last good copy (`unkept`, names of files): what verify has not passed yet,
     so what a failed switch puts back (tasks/rollback.yml)."""
-    changed = {r["file"]["name"] for registered in (units, envs)
-               for r in (registered or {}).get("results", []) if r.get("changed")}
+    changed = {spec["name"] for spec in changed_services(specs, units, envs)}
     unkept = set(unkept or [])
     return [spec for spec in specs or []
             if spec["name"] in changed or spec["unit"] in unkept
@@ -134,4 +141,5 @@ class FilterModule:
     def filters(self):
         return {"thorfleet_unit_inputs": unit_inputs,
                 "thorfleet_last_good_to_keep": last_good_to_keep,
+                "thorfleet_changed_services": changed_services,
                 "thorfleet_unverified_services": unverified_services}

@@ -119,6 +119,8 @@ def test_a_failed_switch_puts_back_what_it_changed_and_what_no_verify_passed():
     chat, asr = SERVICES
     nothing = {"results": [{"file": chat, "changed": False}, {"file": asr, "changed": False}]}
     changed = {"results": [{"file": chat, "changed": True}]}
+    assert units.changed_services(SERVICES, nothing, changed) == [chat]
+    assert units.changed_services(SERVICES, None, None) == []
     assert units.unverified_services(SERVICES, nothing, nothing, []) == []
     assert units.unverified_services(SERVICES, changed, nothing, []) == [chat]
     assert units.unverified_services(SERVICES, nothing, changed, []) == [chat]
