@@ -37,7 +37,19 @@ def _parse(value):
     return None if share and number > 100 else (number, share)
 
 
-def rollout_problems(batch, canary, max_fail, hosts, groups):
+PAUSE_MAX = 86400  # a day: a soak longer than that is a typo
+
+
+def _seconds(value):
+    """A whole number of seconds from 0 to PAUSE_MAX, or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and re.fullmatch(r"(0|[1-9][0-9]{0,5})", value):
+        value = int(value)
+    return value if isinstance(value, int) and 0 <= value <= PAUSE_MAX else None
+
+
+def rollout_problems(batch, canary, max_fail, hosts, groups, pause=0):
     """What is wrong with the rollout settings of a run, one message per field; `hosts`
     are the run's hosts, `groups` the inventory's groups."""
     problems = []
@@ -48,6 +60,9 @@ def rollout_problems(batch, canary, max_fail, hosts, groups):
     if _parse(max_fail) is None:
         problems.append(f"thorfleet_rollout_max_fail: {str(max_fail)[:40]!r} is not a number "
                         "of hosts (0 or more) or a share of them (0% to 100%)")
+    if _seconds(pause) is None:
+        problems.append(f"thorfleet_rollout_pause: {str(pause)[:40]!r} is not a whole "
+                        f"number of seconds from 0 to {PAUSE_MAX}")
     canary = canary or ""
     if canary:
         if not isinstance(canary, str) or not HOST_OR_GROUP.fullmatch(canary):

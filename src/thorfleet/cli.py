@@ -68,12 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--check", action="store_true",
                         help="change nothing; show what would change (--check --diff)")
     deploy.add_argument("--batch", metavar="N|P%",
-                        help="hosts switched together (thorfleet_rollout_batch; default: all)")
+                        help="hosts switched together (thorfleet_rollout_batch; default: 20%%, "
+                             "at least one)")
     deploy.add_argument("--canary", metavar="HOST",
                         help="a host or group switched first, alone (thorfleet_rollout_canary)")
     deploy.add_argument("--max-fail", metavar="N|P%",
                         help="hosts that may fail before later batches are not started "
                              "(thorfleet_rollout_max_fail; default 0)")
+    deploy.add_argument("--pause", metavar="SECONDS",
+                        help="after each batch passed verify, let it run this long and ask "
+                             "its services again (thorfleet_rollout_pause; default 0)")
 
     speed = fleet_command(commands, "bench", "run playbooks/bench.yml; the guide's speed "
                                              "table, details and a chart", extra=True)
@@ -123,7 +127,7 @@ def extra_vars(pairs: list[str]) -> dict:
 
 
 ROLLOUT_FLAGS = {"batch": "thorfleet_rollout_batch", "canary": "thorfleet_rollout_canary",
-                 "max_fail": "thorfleet_rollout_max_fail"}
+                 "max_fail": "thorfleet_rollout_max_fail", "pause": "thorfleet_rollout_pause"}
 
 
 def deploy(args) -> int:

@@ -14,7 +14,14 @@ from collections import Counter
 import pytest
 import yaml
 
-from tests.lab.conftest import HOSTS, Playbook, left_changed, push_standin, push_standin_list
+from tests.lab.conftest import (
+    AT_ONCE,
+    HOSTS,
+    Playbook,
+    left_changed,
+    push_standin,
+    push_standin_list,
+)
 from tests.snippets import snippets
 from thorfleet.lab import host_address
 from thorfleet.lab.config import (
@@ -412,4 +419,4 @@ def test_a_fleet_converged_from_empty_fetches_each_thing_once(lab, hosts, tmp_pa
         if not getattr(lab, "session_only", False):
             for name in HOSTS:
                 lab.ssh(name, FROM_EMPTY, check=False)
-            assert Playbook("site.yml", "-l", ",".join(HOSTS)).rc == 0
+            assert Playbook("site.yml", "-l", ",".join(HOSTS), *AT_ONCE).rc == 0

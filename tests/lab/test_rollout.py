@@ -8,19 +8,25 @@ thor04 one vLLM stand-in each (thor02 for this module only)."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
+import time
 from datetime import UTC, datetime
 
 import pytest
 import yaml
 
-from tests.lab.conftest import HOSTS, ROOT, Playbook, push_standin, thorfleet
+from tests.lab.conftest import AT_ONCE, HOSTS, ROOT, Playbook, push_standin, thorfleet
 from tests.snippets import commands_with
+from tests.timing import record_command
 from thorfleet.lab import FLEET_SERVICES, REGISTRY
 
 LOCK = ROOT / "inventory/lab/.thorfleet.lock.yml"
 THOR02_VARS = ROOT / "inventory/lab/host_vars/thor02.yml"
 # The README's inventory change for an image, as a site would commit it.
 IMAGES_VARS = ROOT / "inventory/lab/group_vars/thor/images.yml"
+RUN_LOCK = "/run/thorfleet/run.lock"  # roles/thorfleet's thorfleet_run_lock_path
 # The vLLM services of each host, and their ports.
 VLLM = {"thor01": {"qwen3-vllm": 8001, "whisper-vllm": 8002},
         **{host: {"chat": 8000} for host in HOSTS[1:]}}
@@ -72,10 +78,10 @@ def fleet(lab, hosts):
     catalogue's image, the lock as it was)."""
     locked = LOCK.read_text() if LOCK.exists() else None  # none on a lab's first run
     THOR02_VARS.write_text("---\n" + yaml.safe_dump({"thorfleet_services": FLEET_SERVICES}))
-    converged = Playbook("site.yml")
+    converged = Playbook("site.yml", *AT_ONCE)
     assert converged.rc == 0, converged
     assert set(converged.recap) == set(HOSTS), converged
-    again = Playbook("site.yml")
+    again = Playbook("site.yml", *AT_ONCE)
     assert again.rc == 0, again
     assert all(counts["changed"] == 0 for counts in again.recap.values()), again
     yield hosts
@@ -88,7 +94,7 @@ def fleet(lab, hosts):
     if sum(host.running for host in lab.status()) < len(HOSTS):  # a test stopped midway
         up = thorfleet("lab", "up", "--hosts", str(len(HOSTS)))
         assert up.returncode == 0, up.stdout + up.stderr
-    back = Playbook("site.yml")
+    back = Playbook("site.yml", *AT_ONCE)
     assert back.rc == 0, back
 
 
@@ -264,6 +270,49 @@ def test_deploy_shows_the_batches_live_and_summarises_them(fleet):
     assert -1 not in places and places == sorted(places), out
     # The summary table counts the switch's own tasks apart from its phases'.
     assert "thor03  Rollout" in out and "thor03  Services" in out, out
+
+
+def test_a_second_deploy_while_one_is_switching_is_refused_naming_the_first(lab, fleet):
+    # A deploy of thor03 with a 20 s soak holds thor03's run lock; a second deploy started
+    # meanwhile is refused in preflight, naming the first run, and changes nothing; the
+    # first ends, its soak asked the service again, and gives the lock back. Cost: ~1 min.
+    before = units_and_pids(fleet["thor03"])
+    argv = ["thorfleet", "deploy", "-l", "thor03", "--pause", "20"]
+    start = time.monotonic()
+    first = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        held = None
+        while held is None and time.monotonic() - start < 300 and first.poll() is None:
+            text = lab.ssh("thor03", f"cat {RUN_LOCK}", check=False).stdout
+            held = json.loads(text) if text.strip() else None
+            time.sleep(0.5)
+        assert held, "the first deploy took no lock"
+        second = thorfleet("deploy", "-l", "thor03")
+        out, _ = first.communicate(timeout=600)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+        record_command(argv, time.monotonic() - start)
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert (f"thor03 is locked by another run of site.yml: the run of {held['holder']} "
+            f"(ansible-playbook pid {held['pid']}), since {held['since']}. If that run is "
+            "over, clear its lock with: ansible-playbook playbooks/unlock.yml -l thor03"
+            ) in " ".join(second.stdout.split()), second.stdout
+    assert "== Models" not in second.stdout, second.stdout
+    assert first.returncode == 0, out
+    asked = "thor03       ok          Wait for each service, then send it the requests"
+    assert out.count(asked) == 2, out  # after the restart (none here) and after the soak
+    assert units_and_pids(fleet["thor03"]) == before
+    assert lab.ssh("thor03", f"test -e {RUN_LOCK}", check=False).returncode == 1
+    # A lock left by a run of another controller: the README's command clears it.
+    lab.ssh("thor03", f"echo '{json.dumps({**held, 'controller': 'elsewhere'})}' > {RUN_LOCK}")
+    (unlock,) = re.findall(r"^ansible-playbook playbooks/unlock\.yml .*$",
+                           (ROOT / "README.md").read_text(), re.MULTILINE)
+    cleared = Playbook(*shlex.split(unlock)[1:])
+    assert cleared.rc == 0 and f"cleared the lock of the run of {held['holder']}" in said(cleared)
+    assert lab.ssh("thor03", f"test -e {RUN_LOCK}", check=False).returncode == 1
 
 
 def test_a_bad_rollout_setting_fails_naming_it_before_any_host_changes(fleet):

@@ -4,23 +4,26 @@ naming the field, counts and shares of hosts, and what the summary says."""
 from __future__ import annotations
 
 import pytest
+import yaml
 from ansible.errors import AnsibleFilterError
+from ansible.utils.helpers import pct_to_int
 
-from tests.conftest import load
+from tests.conftest import ROOT, load
 
 rollout = load("filter_plugins/rollout.py")
 HOSTS = ["thor01", "thor02", "thor03", "thor04"]
 GROUPS = {"all": HOSTS, "thor": HOSTS, "canaries": ["thor02"], "elsewhere": ["thor09"]}
 
 
-def problems(batch="100%", canary="", max_fail=0, hosts=HOSTS):
-    return rollout.rollout_problems(batch, canary, max_fail, hosts, GROUPS)
+def problems(batch="100%", canary="", max_fail=0, hosts=HOSTS, pause=0):
+    return rollout.rollout_problems(batch, canary, max_fail, hosts, GROUPS, pause)
 
 
 @pytest.mark.parametrize("settings", [
     {}, {"batch": 1}, {"batch": "1"}, {"batch": "10%"}, {"batch": " 3 "},
     {"max_fail": "1"}, {"max_fail": "0%"}, {"max_fail": "100%"}, {"max_fail": 2},
-    {"canary": "thor01"}, {"canary": "canaries"}])
+    {"canary": "thor01"}, {"canary": "canaries"},
+    {"pause": 0}, {"pause": "30"}, {"pause": 86400}])
 def test_settings_a_rollout_takes(settings):
     assert problems(**settings) == []
 
@@ -39,7 +42,13 @@ def test_settings_a_rollout_takes(settings):
     ({"canary": "thor:!thor01"}, "thorfleet_rollout_canary"),
     ({"canary": "thor01;id"}, "thorfleet_rollout_canary"),
     ({"canary": "thor01\n"}, "thorfleet_rollout_canary"),
-    ({"canary": ["thor01"]}, "thorfleet_rollout_canary")])
+    ({"canary": ["thor01"]}, "thorfleet_rollout_canary"),
+    ({"pause": -1}, "thorfleet_rollout_pause"), ({"pause": 86401}, "thorfleet_rollout_pause"),
+    ({"pause": "1.5"}, "thorfleet_rollout_pause"), ({"pause": True}, "thorfleet_rollout_pause"),
+    ({"pause": "30;reboot"}, "thorfleet_rollout_pause"),
+    ({"pause": "30\n"}, "thorfleet_rollout_pause"),
+    ({"pause": " 5"}, "thorfleet_rollout_pause"),
+    ({"pause": 2.0}, "thorfleet_rollout_pause"), ({"pause": None}, "thorfleet_rollout_pause")])
 def test_a_bad_setting_is_refused_naming_its_field(settings, field):
     found = problems(**settings)
     assert len(found) == 1 and found[0].startswith(field + ": "), found
@@ -55,6 +64,16 @@ def test_a_canary_outside_this_runs_hosts_is_refused():
     ("100%", 7, 7)])
 def test_a_count_or_a_share_of_the_hosts(value, total, count):
     assert rollout.rollout_count(value, total) == count
+
+
+@pytest.mark.parametrize(("hosts", "batch"), [(1, 1), (4, 1), (9, 1), (10, 2), (17, 3),
+                                             (60, 12)])
+def test_the_default_batch_is_a_fifth_of_the_hosts_and_at_least_one(hosts, batch):
+    # As Ansible's `serial` takes the default: a share, rounded down, at least one host.
+    default = yaml.safe_load((ROOT / "playbooks/vars/rollout.yml").read_text())
+    assert problems(batch=default["thorfleet_rollout_batch"]) == []
+    assert pct_to_int(default["thorfleet_rollout_batch"], hosts) == batch
+    assert default["thorfleet_rollout_pause"] == 0
 
 
 def test_a_count_that_is_neither_fails_naming_the_field():

@@ -6,14 +6,17 @@ budget, the rollback, hosts left out or lost, and the summary."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.unit.test_run_lock import live_playbook
 from thorfleet import bounded
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +36,14 @@ RECORD = """
   when: "'{what}' in [fail_at[inventory_hostname] | default('')] | flatten"
 """
 ROLES = {
-    "thor_power/tasks/main.yml": RECORD.format(what="power"),
+    # The host's run lock, as its switch starts (a copy in the log directory).
+    "thor_power/tasks/main.yml": RECORD.format(what="power") + """
+- name: Keep a copy of the run lock
+  ansible.builtin.command: >-
+    cp {{ thorfleet_run_lock_path }} {{ log_dir }}/{{ inventory_hostname }}.lock-seen
+  changed_when: false
+  failed_when: false
+""",
     # The real role writes the units before it restarts anything.
     "inference_services/tasks/main.yml": """
 - name: Stand in for the units written
@@ -51,6 +61,12 @@ ROLES = {
 - name: Stand in for the answers
   ansible.builtin.set_fact:
     __service_verify: {answers: {results: [1, 2]}}
+    __verify_asked: "{{ __verify_asked | default(0) | int + 1 }}"
+- name: Fail the check after the soak where asked
+  ansible.builtin.fail:
+    msg: "verify after the soak failed on {{ inventory_hostname }}"
+  when: "__verify_asked | int > 1 and 'reverify' in [fail_at[inventory_hostname] | default('')]
+         | flatten"
 """,
     "ngc_images/tasks/prune.yml": RECORD.format(what="prune"),
     # No model revision staged: tests/unit/test_model_revisions.py covers those.
@@ -72,22 +88,35 @@ def switch(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     (tmp_path / "ansible.cfg").write_text("[defaults]\n")  # ansible-core's defaults
-    # A first play that reaches every host, as preflight does in site.yml, then the switch.
+    # The real run lock (roles/thorfleet), each host's in a file of its own.
+    (roles / "thorfleet").symlink_to(ROOT / "roles/thorfleet")
+    locks = tmp_path / "locks"
+    locks.mkdir()
+    # A first play that reaches every host and locks it, as preflight does in site.yml
+    # (not in check mode), a stand-in for the phases that stage, then the switch.
     playbook = tmp_path / "site.yml"
     playbook.write_text(yaml.safe_dump([
-        {"name": "Preflight", "hosts": "thor", "gather_facts": False,
+        {"name": "Preflight", "hosts": "thor", "gather_facts": False, "tags": ["always"],
          "tasks": [{"name": "Reach the host", "ansible.builtin.ping": {}},
-                   {"name": "Fail staging where asked",
+                   {"name": "Lock the run's hosts",
+                    "ansible.builtin.include_role": {"name": "thorfleet",
+                                                     "tasks_from": "run_lock"},
+                    "when": "not ansible_check_mode"}]},
+        {"name": "Staging", "hosts": "thor", "gather_facts": False,
+         "tasks": [{"name": "Fail staging where asked",
                     "ansible.builtin.fail": {"msg": "staging failed"},
                     "when": "'staging' in [fail_at[inventory_hostname] | default('')] "
                             "| flatten"}]},
         {"name": "Switch", "ansible.builtin.import_playbook": str(ROOT / "playbooks/switch.yml")},
     ], sort_keys=False))
 
-    def run(*extra: str, hosts: dict | None = None, fail_at: dict | None = None):
+    def run(*extra: str, hosts: dict | None = None, fail_at: dict | None = None,
+            playbook: Path = playbook):
         inventory = tmp_path / "hosts.yml"
-        host_vars = {name: {} for name in HOSTS}
-        host_vars.update(hosts or {})
+        host_vars = {name: {"thorfleet_run_lock_path": str(locks / f"{name}.lock")}
+                     for name in HOSTS}
+        for name, settings in (hosts or {}).items():
+            host_vars[name] = {**host_vars.get(name, {}), **settings}
         inventory.write_text(yaml.safe_dump({"thor": {"hosts": host_vars, "vars": {
             "ansible_connection": "local", "ansible_python_interpreter": sys.executable,
             "log_dir": str(logs), "fail_at": fail_at or {}}}}))
@@ -95,13 +124,14 @@ def switch(tmp_path):
             log.unlink()
         env = {**os.environ, "ANSIBLE_ROLES_PATH": str(roles), "ANSIBLE_NOCOLOR": "1",
                "ANSIBLE_FILTER_PLUGINS": str(ROOT / "filter_plugins"),
+               "ANSIBLE_LIBRARY": str(ROOT / "library"),
                "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
                "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_HOST_KEY_CHECKING": "false"}
         playbook_command = str(Path(sys.executable).with_name("ansible-playbook"))
         proc = bounded.run([playbook_command, "-i", str(inventory), str(playbook), *extra],
                            300, cwd=tmp_path, env=env)
         events = []
-        for log in logs.iterdir():
+        for log in logs.glob("*.log"):
             events += [json.loads(line) for line in log.read_text().splitlines()]
         return Run(proc.returncode, proc.stdout + proc.stderr, sorted(events, key=lambda e: e[2]))
 
@@ -134,15 +164,27 @@ class Run:
 SWITCHED = ["power", "services", "verify", "keep", "prune"]
 
 
-def test_all_hosts_switch_at_once_by_default(switch):
+def test_by_default_a_fifth_of_the_hosts_at_a_time_and_at_least_one(switch):
+    # 20% of 4 hosts rounds down to none: one at a time.
     run = switch()
     assert run.rc == 0, run
     for host in HOSTS:
         assert run.steps(host) == SWITCHED, run
+    for before, after in zip(HOSTS, HOSTS[1:], strict=False):
+        assert run.last(before, "prune") < run.first(after, "power"), run
     summary = run.summary()
-    assert summary[0].startswith(
-        "batch 1: h1 switched (1 restarted: chat, 2 checks passed); h2 switched"), run
+    assert [line.split(":")[0] for line in summary[:4]] == [
+        "batch 1", "batch 2", "batch 3", "batch 4"], run
     assert "switched: h1, h2, h3, h4" in summary and "left untouched: none" in summary
+
+
+def test_all_hosts_at_once_with_a_batch_of_all(switch):
+    run = switch("-e", "thorfleet_rollout_batch=100%")
+    assert run.rc == 0, run
+    for host in HOSTS:
+        assert run.steps(host) == SWITCHED, run
+    assert run.summary()[0].startswith(
+        "batch 1: h1 switched (1 restarted: chat, 2 checks passed); h2 switched"), run
 
 
 def test_each_batch_starts_only_after_the_previous_batch_verified(switch):
@@ -339,7 +381,108 @@ def test_a_failed_switch_under_tags_services_is_put_back_through_nested_includes
     (tasks / "rollback.yml").write_text("---\n" + ROLES["inference_services/tasks/rollback.yml"]
                                         + "\n- name: Put back each service\n"
                                         "  ansible.builtin.include_tasks: put_back.yml\n")
-    run = switch("--tags=services", fail_at={"h1": "services"})
+    run = switch("--tags=services", "-e", "thorfleet_rollout_batch=100%",
+                 fail_at={"h1": "services"})
     assert run.rc != 0, run
     assert run.steps("h1") == ["services", "rollback", "put_back"], run
     assert run.steps("h2") == ["services"], run
+
+
+# --- the soak and the run lock (issue 34) -------------------------------------------------
+
+
+def lock_file(tmp_path, host):
+    return tmp_path / "locks" / f"{host}.lock"
+
+
+def test_a_soak_asks_each_batch_again_before_the_next_starts_under_the_run_lock(switch,
+                                                                               tmp_path):
+    run = switch("-e", "thorfleet_rollout_batch=2", "-e", "thorfleet_rollout_pause=2")
+    assert run.rc == 0, run
+    for host in HOSTS:
+        assert run.steps(host) == ["power", "services", "verify", "verify", "keep",
+                                   "prune"], run
+        assert run.last(host, "verify") - run.first(host, "verify") >= 2, run
+    assert run.last("h2", "prune") < run.first("h3", "power"), run
+    # Each host's switch ran under this run's lock, which the summary gave back.
+    seen = [json.loads((tmp_path / "logs" / f"{host}.lock-seen").read_text())
+            for host in HOSTS]
+    assert {lock["run"] for lock in seen} == {seen[0]["run"]}, seen
+    assert seen[0]["holder"] == f"{getpass.getuser()}@{socket.gethostname()}", seen
+    assert seen[0]["pid"] > 1 and seen[0]["since"].endswith("Z"), seen
+    assert not any(lock_file(tmp_path, host).exists() for host in HOSTS)
+
+
+def test_a_service_that_fails_after_the_soak_is_put_back_and_halts(switch):
+    run = switch("-e", "thorfleet_rollout_batch=1", "-e", "thorfleet_rollout_pause=1",
+                 fail_at={"h1": "reverify"})
+    assert run.rc != 0, run
+    assert run.steps("h1") == ["power", "services", "verify", "verify", "rollback"], run
+    assert untouched(run, ["h2", "h3", "h4"]), run
+    assert run.summary()[0] == ("batch 1: h1 failed (Fail the check after the soak where "
+                                "asked: verify after the soak failed on h1), put back: chat"), run
+
+
+OTHER_RUN = {"run": "alice@elsewhere:4242:2026-12-05T10:00:00Z", "holder": "alice@elsewhere",
+             "controller": "elsewhere", "pid": 4242, "since": "2026-12-05T10:00:00Z"}
+
+
+def test_a_host_another_run_holds_refuses_the_whole_run(switch, tmp_path):
+    lock_file(tmp_path, "h3").write_text(json.dumps(OTHER_RUN))
+    run = switch()
+    assert run.rc != 0, run
+    assert untouched(run, HOSTS), run
+    assert ("h3 is locked by another run of site.yml: the run of alice@elsewhere "
+            "(ansible-playbook pid 4242), since 2026-12-05T10:00:00Z. If that run is over, "
+            "clear its lock with: ansible-playbook playbooks/unlock.yml -l h3") in run.output, run
+    assert "not run: another run holds h3" in run.output, run
+    assert json.loads(lock_file(tmp_path, "h3").read_text()) == OTHER_RUN
+    assert not any(lock_file(tmp_path, host).exists() for host in ("h1", "h2", "h4")), run
+    # A preview takes no lock and is not refused.
+    preview = switch("--check")
+    assert preview.rc == 0, preview
+    assert json.loads(lock_file(tmp_path, "h3").read_text()) == OTHER_RUN
+    assert not any(lock_file(tmp_path, host).exists() for host in ("h1", "h2", "h4"))
+
+
+def test_a_live_run_of_this_controller_is_not_taken_over(switch, tmp_path):
+    # A process that looks like ansible-playbook holds h2's lock: it is alive.
+    with live_playbook() as live:
+        try:
+            lock_file(tmp_path, "h2").write_text(json.dumps({
+                **OTHER_RUN, "controller": socket.gethostname(), "pid": live.pid,
+                "run": f"x:{live.pid}"}))
+            run = switch()
+        finally:
+            live.kill()
+    assert run.rc != 0, run
+    assert untouched(run, HOSTS), run
+    assert f"h2 is locked by another run of site.yml: the run of alice@elsewhere " \
+           f"(ansible-playbook pid {live.pid})" in run.output, run
+
+
+def test_a_run_that_ends_before_its_summary_leaves_locks_the_next_run_takes_over(switch,
+                                                                               tmp_path):
+    # Every host fails staging: Ansible ends the run before the summary gives the locks
+    # back; the run's ansible-playbook is gone, so the next run of this controller takes
+    # them over.
+    first = switch(fail_at={host: "staging" for host in HOSTS})
+    assert first.rc != 0, first
+    left = [json.loads(lock_file(tmp_path, host).read_text()) for host in HOSTS]
+    assert {lock["pid"] for lock in left} != {0}, left
+    second = switch("-e", "thorfleet_rollout_batch=100%", "-e", "thorfleet_rollout_max_fail=1",
+                    fail_at={"h2": "staging"})
+    assert second.rc != 0, second  # h2 failed its staging again
+    for host in ("h1", "h3", "h4"):
+        assert second.steps(host) == SWITCHED, second
+    # h2 left the run before the summary: its lock was given back too.
+    assert not any(lock_file(tmp_path, host).exists() for host in HOSTS), second
+
+
+def test_the_unlock_playbook_clears_whatever_run_holds_the_lock(switch, tmp_path):
+    lock_file(tmp_path, "h4").write_text(json.dumps(OTHER_RUN))
+    run = switch("-l", "h4", playbook=ROOT / "playbooks/unlock.yml")
+    assert run.rc == 0, run
+    assert "cleared the lock of the run of alice@elsewhere, since 2026-12-05T10:00:00Z" \
+        in run.output, run
+    assert not lock_file(tmp_path, "h4").exists()
