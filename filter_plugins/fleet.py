@@ -7,10 +7,17 @@ build_holdings after the build check). A round (fleet_round) gives each thing no
 holds to one host that wants it, to fetch from its hub or compile, and pairs every host
 holding it with one host still wanting it, to copy from: the hosts that have it double
 each round, so a fleet of N hosts is served in about log2(N) rounds, never from one host
-alone. A host that failed has left the play and is
-neither a source nor a target; a model whose only fetcher failed gets another fetcher
-the next round; in the last round, a host no source can serve fetches from the hub, as
-does, after the rounds, one whose source was lost.
+alone. Each round is planned from what the hosts hold after the one before; the rounds
+have a bound with room for failures, and once nothing is wanted they do nothing.
+
+A host that failed has left the play and is neither a source nor a target; a model whose
+only fetcher failed gets another fetcher the next round, and the hub fetches of a round
+are spread over the hosts that want something. A source that a host could not read or
+copy from (powered off, its rsync failed, its bytes were not its manifest's) is lost:
+the copying host stays in the play, and no host copies from that source again; the next
+round gives it another source, or the hub when none is left. In the last round, a host
+no source can serve fetches from the hub, as does, after the rounds, one whose source
+was lost.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from thorfleet_lib.models import model_key  # noqa: E402
 
 # The rsync daemon's modules: the host's model root, its engine builds' root, and its
 # engines' compile caches (one directory per image digest).
+# Rounds beyond the failure-free count, for failed hub fetches and lost sources.
+SPARE_ROUNDS = 2
 SHARES = {"models": "thorfleet-models", "builds": "thorfleet-builds", "jit": "thorfleet-jit"}
 LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME = re.compile(rf"(?=.{{1,253}}$){LABEL}(?:\.{LABEL})*")  # fullmatch only
@@ -44,7 +53,7 @@ def _holdings(entries, held, host, address, port):
     entry, with `path`, where it lies in the share}, held: [keys it holds], got: [] (filled
     round by round)}."""
     return {"host": host, "address": str(address), "port": int(port), "entries": entries,
-            "held": sorted(held), "got": []}
+            "held": sorted(held), "got": [], "lost": []}
 
 
 def model_holdings(models, present, host, address, port):
@@ -90,8 +99,10 @@ def fleet_work(states):
                 wanted.add(key)
     copies = any(known[key] > 1 for key in wanted)
     hosts = max(len(states or []), 1)
-    # One round for the hub, about log2(hosts) of copies, one for what is left.
-    return {"copies": copies, "rounds": 2 + math.ceil(math.log2(hosts))}
+    # One round for the hub, about log2(hosts) of copies, one for what is left, and room
+    # for failed fetches and lost sources (each costs about a round); a round with
+    # nothing left to do does nothing.
+    return {"copies": copies, "rounds": 2 + math.ceil(math.log2(hosts)) + SPARE_ROUNDS}
 
 
 def fleet_round(states, index, rounds, share="models"):
@@ -102,17 +113,24 @@ def fleet_round(states, index, rounds, share="models"):
     play's order."""
     plan = {state["host"]: {"hub": [], "peers": []} for state in states}
     last = index >= rounds - 1
+    lost = {host for state in states for host in state.get("lost") or []}
     keys = sorted({key for state in states for key in state["entries"]})
     for key in keys:
-        holders = [s for s in states if key in s["entries"]
+        holders = [s for s in states if key in s["entries"] and s["host"] not in lost
                    and (key in s["held"] or key in s["got"])]
         wanting = [s for s in states if key in s["entries"]
                    and key not in s["held"] and key not in s["got"]]
         if not wanting:
             continue
-        # Nobody has it: one host fetches it from the hub. In the last round, every host
-        # that a source cannot serve does.
-        fetchers = wanting[len(holders):] if last else [] if holders else wanting[:1]
+        # Nobody has it (or only lost sources): one host fetches it from the hub, the
+        # one with the fewest hub fetches this round so far. In the last round, every
+        # host that a source cannot serve does.
+        if last:
+            fetchers = wanting[len(holders):]
+        elif holders:
+            fetchers = []
+        else:
+            fetchers = [min(wanting, key=lambda s: len(plan[s["host"]]["hub"]))]
         for state in fetchers:
             plan[state["host"]]["hub"].append(state["entries"][key])
         for source, target in zip(holders, wanting, strict=False):
@@ -162,6 +180,22 @@ def got(state, results, kind="models"):
                     entries[key] = _build_entry(entry["engine"], result["stamp"])
                     done.add(key)
     return {**state, "entries": entries, "got": sorted(set(state["got"]) | done)}
+
+
+def lost(state, results):
+    """The state with the sources this host could not read or copy from (registered loop
+    results of the reads and copies of a round, each item with its `peer`: one that failed
+    or was unreachable) added to its `lost`."""
+    names = set(state.get("lost") or [])
+    for result in results or []:
+        if not isinstance(result, dict) or not (result.get("failed")
+                                                or result.get("unreachable")):
+            continue
+        item = result.get(result.get("ansible_loop_var") or "item")
+        peer = item.get("peer") if isinstance(item, dict) else None
+        if isinstance(peer, dict) and isinstance(peer.get("name"), str):
+            names.add(peer["name"])
+    return {**state, "lost": sorted(names)}
 
 
 def jit_peers(mounts, holders, host, port):
@@ -299,6 +333,7 @@ class FilterModule:
             "thorfleet_fleet_work": fleet_work,
             "thorfleet_fleet_round": fleet_round,
             "thorfleet_fleet_got": got,
+            "thorfleet_fleet_lost": lost,
             "thorfleet_fleet_still_wanted": still_wanted,
             "thorfleet_fleet_problems": fleet_problems,
             "thorfleet_site_cache_problems": site_cache_problems,

@@ -65,7 +65,8 @@ def run_lock_stale(held):
     pid = held.get("pid")
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 1:
         return False
-    return not _is_ansible_playbook(pid)
+    # This run's own process id, taken again by the system: that run is over.
+    return pid == _playbook_pid() or not _is_ansible_playbook(pid)
 
 
 def run_lock_refusal(held, host):

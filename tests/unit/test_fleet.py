@@ -24,9 +24,11 @@ def state(host, held=(), wanted=(), root="/models", number=None):
     return fleet.model_holdings(models, present, host, f"10.0.0.{number}", 873)
 
 
-def run_rounds(states, fail=()):
+def run_rounds(states, fail=(), dead=()):
     """Every round of a phase, as fleet_round.yml plays it: each copy or fetch succeeds
-    unless its host is in `fail` (then it leaves the play). Returns the rounds' plans."""
+    unless its host is in `fail` (then it leaves the play), or, for a copy, its source is
+    in `dead` (powered off: the copy fails, the copying host stays and loses the source;
+    a dead host given work leaves the play). Returns the rounds' plans."""
     rounds = fleet.fleet_work(states)["rounds"]
     plans = []
     for index in range(rounds):
@@ -35,12 +37,19 @@ def run_rounds(states, fail=()):
         alive = []
         for current in states:
             work = plan[current["host"]]
-            if current["host"] in fail and (work["hub"] or work["peers"]):
+            if current["host"] in {*fail, *dead} and (work["hub"] or work["peers"]):
                 continue
-            done = [{"item": e, "commit": "c" * 40} for e in work["hub"] + work["peers"]]
-            alive.append(fleet.got(current, done))
+            done = [{"item": e, "commit": "c" * 40} for e in work["hub"]]
+            done += [{"item": e, "commit": "c" * 40} if e["peer"]["name"] not in dead
+                     else {"item": e, "failed": True, "msg": "rsync: connection refused"}
+                     for e in work["peers"]]
+            alive.append(fleet.lost(fleet.got(current, done), done))
         states = alive
     return plans, states
+
+
+def hub_fetches(plans):
+    return [h for plan in plans for h, work in plan.items() for _ in work["hub"]]
 
 
 def test_a_model_nobody_holds_is_fetched_from_its_hub_by_one_host_then_doubles():
@@ -230,8 +239,9 @@ def test_two_hosts_wanting_one_model_copy_it_and_hosts_that_hold_it_copy_nothing
     assert fleet.fleet_work(holding)["copies"] is False
 
 
-@pytest.mark.parametrize(("hosts", "rounds"), [(0, 2), (1, 2), (2, 3), (5, 5), (60, 8)])
-def test_rounds_are_one_for_the_hub_log2_of_the_hosts_for_copies_and_one_more(hosts, rounds):
+@pytest.mark.parametrize(("hosts", "rounds"), [(0, 4), (1, 4), (2, 5), (5, 7), (60, 10)])
+def test_rounds_are_one_for_the_hub_log2_of_the_hosts_for_copies_one_more_and_two_spare(
+        hosts, rounds):
     states = [state(f"thor{n:02d}", wanted=["Qwen/Qwen3-8B"]) for n in range(1, hosts + 1)]
     assert fleet.fleet_work(states)["rounds"] == rounds
 
@@ -317,3 +327,69 @@ def test_a_certificate_names_the_address_hosts_reach_the_cache_by(address, name)
 def test_a_certificate_for_what_is_no_address_is_refused(address):
     with pytest.raises(ValueError, match="is not an IP address or a host name"):
         fleet.subject_alt_name(address)
+
+
+# --- failures in the rounds (issue 34) ---------------------------------------------------
+
+
+def test_a_source_that_dies_is_lost_and_its_copier_gets_the_model_elsewhere():
+    # thor01 and thor02 hold the model; thor01 is powered off as thor03 copies from it.
+    hosts = [state("thor01", held=["Qwen/Qwen3-8B"]), state("thor02", held=["Qwen/Qwen3-8B"]),
+             state("thor03", wanted=["Qwen/Qwen3-8B"]), state("thor04", wanted=["Qwen/Qwen3-8B"])]
+    plans, final = run_rounds(hosts, dead={"thor01"})
+    copies = [sorted((h, w["peer"]["name"]) for h, work in plan.items() for w in work["peers"])
+              for plan in plans]
+    assert copies[0] == [("thor03", "thor01"), ("thor04", "thor02")]
+    assert copies[1] == [("thor03", "thor02")]  # another source, not the lost one
+    assert not any(copies[2:])
+    assert hub_fetches(plans) == []
+    done = {s["host"]: s for s in final}
+    assert done["thor03"]["got"] and done["thor03"]["lost"] == ["thor01"]
+    assert not fleet.still_wanted(done["thor03"]) and not fleet.still_wanted(done["thor04"])
+
+
+def test_when_every_source_is_lost_one_host_fetches_from_the_hub_and_the_rest_copy():
+    hosts = [state("thor01", held=["Qwen/Qwen3-8B"])] + [
+        state(f"thor{n:02d}", wanted=["Qwen/Qwen3-8B"]) for n in range(2, 6)]
+    plans, final = run_rounds(hosts, dead={"thor01"})
+    assert hub_fetches(plans) == ["thor02"]  # once, after thor01 was lost
+    assert [s["host"] for s in final] == ["thor01", "thor02", "thor03", "thor04", "thor05"]
+    assert not any(fleet.still_wanted(s) for s in final)
+    sources = {w["peer"]["name"] for plan in plans[1:] for work in plan.values()
+               for w in work["peers"]}
+    assert "thor01" not in sources
+
+
+def test_hub_fetches_of_a_round_are_spread_over_the_hosts():
+    models = ["a/one", "b/two", "c/three"]
+    hosts = [state(f"thor{n:02d}", wanted=models) for n in range(1, 5)]
+    first = fleet.fleet_round(hosts, 0, fleet.fleet_work(hosts)["rounds"])
+    fetchers = {h: [e["path"] for e in work["hub"]] for h, work in first.items() if work["hub"]}
+    assert fetchers == {"thor01": ["a/one"], "thor02": ["b/two"], "thor03": ["c/three"]}
+
+
+def test_sixty_hosts_with_two_failed_hub_fetches_fetch_three_times_not_thirty():
+    # Each failed fetch costs a round; the spare rounds keep the rest copying host to host.
+    hosts = [state(f"thor{n:02d}", wanted=["Qwen/Qwen3-8B"]) for n in range(1, 61)]
+    plans, final = run_rounds(hosts, fail={"thor01", "thor02"})
+    assert hub_fetches(plans) == ["thor01", "thor02", "thor03"]
+    assert len(final) == 58 and not any(fleet.still_wanted(s) for s in final)
+    # No round plans more copies from a host than it has: each source serves one host.
+    for plan in plans:
+        sources = [w["peer"]["name"] for work in plan.values() for w in work["peers"]]
+        assert len(sources) == len(set(sources))
+
+
+def test_a_lost_source_is_taken_from_failed_or_unreachable_results_of_either_loop():
+    wants = state("thor03", wanted=["Qwen/Qwen3-8B"])
+    model = next(iter(wants["entries"].values()))
+    results = [
+        {"item": {**model, "peer": {"name": "thor01"}}, "unreachable": True},
+        {"engine": {"name": "llama.cpp", "peer": {"name": "thor02"}}, "failed": True,
+         "ansible_loop_var": "engine"},
+        {"item": {**model, "peer": {"name": "thor04"}}, "commit": "c" * 40},  # copied
+        {"item": {**model, "peer": {"name": "thor05"}}, "skipped": True},  # not tried
+        {"item": {**model, "peer": "thor06"}, "failed": True}, "not a result",
+        {"item": {**model, "peer": {"name": 7}}, "failed": True}]
+    assert fleet.lost(wants, results)["lost"] == ["thor01", "thor02"]
+    assert fleet.lost({**wants, "lost": ["thor09"]}, [])["lost"] == ["thor09"]
