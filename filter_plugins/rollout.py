@@ -19,7 +19,8 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
-COUNT = re.compile(r"(0|[1-9][0-9]{0,5})(%?)")
+WHOLE = r"(0|[1-9][0-9]{0,5})"  # a whole number, at most six digits
+COUNT = re.compile(WHOLE + r"(%?)")
 HOST_OR_GROUP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 LEFT = {"failed": "left the run during its switch (unreachable)"}
 
@@ -44,7 +45,7 @@ def _seconds(value):
     """A whole number of seconds from 0 to PAUSE_MAX, or None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and re.fullmatch(r"(0|[1-9][0-9]{0,5})", value):
+    if isinstance(value, str) and re.fullmatch(WHOLE, value):
         value = int(value)
     return value if isinstance(value, int) and 0 <= value <= PAUSE_MAX else None
 
