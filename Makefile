@@ -28,11 +28,13 @@ demo: venv
 	$(BIN)/ansible-playbook site.yml -l thor01
 	$(BIN)/thorfleet status -l thor01
 
-## test: lint, then unit and lab tests in one pytest run (boots a 4-host lab, tears it down);
+## test: lint, then unit and lab tests in one pytest run on two workers (the lab tests on
+## one, booting a 4-host lab and tearing it down; the unit tests beside them on the other);
 ## ends with where the time went, the ten slowest tests and the total against the budget
 test: venv
 	@start=$$(date +%s) && $(MAKE) --no-print-directory lint && \
-	  THORFLEET_LINT_SECONDS=$$(( $$(date +%s) - start )) $(BIN)/pytest -q --durations=10 tests
+	  THORFLEET_LINT_SECONDS=$$(( $$(date +%s) - start )) \
+	  $(BIN)/pytest -q -n 2 --durations=10 tests
 
 lint: venv
 	$(BIN)/ruff check src library filter_plugins plugin_utils roles strategy_plugins tests bench scripts

@@ -20,10 +20,25 @@ from tests.timing import (  # noqa: F401
     pytest_fixture_setup,
     pytest_runtest_logreport,
     pytest_runtest_logstart,
+    pytest_runtest_makereport,
     pytest_terminal_summary,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Under pytest-xdist (`make test` runs two workers): all the lab tests are one unit of
+    work, run by one worker in their order (they share one lab), and each unit test is a
+    unit of its own, spread over the workers. The largest unit goes first: the lab starts
+    at once on one worker, and the unit tests run on the other beside it."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LabApart(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/lab" if nodeid.startswith("tests/lab/") else nodeid
+
+    return LabApart(config, log)
 # The shared settings' defaults, as a fleet gets them when its inventory says nothing.
 SHARED_DEFAULTS = yaml.safe_load((ROOT / "roles/thorfleet/defaults/main.yml").read_text())
 BUILDS_ROOT = SHARED_DEFAULTS["ggml_build_root"]

@@ -4,7 +4,11 @@ lab module (with the fixtures it shares among its tests), the ten slowest tests,
 total against the suite's budget (pyproject.toml, `suite_budget_minutes`), so that growth
 is seen at once. Times are wall-clock seconds of each test's setup, call and teardown.
 
-The hooks are pytest's own; tests/conftest.py brings them in.
+The hooks are pytest's own; tests/conftest.py brings them in. `make test` runs the suite on
+two pytest-xdist workers (the lab tests on one, the unit tests beside them on the other):
+what a worker records (ansible-playbook runs, shared fixtures, the lab's phases) travels
+to the controller with each test report (`user_properties`), and is counted there, the
+same way in a run without workers.
 """
 
 from __future__ import annotations
@@ -16,15 +20,25 @@ from collections import defaultdict
 
 import pytest
 
-# The lab session fixture's own phases, recorded by tests/lab/conftest.py: (which test's
-# setup or teardown ran them, seconds).
-LAB_PHASES: dict[str, tuple[str, float]] = {}
+# What the running test recorded since its last report, sent with the next one:
+# {"phases": {phase: seconds}, "fixtures": [[name, seconds]], "runs": [count, seconds]}.
+# The lab's phases are the lab session fixture's own (tests/lab/conftest.py).
+_pending: dict = {}
 _running = {"nodeid": ""}
+PROPERTY = "thorfleet-timing"
+# Counted from the reports (on the controller under xdist).
 _tests: dict[str, float] = defaultdict(float)
 _fixtures: dict[str, list[tuple[str, float]]] = defaultdict(list)
+_phases: dict[str, tuple[str, float]] = {}  # phase: (the test that ran it, seconds)
 # ansible-playbook runs per area: [count, seconds].
 _runs: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
 _started = time.monotonic()
+
+
+def record_phase(phase: str, seconds: float) -> None:
+    """A phase of the lab itself (bring-up, thor01's first converge, take-down), run in the
+    setup or teardown of the running test."""
+    _pending.setdefault("phases", {})[phase] = seconds
 
 
 def pytest_addoption(parser):
@@ -34,7 +48,7 @@ def pytest_addoption(parser):
 
 def record_run(seconds: float, argv: list[str] | None = None) -> None:
     """One ansible-playbook run of the running test (tests/lab/conftest.py's Playbook)."""
-    runs = _runs[_area(_running["nodeid"])]
+    runs = _pending.setdefault("runs", [0, 0.0])
     runs[0] += 1
     runs[1] += seconds
     record_command(argv or ["ansible-playbook"], seconds)
@@ -51,11 +65,6 @@ def record_command(argv: list[str], seconds: float) -> None:
                                   "seconds": round(seconds, 1)}) + "\n")
 
 
-def running_test() -> str:
-    """The node id of the test whose setup, call or teardown is running now."""
-    return _running["nodeid"]
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_logstart(nodeid, location):
     _running["nodeid"] = nodeid
@@ -68,17 +77,41 @@ def pytest_fixture_setup(fixturedef, request):
         return (yield)
     finally:
         if fixturedef.scope in ("module", "class", "session"):
-            _fixtures[_area(_running["nodeid"])].append(
-                (f"{fixturedef.argname} ({fixturedef.scope})", time.monotonic() - start))
+            _pending.setdefault("fixtures", []).append(
+                [f"{fixturedef.argname} ({fixturedef.scope})", time.monotonic() - start])
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if _pending:
+        report.user_properties.append((PROPERTY, dict(_pending)))
+        _pending.clear()
+    return report
 
 
 def pytest_runtest_logreport(report):
     _tests[report.nodeid] += report.duration
+    area = _area(report.nodeid)
+    for name, recorded in report.user_properties:
+        if name != PROPERTY:
+            continue
+        for phase, seconds in recorded.get("phases", {}).items():
+            _phases[phase] = (report.nodeid, seconds)
+        _fixtures[area] += [tuple(fixture) for fixture in recorded.get("fixtures", [])]
+        count, seconds = recorded.get("runs", (0, 0.0))
+        _runs[area][0] += count
+        _runs[area][1] += seconds
 
 
 def _area(nodeid: str) -> str:
     path = nodeid.split("::", 1)[0]
     return "unit tests" if path.startswith("tests/unit/") else path
+
+
+def _workers(config) -> int:
+    """How many pytest-xdist workers ran the tests (0 without xdist)."""
+    return int(getattr(config.option, "numprocesses", 0) or 0)
 
 
 def minutes(seconds: float) -> str:
@@ -95,12 +128,14 @@ def pytest_terminal_summary(terminalreporter, config):
     lint = os.environ.get("THORFLEET_LINT_SECONDS", "")
     if lint.isdigit():
         rows.append(("lint (ruff, yamllint, ansible-lint)", float(lint)))
-    if "unit tests" in areas:
-        rows.append(("unit tests", areas.pop("unit tests")))
-    for phase, (nodeid, seconds) in sorted(LAB_PHASES.items()):
+    phases = []
+    for phase, (nodeid, seconds) in sorted(_phases.items()):
         areas[_area(nodeid)] -= seconds  # it ran in that test's setup or teardown
-        rows.append((phase, seconds))
-    rows += sorted(areas.items())
+        phases.append((phase, seconds))
+    if "unit tests" in areas:
+        beside = " (on a second worker, beside the lab)" if _workers(config) > 1 else ""
+        rows.append((f"unit tests{beside}", areas.pop("unit tests")))
+    rows += phases + sorted(areas.items())
     write = terminalreporter.write_line
     terminalreporter.section("where the time went")
     for name, seconds in rows:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from tests.timing import LAB_PHASES, minutes, record_command, record_run, running_test
+from tests.timing import minutes, record_command, record_phase, record_run
 from thorfleet import bounded
 from thorfleet.lab import BRIDGE, Lab, host_address
 from thorfleet.lab import images as lab_images
@@ -111,8 +111,14 @@ def lab_leftovers() -> list[str]:
 class BringUp:
     """`thorfleet lab up`, started when the session's tests are known and a lab test is
     among them, so that the lab boots while the unit tests run (the unit tests go
-    first); the `lab` fixture waits for it. Not started when a lab is up already (a
-    developer's): that one is used and left running."""
+    first; under `make test`'s two workers, the unit tests run on the other worker and
+    the lab fixture starts it); the `lab` fixture waits for it. Not started when a lab is
+    up already (a developer's): that one is used and left running.
+
+    Then thor01's first converge (its engines' builds, from a cold compiler cache on a
+    fresh machine, are the longest part of any run), started as soon as the lab is up:
+    the lab tests that leave thor01 alone (marked `beside_first_converge`) run meanwhile,
+    and every other lab test starts once it has passed (the `first_converge` fixture)."""
 
     def __init__(self):
         self.was_up: bool | None = None
@@ -120,6 +126,9 @@ class BringUp:
         self.started = 0.0
         self.output = None
         self.waited_for = False
+        self.converge: subprocess.Popen | None = None
+        self.converge_output = None
+        self.converge_started = 0.0
 
     def start(self) -> None:
         self.was_up = sum(h.running for h in Lab(ROOT).status()) >= len(HOSTS)
@@ -134,28 +143,75 @@ class BringUp:
     def wait(self) -> tuple[int, str]:
         """(its exit status, what it printed), within the bound of a thorfleet command."""
         self.waited_for = True
-        left = THORFLEET_BOUND - (time.monotonic() - self.started)
-        try:
-            rc = self.proc.wait(timeout=max(left, 1))
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            rc = -9
-            self.output.write(f"\n(killed after {THORFLEET_BOUND} s)\n")
-        self.output.seek(0)
-        return rc, self.output.read()
+        return _waited(self.proc, self.output, THORFLEET_BOUND - (time.monotonic() - self.started))
+
+    def start_first_converge(self) -> None:
+        self.converge_output = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read back)
+        self.converge_started = time.monotonic()
+        self.converge = subprocess.Popen(
+            FIRST_CONVERGE, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self.converge_output,
+            stderr=subprocess.STDOUT, text=True, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+
+    def wait_first_converge(self) -> tuple[int, str]:
+        """(its exit status, what it printed), within the bound of a playbook run; (0, "")
+        when none was started (a lab that was up already)."""
+        if self.converge is None:
+            return 0, ""
+        left = PLAYBOOK_BOUND - (time.monotonic() - self.converge_started)
+        rc, said = _waited(self.converge, self.converge_output, left)
+        # A phase of its own in the summary (the first_converge fixture), not a test's run.
+        record_command(FIRST_CONVERGE, time.monotonic() - self.converge_started)
+        self.converge = None
+        return rc, said
 
 
+    def stop_first_converge(self) -> None:
+        """Stop thor01's first converge if it still runs (no selected test needed it)."""
+        if self.converge is not None and self.converge.poll() is None:
+            self.converge.terminate()
+            try:
+                self.converge.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.converge.kill()
+                self.converge.wait()
+
+
+def _waited(proc: subprocess.Popen, output, left: float) -> tuple[int, str]:
+    """Wait for a background command for at most `left` seconds (killed past them):
+    its exit status and what it printed."""
+    try:
+        rc = proc.wait(timeout=max(left, 1))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        rc = -9
+        output.write("\n(killed at its bound)\n")
+    output.seek(0)
+    return rc, output.read()
+
+
+# thor01's first converge, run beside the lab tests that leave thor01 alone.
+FIRST_CONVERGE = ["ansible-playbook", "site.yml", "-l", "thor01"]
 BRING_UP = BringUp()
 
 
 def pytest_collection_modifyitems(session, items):
-    """The unit tests first (the lab boots meanwhile), then the lab tests; tests marked
-    `from_empty` empty every lab host: they run after all the others."""
+    """The unit tests first (the lab boots meanwhile), then the lab tests: first those
+    that leave thor01 alone (they run beside its first converge), last those marked
+    `from_empty`, which empty every lab host. Every other lab test needs thor01's first
+    converge (`first_converge`, set up before the test's other fixtures)."""
     lab_dir = Path(__file__).parent
     items.sort(key=lambda item: (lab_dir in item.path.parents,
+                                 item.get_closest_marker("beside_first_converge") is None,
                                  item.get_closest_marker("from_empty") is not None))
-    if session.config.option.collectonly or BRING_UP.was_up is not None:
+    for item in items:
+        if (lab_dir in item.path.parents
+                and item.get_closest_marker("beside_first_converge") is None):
+            item.fixturenames.insert(0, "first_converge")
+    # Under xdist each worker collects every test: the worker that runs the lab tests
+    # starts the bring-up (the `lab` fixture), while the other runs the unit tests.
+    if (session.config.option.collectonly or BRING_UP.was_up is not None
+            or os.environ.get("PYTEST_XDIST_WORKER")):
         return
     if any(lab_dir in item.path.parents for item in items):
         BRING_UP.start()
@@ -182,23 +238,37 @@ def lab():
         start = time.monotonic()
         rc, said = BRING_UP.wait()
         took = time.monotonic() - BRING_UP.started
-        LAB_PHASES[f"lab bring-up (thorfleet lab up, {minutes(took)} from its start "
-                   "beside the unit tests): waited for"] = (running_test(),
-                                                            time.monotonic() - start)
+        record_phase(f"lab bring-up (thorfleet lab up, {minutes(took)} from its start "
+                     "beside the unit tests): waited for", time.monotonic() - start)
         if rc != 0:
             thorfleet("lab", "down")  # a half-booted lab leaves nothing behind either
             pytest.fail(f"thorfleet lab up failed:\n{said}")
+        BRING_UP.start_first_converge()
     yield existing
     if already_up and LEFT_CHANGED:
         back = Playbook("site.yml", "-l", ",".join(sorted(LEFT_CHANGED)), *AT_ONCE)
         assert back.rc == 0, back
     if not already_up:
+        BRING_UP.stop_first_converge()  # when no test needed it
         start = time.monotonic()
         down = thorfleet("lab", "down")
-        LAB_PHASES["lab take-down (thorfleet lab down)"] = (running_test(),
-                                                           time.monotonic() - start)
+        record_phase("lab take-down (thorfleet lab down)", time.monotonic() - start)
         assert down.returncode == 0, down.stdout + down.stderr
         assert lab_leftovers() == []
+
+
+@pytest.fixture(scope="session")
+def first_converge(lab):
+    """thor01's first converge, started when the session's lab came up, has passed (in a
+    lab that was up already, there is none: each module converges what it needs)."""
+    start = time.monotonic()
+    rc, said = BRING_UP.wait_first_converge()
+    if said:
+        took = time.monotonic() - BRING_UP.converge_started
+        record_phase(f"thor01's first converge (beside the lab tests that leave thor01 "
+                     f"alone; {minutes(took)} from its start to the first test that needs "
+                     "it): waited for", time.monotonic() - start)
+    assert rc == 0, f"<{' '.join(FIRST_CONVERGE)} rc={rc}>\n{said[-6000:]}"
 
 
 @pytest.fixture(scope="session")

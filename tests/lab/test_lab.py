@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.lab.conftest import HOSTS, thorfleet
 from thorfleet.lab import REGISTRY, REGISTRY_PASSWORD, REGISTRY_USER
 
 
+@pytest.mark.beside_first_converge  # reads the hosts only
 def test_hosts_are_booted_systemd_machines_reached_over_ssh(hosts):
     for name, host in hosts.items():
         assert host.check_output("hostname") == name
@@ -18,6 +21,7 @@ def test_hosts_are_booted_systemd_machines_reached_over_ssh(hosts):
         assert host.file("/usr/bin/python3").exists
 
 
+@pytest.mark.beside_first_converge  # reads the hosts only
 def test_each_host_has_its_own_network_namespace_and_address(hosts):
     addresses = {name: host.interface("host0").addresses for name, host in hosts.items()}
     assert addresses["thor01"][0] == "10.213.0.11"

@@ -7,8 +7,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.lab.conftest import CLOCKS_UNIT, Playbook, thorfleet
 from thorfleet.lab.thor import POWER_LOG
+
+# thor02 only: these run beside thor01's first converge.
+pytestmark = pytest.mark.beside_first_converge
 
 POWER = ("site.yml", "-l", "thor02", "--tags", "power")
 STORE = "/var/lib/thorfleet/jetson_clocks.conf"

@@ -38,6 +38,7 @@ BOTH_KINDS = json.dumps({"thorfleet_services": [
     {"name": "whisper", "recipe": "whisper-large-v3-turbo"}]})
 
 
+@pytest.mark.beside_first_converge  # thor02 only
 def test_a_host_that_is_no_thor_fails_preflight_and_changes_nothing(thor02_unprovisioned):
     run = Playbook("site.yml", "-l", "thor02", "-e", "thorfleet_lab=false", "-e", BOTH_KINDS)
     assert run.rc != 0, run
@@ -49,6 +50,7 @@ def test_a_host_that_is_no_thor_fails_preflight_and_changes_nothing(thor02_unpro
     assert not thor02_unprovisioned.file(RECORD).exists
 
 
+@pytest.mark.beside_first_converge  # thor02 only
 def test_a_thor_without_the_cuda_toolkit_fails_preflight_when_it_must_build(
         thor02_unprovisioned):
     made = thorfleet("lab", "as-thor", "thor02")
@@ -62,6 +64,7 @@ def test_a_thor_without_the_cuda_toolkit_fails_preflight_when_it_must_build(
     assert not thor02_unprovisioned.file(RECORD).exists
 
 
+@pytest.mark.beside_first_converge  # thor02 only
 def test_the_same_host_made_to_look_like_a_thor_passes_preflight(thor02_unprovisioned):
     made = thorfleet("lab", "as-thor", "thor02")
     assert made.returncode == 0, made.stderr
