@@ -26,19 +26,6 @@ from tests.timing import (  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def pytest_xdist_make_scheduler(config, log):
-    """Under pytest-xdist (`make test` runs two workers): all the lab tests are one unit of
-    work, run by one worker in their order (they share one lab), and each unit test is a
-    unit of its own, spread over the workers. The largest unit goes first: the lab starts
-    at once on one worker, and the unit tests run on the other beside it."""
-    from xdist.scheduler import LoadScopeScheduling
-
-    class LabApart(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return "tests/lab" if nodeid.startswith("tests/lab/") else nodeid
-
-    return LabApart(config, log)
 # The shared settings' defaults, as a fleet gets them when its inventory says nothing.
 SHARED_DEFAULTS = yaml.safe_load((ROOT / "roles/thorfleet/defaults/main.yml").read_text())
 BUILDS_ROOT = SHARED_DEFAULTS["ggml_build_root"]
@@ -105,3 +92,24 @@ def loopback_server(handler: type[http.server.BaseHTTPRequestHandler]):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test belongs to under pytest-xdist (`make test` runs two
+    workers): every lab test is in one, run by one worker in order (they share one lab),
+    and each other test is a unit of its own."""
+    return "tests/lab" if nodeid.startswith("tests/lab/") else nodeid
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's scheduling by scope, with `work_unit` as the scope. The largest unit goes
+    first: the lab starts at once on one worker, and the unit tests run on the other
+    beside it. (xdist's own `--dist loadgroup` names the group in the node id, which
+    pytest 9.2 no longer lets a plugin change.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LabApart(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return LabApart(config, log)

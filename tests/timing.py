@@ -81,12 +81,17 @@ def pytest_fixture_setup(fixturedef, request):
                 [f"{fixturedef.argname} ({fixturedef.scope})", time.monotonic() - start])
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item, call):
-    report = yield
+def attach_pending(report) -> None:
+    """What the running test recorded since its last report goes with this one."""
     if _pending:
         report.user_properties.append((PROPERTY, dict(_pending)))
         _pending.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    attach_pending(report)
     return report
 
 

@@ -164,7 +164,6 @@ class BringUp:
         self.converge = None
         return rc, said
 
-
     def stop_first_converge(self) -> None:
         """Stop thor01's first converge if it still runs (no selected test needed it)."""
         if self.converge is not None and self.converge.poll() is None:
@@ -198,14 +197,15 @@ BRING_UP = BringUp()
 def pytest_collection_modifyitems(session, items):
     """The unit tests first (the lab boots meanwhile), then the lab tests: first those
     that leave thor01 alone (they run beside its first converge), last those marked
-    `from_empty`, which empty every lab host. Every other lab test needs thor01's first
-    converge (`first_converge`, set up before the test's other fixtures)."""
+    `from_empty`, which empty every lab host. Every other test of the lab needs thor01's
+    first converge (`first_converge`, set up before the test's other fixtures); tests
+    under tests/lab that use no lab (the README's snippets read as text) need neither."""
     lab_dir = Path(__file__).parent
     items.sort(key=lambda item: (lab_dir in item.path.parents,
                                  item.get_closest_marker("beside_first_converge") is None,
                                  item.get_closest_marker("from_empty") is not None))
     for item in items:
-        if (lab_dir in item.path.parents
+        if ("lab" in item.fixturenames
                 and item.get_closest_marker("beside_first_converge") is None):
             item.fixturenames.insert(0, "first_converge")
     # Under xdist each worker collects every test: the worker that runs the lab tests

@@ -1,0 +1,56 @@
+"""The suite's own bookkeeping under two workers: which worker a test goes to, and what a
+worker records reaching the summary (tests/conftest.py, tests/timing.py)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from tests import timing
+from tests.conftest import work_unit
+
+
+def test_every_lab_test_is_one_unit_of_work_and_each_other_test_its_own():
+    lab = {work_unit("tests/lab/test_rollout.py::test_a"),
+           work_unit("tests/lab/test_site.py::test_b[stock-sample]"),
+           work_unit("tests/lab/test_bundle.py::test_c")}
+    assert lab == {"tests/lab"}
+    unit = "tests/unit/test_fleet.py::test_d"
+    assert work_unit(unit) == unit
+    assert work_unit("tests/unit/test_lab_profile.py::test_e") != "tests/lab"
+
+
+@pytest.fixture
+def area():
+    """A made-up lab module's area in the summary, removed again after the test."""
+    name = "tests/lab/test_made_up_for_timing.py"
+    yield name
+    for counted in (timing._tests, timing._runs, timing._fixtures):
+        for key in [key for key in counted if str(key).startswith(name)]:
+            del counted[key]
+    timing._phases.pop("a made-up phase", None)
+
+
+def report_of(nodeid: str):
+    """A report as xdist hands the controller one: only its fields, no live objects."""
+    report = SimpleNamespace(nodeid=nodeid, duration=2.0, user_properties=[])
+    timing.attach_pending(report)
+    return report
+
+
+def test_a_workers_runs_fixtures_and_phases_reach_the_summary_with_its_report(area):
+    timing.record_run(3.0, ["ansible-playbook", "made-up.yml"])
+    timing.record_run(4.5, ["ansible-playbook", "made-up.yml"])
+    timing.record_phase("a made-up phase", 1.5)
+    timing._pending.setdefault("fixtures", []).append(["thor01 (module)", 6.0])
+    report = report_of(f"{area}::test_x")
+    assert not timing._pending  # sent with this report, not again with the next
+    timing.pytest_runtest_logreport(report)
+    assert timing._runs[area] == [2, 7.5]
+    assert timing._fixtures[area] == [("thor01 (module)", 6.0)]
+    assert timing._phases["a made-up phase"] == (f"{area}::test_x", 1.5)
+    assert timing._tests[f"{area}::test_x"] == 2.0
+    # A report with nothing recorded counts its duration only.
+    timing.pytest_runtest_logreport(report_of(f"{area}::test_y"))
+    assert timing._runs[area] == [2, 7.5]
