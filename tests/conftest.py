@@ -6,7 +6,9 @@ import contextlib
 import http.server
 import importlib.util
 import sys
+import tempfile
 import threading
+import time
 from pathlib import Path
 
 import ansible.module_utils
@@ -22,6 +24,7 @@ from tests.timing import (  # noqa: F401
     pytest_runtest_logstart,
     pytest_runtest_makereport,
     pytest_terminal_summary,
+    record_phase,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,3 +116,43 @@ def pytest_xdist_make_scheduler(config, log):
             return work_unit(nodeid)
 
     return LabApart(config, log)
+
+
+def converge_pid_file(config) -> Path | None:
+    """Under pytest-xdist, where the worker that runs the lab tests writes the pid of
+    thor01's first converge while it runs (tests/lab/conftest.py): one file per test run,
+    shared by its workers. None without workers."""
+    run = getattr(config, "workerinput", {}).get("testrunuid")
+    return Path(tempfile.gettempdir()) / f"thorfleet-tests-{run}.converge" if run else None
+
+
+# The longest a unit test waits for thor01's first converge: its own bound (a playbook
+# run's, tests/lab/conftest.py), after which it is killed anyway.
+HOLD_BOUND = 2400
+
+
+def hold_while_first_converge_runs(config, bound: float = HOLD_BOUND) -> float:
+    """While thor01's first converge runs (two engines compiled on 2 cores, the longest
+    part of the lab's start), the unit tests on the other worker wait between tests and
+    leave it the cores; they run during the lab's bring-up before it and beside the lab
+    tests after it, which leave a core idle. Returns the seconds waited."""
+    pid_file = converge_pid_file(config)
+    start = time.monotonic()
+    while pid_file is not None and time.monotonic() - start < bound:
+        try:
+            stat = Path(f"/proc/{int(pid_file.read_text())}/stat").read_text()
+        except (OSError, ValueError):
+            break  # no converge running (none yet, none at all, or over)
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            break  # over, not yet waited for by the lab's worker
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    if work_unit(item.nodeid) == item.nodeid:  # not a lab test
+        waited = hold_while_first_converge_runs(item.config)
+        if waited >= 1:
+            record_phase("unit tests held while thor01's first converge ran "
+                         "(leaving it the cores)", waited)

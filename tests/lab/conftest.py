@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
+from tests.conftest import converge_pid_file
 from tests.timing import minutes, record_command, record_phase, record_run
 from thorfleet import bounded
 from thorfleet.lab import BRIDGE, Lab, host_address
@@ -118,7 +119,8 @@ class BringUp:
     Then thor01's first converge (its engines' builds, from a cold compiler cache on a
     fresh machine, are the longest part of any run), started as soon as the lab is up:
     the lab tests that leave thor01 alone (marked `beside_first_converge`) run meanwhile,
-    and every other lab test starts once it has passed (the `first_converge` fixture)."""
+    and every other lab test starts once it has passed (the `first_converge` fixture).
+    Under workers the unit tests hold off while it runs (tests/conftest.py)."""
 
     def __init__(self):
         self.was_up: bool | None = None
@@ -129,6 +131,7 @@ class BringUp:
         self.converge: subprocess.Popen | None = None
         self.converge_output = None
         self.converge_started = 0.0
+        self.pid_file: Path | None = None
 
     def start(self) -> None:
         self.was_up = sum(h.running for h in Lab(ROOT).status()) >= len(HOSTS)
@@ -145,12 +148,21 @@ class BringUp:
         self.waited_for = True
         return _waited(self.proc, self.output, THORFLEET_BOUND - (time.monotonic() - self.started))
 
-    def start_first_converge(self) -> None:
+    def start_first_converge(self, pid_file: Path | None = None) -> None:
+        """Start it; under workers, its pid goes to `pid_file` while it runs, so that the
+        unit tests on the other worker hold off meanwhile (tests/conftest.py)."""
         self.converge_output = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read back)
         self.converge_started = time.monotonic()
         self.converge = subprocess.Popen(
             FIRST_CONVERGE, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self.converge_output,
             stderr=subprocess.STDOUT, text=True, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+        self.pid_file = pid_file
+        if pid_file is not None:
+            pid_file.write_text(str(self.converge.pid))
+
+    def _unpublish(self) -> None:
+        if self.pid_file is not None:
+            self.pid_file.unlink(missing_ok=True)
 
     def wait_first_converge(self) -> tuple[int, str]:
         """(its exit status, what it printed), within the bound of a playbook run; (0, "")
@@ -159,6 +171,7 @@ class BringUp:
             return 0, ""
         left = PLAYBOOK_BOUND - (time.monotonic() - self.converge_started)
         rc, said = _waited(self.converge, self.converge_output, left)
+        self._unpublish()
         # A phase of its own in the summary (the first_converge fixture), not a test's run.
         record_command(FIRST_CONVERGE, time.monotonic() - self.converge_started)
         self.converge = None
@@ -173,6 +186,7 @@ class BringUp:
             except subprocess.TimeoutExpired:
                 self.converge.kill()
                 self.converge.wait()
+        self._unpublish()
 
 
 def _waited(proc: subprocess.Popen, output, left: float) -> tuple[int, str]:
@@ -226,7 +240,7 @@ def pytest_sessionfinish(session):
 
 
 @pytest.fixture(scope="session")
-def lab():
+def lab(request):
     existing = Lab(ROOT)
     if BRING_UP.was_up is None:  # lab tests selected by a later hook than collection's
         BRING_UP.start()
@@ -243,7 +257,7 @@ def lab():
         if rc != 0:
             thorfleet("lab", "down")  # a half-booted lab leaves nothing behind either
             pytest.fail(f"thorfleet lab up failed:\n{said}")
-        BRING_UP.start_first_converge()
+        BRING_UP.start_first_converge(converge_pid_file(request.config))
     yield existing
     if already_up and LEFT_CHANGED:
         back = Playbook("site.yml", "-l", ",".join(sorted(LEFT_CHANGED)), *AT_ONCE)

@@ -1,14 +1,17 @@
-"""The suite's own bookkeeping under two workers: which worker a test goes to, and what a
-worker records reaching the summary (tests/conftest.py, tests/timing.py)."""
+"""The suite's own bookkeeping under two workers: which worker a test goes to, when the unit
+tests leave the cores to thor01's first converge, and what a worker records reaching the
+summary (tests/conftest.py, tests/timing.py)."""
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
 from types import SimpleNamespace
 
 import pytest
 
 from tests import timing
-from tests.conftest import work_unit
+from tests.conftest import converge_pid_file, hold_while_first_converge_runs, work_unit
 
 
 def test_every_lab_test_is_one_unit_of_work_and_each_other_test_its_own():
@@ -54,3 +57,27 @@ def test_a_workers_runs_fixtures_and_phases_reach_the_summary_with_its_report(ar
     # A report with nothing recorded counts its duration only.
     timing.pytest_runtest_logreport(report_of(f"{area}::test_y"))
     assert timing._runs[area] == [2, 7.5]
+
+
+def test_unit_tests_hold_while_the_first_converge_runs_and_not_after(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = SimpleNamespace(workerinput={"testrunuid": "made-up-run"})
+    pid_file = converge_pid_file(config)
+    assert pid_file.parent == tmp_path
+    # No converge started (yet, or at all): no wait.
+    assert hold_while_first_converge_runs(config, bound=8) < 1
+    # A converge that runs for 2 s (and is not waited for at once: a zombie then, as the
+    # lab's worker waits for it only when a test needs it).
+    converge = subprocess.Popen(["sleep", "2"])
+    pid_file.write_text(str(converge.pid))
+    try:
+        assert 1.5 <= hold_while_first_converge_runs(config, bound=8) < 10
+        assert hold_while_first_converge_runs(config, bound=8) < 1
+    finally:
+        converge.kill()
+        converge.wait()
+    # Its pid left behind after it was waited for: no wait either.
+    assert hold_while_first_converge_runs(config, bound=8) < 1
+    # Without workers there is no file and nothing to hold for.
+    assert converge_pid_file(SimpleNamespace()) is None
+    assert hold_while_first_converge_runs(SimpleNamespace()) < 1
