@@ -28,13 +28,14 @@ demo: venv
 	$(BIN)/ansible-playbook site.yml -l thor01
 	$(BIN)/thorfleet status -l thor01
 
-## test: lint, then unit and lab tests in one pytest run on two workers (the lab tests on
-## one, booting a 4-host lab and tearing it down; the unit tests beside them on the other);
-## ends with where the time went, the ten slowest tests and the total against the budget
+## test: lint, then the unit and lab tests in two pytest sessions at once (tests/suite.py):
+## one on two workers here (the unit tests, and the lab tests on a 4-host lab), the other
+## the fleet modules on a second 4-host lab, in a copy of this checkout; each ends with
+## where its time went and its ten slowest tests, then the total against the budget
 test: venv
 	@start=$$(date +%s) && $(MAKE) --no-print-directory lint && \
 	  THORFLEET_LINT_SECONDS=$$(( $$(date +%s) - start )) \
-	  $(BIN)/pytest -q -n 2 --durations=10 tests
+	  $(BIN)/python -m tests.suite
 
 lint: venv
 	$(BIN)/ruff check src library filter_plugins plugin_utils roles strategy_plugins tests bench scripts

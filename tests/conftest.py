@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import importlib.util
+import os
 import sys
 import tempfile
 import threading
@@ -118,16 +119,38 @@ def pytest_xdist_make_scheduler(config, log):
     return LabApart(config, log)
 
 
-def converge_pid_file(config) -> Path | None:
-    """Under pytest-xdist, where the worker that runs the lab tests writes the pid of
-    thor01's first converge while it runs (tests/lab/conftest.py): one file per test run,
-    shared by its workers. None without workers."""
+def converge_file(config) -> Path | None:
+    """Where the worker that runs the lab tests writes the pid of thor01's first converge
+    while it runs, and `over` after (tests/lab/conftest.py): THORFLEET_TESTS_CONVERGE_FILE
+    when `make test` sets it (its second lab's session reads it too, tests/suite.py), else
+    under pytest-xdist a file of the run's own, shared by its workers; None otherwise."""
+    if os.environ.get("THORFLEET_TESTS_CONVERGE_FILE"):
+        return Path(os.environ["THORFLEET_TESTS_CONVERGE_FILE"])
     run = getattr(config, "workerinput", {}).get("testrunuid")
     return Path(tempfile.gettempdir()) / f"thorfleet-tests-{run}.converge" if run else None
 
 
-# The longest a unit test waits for thor01's first converge: its own bound (a playbook
-# run's, tests/lab/conftest.py), after which it is killed anyway.
+def converge_running(path: Path | None) -> bool | None:
+    """True while the converge written to `path` runs; False once it is `over` or its
+    process has ended (a zombie not yet waited for by the lab's worker included); None
+    while nothing is written (none started yet, or none at all)."""
+    try:
+        said = path.read_text().strip() if path is not None else ""
+    except OSError:
+        said = ""
+    if not said:
+        return None
+    if not said.isdigit():
+        return False  # over
+    try:
+        stat = Path(f"/proc/{said}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+# The longest a test waits for thor01's first converge: its own bound (a playbook run's,
+# tests/lab/conftest.py), after which it is killed anyway.
 HOLD_BOUND = 2400
 
 
@@ -136,15 +159,19 @@ def hold_while_first_converge_runs(config, bound: float = HOLD_BOUND) -> float:
     part of the lab's start), the unit tests on the other worker wait between tests and
     leave it the cores; they run during the lab's bring-up before it and beside the lab
     tests after it, which leave a core idle. Returns the seconds waited."""
-    pid_file = converge_pid_file(config)
+    path = converge_file(config)
     start = time.monotonic()
-    while pid_file is not None and time.monotonic() - start < bound:
-        try:
-            stat = Path(f"/proc/{int(pid_file.read_text())}/stat").read_text()
-        except (OSError, ValueError):
-            break  # no converge running (none yet, none at all, or over)
-        if stat.rsplit(")", 1)[1].split()[0] == "Z":
-            break  # over, not yet waited for by the lab's worker
+    while converge_running(path) and time.monotonic() - start < bound:
+        time.sleep(0.5)
+    return time.monotonic() - start
+
+
+def wait_until_first_converge_over(path: Path, bound: float = HOLD_BOUND) -> float:
+    """Wait until the converge written to `path` is over, also while nothing is written
+    yet (the second lab's session, whose hosts share the first lab's compiler cache: its
+    own builds then hit it). Returns the seconds waited; at `bound` it goes on anyway."""
+    start = time.monotonic()
+    while converge_running(path) is not False and time.monotonic() - start < bound:
         time.sleep(0.5)
     return time.monotonic() - start
 

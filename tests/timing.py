@@ -155,6 +155,10 @@ def pytest_terminal_summary(terminalreporter, config):
     for nodeid, seconds in sorted(_tests.items(), key=lambda t: -t[1])[:10]:
         write(f"{minutes(seconds):>14}  {nodeid}")
     total = time.monotonic() - _started + (float(lint) if lint.isdigit() else 0)
+    part = os.environ.get("THORFLEET_SUITE_PART")  # one of `make test`'s two (tests/suite.py)
+    if part:
+        write(f"{part}: {minutes(total)} (the suite's total and budget: at the end)")
+        return
     budget = float(config.getini("suite_budget_minutes")) * 60
     verdict = "within" if total <= budget else "OVER"
     write(f"suite: {minutes(total)}, {verdict} its budget of {minutes(budget)} "

@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import testinfra
 
-from tests.conftest import converge_pid_file
+from tests.conftest import converge_file, wait_until_first_converge_over
 from tests.timing import minutes, record_command, record_phase, record_run
 from thorfleet import bounded
 from thorfleet.lab import BRIDGE, Lab, host_address
 from thorfleet.lab import images as lab_images
+from thorfleet.lab.config import GATEWAY, NETWORK, machine_name
 
 ROOT = Path(__file__).resolve().parents[2]
 # thor01 runs one service of each engine, thor02 is the host preflight and power tests
@@ -82,30 +83,37 @@ def left_changed(*names: str) -> None:
 
 
 def lab_leftovers() -> list[str]:
-    """Anything the lab leaves on this machine after `down`."""
+    """Anything this checkout's lab leaves on this machine after `down` (another lab, of
+    another number and checkout, may run beside it: `make test` runs two)."""
+    state = f"{ROOT / '.lab'}/"
     found = []
     processes = bounded.run(["ps", "-eo", "args"], 30).stdout
-    # The lab's Python servers read their settings under .lab; the unit tests' own hubs
-    # (the same programs on loopback, alive until the session ends) are not the lab's.
+    # The lab's processes name its state directory (host trees, settings) or its gateway;
+    # the unit tests' own hubs (the same programs on loopback, alive until the session
+    # ends) do neither.
     found += [f"process: {line}" for line in processes.splitlines()
-              if line.startswith(("systemd-nspawn", "docker-registry serve", "git daemon",
-                                  "git-daemon", "/bin/sh -c trap"))
-              or "http.server --bind 10.213." in line
-              or (str(ROOT / ".lab") in line
-                  and any(server in line for server in ("-m olah.server",
-                                                        "thorfleet.modelscope_standin",
-                                                        "thorfleet.lab.registry_auth")))]
+              if (line.startswith(("systemd-nspawn", "docker-registry serve", "git daemon",
+                                   "git-daemon", "/bin/sh -c trap"))
+                  and (state in line or GATEWAY in line.split()))
+              or f"http.server --bind {GATEWAY} " in line
+              or f"--listen={GATEWAY} " in line
+              or (state in line and any(server in line for server in (
+                  "-m olah.server", "thorfleet.modelscope_standin",
+                  "thorfleet.lab.registry_auth")))]
     if bounded.run(["ip", "link", "show", BRIDGE], 30).returncode == 0:
         found.append(f"link: {BRIDGE}")
     links = bounded.run(["ip", "-o", "link"], 30).stdout
+    ours = {f"vb-{machine_name(name)}" for name in HOSTS}
     found += [f"link: {line.split(':')[1].strip()}" for line in links.splitlines()
-              if ": vb-thor" in line]
+              if line.split(":")[1].strip().split("@")[0] in ours]
     addresses = bounded.run(["ip", "-o", "addr"], 30).stdout
-    found += [f"address: {line}" for line in addresses.splitlines() if " 10.213." in line]
+    prefix = GATEWAY.rsplit(".", 1)[0] + "."
+    found += [f"address: {line}" for line in addresses.splitlines() if f" {prefix}" in line]
     nat = bounded.run(["iptables", "-t", "nat", "-S"], 30).stdout
-    found += [f"nat rule: {line}" for line in nat.splitlines() if "thorfleet-lab" in line]
+    found += [f"nat rule: {line}" for line in nat.splitlines()
+              if "thorfleet-lab" in line and f" {NETWORK} " in line]
     mounts = Path("/proc/self/mounts").read_text()
-    found += [f"mount: {line}" for line in mounts.splitlines() if str(ROOT / ".lab") in line]
+    found += [f"mount: {line}" for line in mounts.splitlines() if state in line]
     return found
 
 
@@ -131,7 +139,7 @@ class BringUp:
         self.converge: subprocess.Popen | None = None
         self.converge_output = None
         self.converge_started = 0.0
-        self.pid_file: Path | None = None
+        self.published: Path | None = None
 
     def start(self) -> None:
         self.was_up = sum(h.running for h in Lab(ROOT).status()) >= len(HOSTS)
@@ -148,21 +156,21 @@ class BringUp:
         self.waited_for = True
         return _waited(self.proc, self.output, THORFLEET_BOUND - (time.monotonic() - self.started))
 
-    def start_first_converge(self, pid_file: Path | None = None) -> None:
-        """Start it; under workers, its pid goes to `pid_file` while it runs, so that the
-        unit tests on the other worker hold off meanwhile (tests/conftest.py)."""
+    def start_first_converge(self) -> None:
+        """Start it; its pid is written to `self.published` (when set) while it runs, and
+        `over` after, for the unit tests on the other worker, which hold off meanwhile,
+        and for the second lab's session, which waits for it (tests/conftest.py)."""
         self.converge_output = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read back)
         self.converge_started = time.monotonic()
         self.converge = subprocess.Popen(
             FIRST_CONVERGE, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=self.converge_output,
             stderr=subprocess.STDOUT, text=True, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
-        self.pid_file = pid_file
-        if pid_file is not None:
-            pid_file.write_text(str(self.converge.pid))
+        if self.published is not None:
+            self.published.write_text(f"{self.converge.pid}\n")
 
-    def _unpublish(self) -> None:
-        if self.pid_file is not None:
-            self.pid_file.unlink(missing_ok=True)
+    def converge_over(self) -> None:
+        if self.published is not None:
+            self.published.write_text("over\n")
 
     def wait_first_converge(self) -> tuple[int, str]:
         """(its exit status, what it printed), within the bound of a playbook run; (0, "")
@@ -171,7 +179,7 @@ class BringUp:
             return 0, ""
         left = PLAYBOOK_BOUND - (time.monotonic() - self.converge_started)
         rc, said = _waited(self.converge, self.converge_output, left)
-        self._unpublish()
+        self.converge_over()
         # A phase of its own in the summary (the first_converge fixture), not a test's run.
         record_command(FIRST_CONVERGE, time.monotonic() - self.converge_started)
         self.converge = None
@@ -186,7 +194,7 @@ class BringUp:
             except subprocess.TimeoutExpired:
                 self.converge.kill()
                 self.converge.wait()
-        self._unpublish()
+        self.converge_over()
 
 
 def _waited(proc: subprocess.Popen, output, left: float) -> tuple[int, str]:
@@ -242,6 +250,7 @@ def pytest_sessionfinish(session):
 @pytest.fixture(scope="session")
 def lab(request):
     existing = Lab(ROOT)
+    BRING_UP.published = converge_file(request.config)
     if BRING_UP.was_up is None:  # lab tests selected by a later hook than collection's
         BRING_UP.start()
     already_up = BRING_UP.was_up
@@ -255,9 +264,19 @@ def lab(request):
         record_phase(f"lab bring-up (thorfleet lab up, {minutes(took)} from its start "
                      "beside the unit tests): waited for", time.monotonic() - start)
         if rc != 0:
+            BRING_UP.converge_over()  # none will come
             thorfleet("lab", "down")  # a half-booted lab leaves nothing behind either
             pytest.fail(f"thorfleet lab up failed:\n{said}")
-        BRING_UP.start_first_converge(converge_pid_file(request.config))
+        first_lab = os.environ.get("THORFLEET_TESTS_AFTER_CONVERGE")
+        if first_lab:
+            start = time.monotonic()
+            wait_until_first_converge_over(Path(first_lab))
+            record_phase("the first lab's thor01 converge, waited for before this lab's "
+                         "(both labs' hosts share the compiler cache)",
+                         time.monotonic() - start)
+        BRING_UP.start_first_converge()
+    else:
+        BRING_UP.converge_over()  # a lab that was up: none
     yield existing
     if already_up and LEFT_CHANGED:
         back = Playbook("site.yml", "-l", ",".join(sorted(LEFT_CHANGED)), *AT_ONCE)
@@ -269,6 +288,8 @@ def lab(request):
         record_phase("lab take-down (thorfleet lab down)", time.monotonic() - start)
         assert down.returncode == 0, down.stdout + down.stderr
         assert lab_leftovers() == []
+    if BRING_UP.published is not None and not os.environ.get("THORFLEET_TESTS_CONVERGE_FILE"):
+        BRING_UP.published.unlink(missing_ok=True)  # the run's own, under workers
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+import threading
 from types import SimpleNamespace
 
 import pytest
 
 from tests import timing
-from tests.conftest import converge_pid_file, hold_while_first_converge_runs, work_unit
+from tests.conftest import (
+    converge_file,
+    hold_while_first_converge_runs,
+    wait_until_first_converge_over,
+    work_unit,
+)
 
 
 def test_every_lab_test_is_one_unit_of_work_and_each_other_test_its_own():
@@ -61,23 +67,40 @@ def test_a_workers_runs_fixtures_and_phases_reach_the_summary_with_its_report(ar
 
 def test_unit_tests_hold_while_the_first_converge_runs_and_not_after(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("THORFLEET_TESTS_CONVERGE_FILE", raising=False)
     config = SimpleNamespace(workerinput={"testrunuid": "made-up-run"})
-    pid_file = converge_pid_file(config)
-    assert pid_file.parent == tmp_path
+    published = converge_file(config)
+    assert published.parent == tmp_path
     # No converge started (yet, or at all): no wait.
     assert hold_while_first_converge_runs(config, bound=8) < 1
     # A converge that runs for 2 s (and is not waited for at once: a zombie then, as the
     # lab's worker waits for it only when a test needs it).
     converge = subprocess.Popen(["sleep", "2"])
-    pid_file.write_text(str(converge.pid))
+    published.write_text(f"{converge.pid}\n")
     try:
-        assert 1.5 <= hold_while_first_converge_runs(config, bound=8) < 10
+        assert 1.5 <= hold_while_first_converge_runs(config, bound=8) < 8
         assert hold_while_first_converge_runs(config, bound=8) < 1
     finally:
         converge.kill()
         converge.wait()
-    # Its pid left behind after it was waited for: no wait either.
+    published.write_text("over\n")
     assert hold_while_first_converge_runs(config, bound=8) < 1
-    # Without workers there is no file and nothing to hold for.
-    assert converge_pid_file(SimpleNamespace()) is None
-    assert hold_while_first_converge_runs(SimpleNamespace()) < 1
+    # Without workers, and without `make test`'s file, there is nothing to hold for.
+    assert converge_file(SimpleNamespace()) is None
+    assert hold_while_first_converge_runs(SimpleNamespace(), bound=8) < 1
+    # `make test` names the file for both labs' sessions.
+    monkeypatch.setenv("THORFLEET_TESTS_CONVERGE_FILE", str(tmp_path / "named"))
+    assert converge_file(SimpleNamespace()) == tmp_path / "named"
+
+
+def test_the_second_lab_waits_for_the_first_labs_converge_even_before_it_starts(tmp_path):
+    published = tmp_path / "converge"
+    writer = threading.Timer(1.5, published.write_text, ["over\n"])
+    writer.start()
+    try:
+        assert 1.2 <= wait_until_first_converge_over(published, bound=8) < 8
+    finally:
+        writer.cancel()
+    assert wait_until_first_converge_over(published, bound=8) < 1
+    # Nothing ever written: it gives up at its bound and goes on.
+    assert 1.5 <= wait_until_first_converge_over(tmp_path / "never", bound=1.5) < 5

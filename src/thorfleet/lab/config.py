@@ -11,10 +11,32 @@ from pathlib import Path
 
 from thorfleet import bounded
 
-NETWORK = ipaddress.ip_network("10.213.0.0/24")
-GATEWAY = "10.213.0.1"
-BRIDGE = "thorlab0"
-BRIDGE_MAC = "02:54:48:4f:52:01"  # locally administered
+
+def lab_number(environ=os.environ) -> int:
+    """Which lab of this machine a command acts on: 0 unless THORFLEET_LAB_NUMBER says
+    otherwise. Two checkouts can each run a lab at once (the test suite does), each on its
+    own network, bridge and host interfaces; the machine's cache is shared."""
+    said = environ.get("THORFLEET_LAB_NUMBER", "0")
+    if not (said.isascii() and said.isdigit() and int(said) <= MAX_LAB_NUMBER):
+        raise LabError(f"THORFLEET_LAB_NUMBER must be a whole number from 0 to "
+                       f"{MAX_LAB_NUMBER}, got {said!r}")
+    return int(said)
+
+
+class LabError(RuntimeError):
+    """A lab operation that cannot go on; the message says what to do."""
+
+
+MAX_LAB_NUMBER = 9
+# A wrong number stops every lab command (Lab()) with this message, not the import.
+try:
+    LAB_NUMBER, LAB_NUMBER_ERROR = lab_number(), ""
+except LabError as error:
+    LAB_NUMBER, LAB_NUMBER_ERROR = 0, str(error)
+NETWORK = ipaddress.ip_network(f"10.213.{LAB_NUMBER}.0/24")
+GATEWAY = str(NETWORK.network_address + 1)
+BRIDGE = f"thorlab{LAB_NUMBER}"
+BRIDGE_MAC = f"02:54:48:4f:52:{LAB_NUMBER + 1:02x}"  # locally administered
 REGISTRY_PORT = 5000
 REGISTRY = f"{GATEWAY}:{REGISTRY_PORT}"
 # Its token service, as nvcr.io's (https://nvcr.io/proxy_auth): the registry wants a token
@@ -168,10 +190,6 @@ SOURCES = {
 }
 
 
-class LabError(RuntimeError):
-    """A lab operation that cannot go on; the message says what to do."""
-
-
 @dataclass
 class HostStatus:
     name: str
@@ -187,6 +205,13 @@ def host_name(index: int) -> str:
 
 def host_address(index: int) -> str:
     return str(NETWORK.network_address + FIRST_HOST_OCTET - 1 + index)
+
+
+def machine_name(name: str) -> str:
+    """A host's machine name on this machine (nspawn's, which names the host's end of its
+    network link `vb-<machine name>`): the host's own name in lab 0, marked with the lab's
+    number in the others, so that two labs' links do not clash."""
+    return name if LAB_NUMBER == 0 else f"{name}-{LAB_NUMBER}"
 
 
 def run(argv: list[str], timeout: float = 1200, **kwargs) -> subprocess.CompletedProcess:

@@ -13,6 +13,8 @@ from pathlib import Path
 from thorfleet.lab import thor as lab_thor
 from thorfleet.lab.config import (
     CONTAINERS_CERTS,
+    LAB_NUMBER,
+    LAB_NUMBER_ERROR,
     MAX_HOSTS,
     SERVICES,
     HostStatus,
@@ -38,6 +40,13 @@ class Lab(Machine, Upstreams, Hosts, Inventory, Processes):
         self.inventory = project / "inventory" / "lab"
         self.key = self.state / "ssh" / "id_ed25519"
         self.known_hosts = self.state / "ssh" / "known_hosts"
+        if LAB_NUMBER_ERROR:
+            raise LabError(LAB_NUMBER_ERROR)
+        recorded = self._read(self.state / "number").strip()
+        if recorded and recorded != str(LAB_NUMBER):
+            raise LabError(f"this checkout's lab is lab {recorded}: set "
+                           f"THORFLEET_LAB_NUMBER={recorded} for its commands (now "
+                           f"{LAB_NUMBER})")
 
     def up(self, hosts: int, as_thor: list[str] | None = None, log=print) -> list[HostStatus]:
         if not 1 <= hosts <= MAX_HOSTS:
@@ -48,14 +57,16 @@ class Lab(Machine, Upstreams, Hosts, Inventory, Processes):
             raise LabError(f"--as-thor names hosts this lab does not have: {', '.join(unknown)}")
         self._require_root()
         with self._locked():
-            self._ensure_machine_packages(log)
-            base = self._ensure_rootfs(log)
-            self._ensure_key()
-            self._ensure_network()
-            self._ensure_registry(log)
-            self._ensure_images(log)
-            self._ensure_sources(log)
-            self._ensure_hubs(log)
+            with self._cache_locked():
+                self._ensure_machine_packages(log)
+                base = self._ensure_rootfs(log)
+                self._ensure_key()
+                self._ensure_network()
+                self._ensure_registry(log)
+                self._ensure_images(log)
+                self._ensure_sources(log)
+                self._ensure_hubs(log)
+            (self.state / "number").write_text(f"{LAB_NUMBER}\n")
             for index in range(hosts + 1, MAX_HOSTS + 1):
                 self._stop_host(host_name(index))
             for index in range(1, hosts + 1):
@@ -76,10 +87,12 @@ class Lab(Machine, Upstreams, Hosts, Inventory, Processes):
             for name in hosts:
                 log(f"stopped {name}")
             self._stop_processes(list(SERVICES))
-            self._remove_network()
+            with self._cache_locked():  # another lab may come up or go down meanwhile
+                self._remove_network()
             shutil.rmtree(CONTAINERS_CERTS, ignore_errors=True)
             for directory in ("hosts", "registry", "git", "hub", "www"):
                 shutil.rmtree(self.state / directory, ignore_errors=True)
+            (self.state / "number").unlink(missing_ok=True)
             shutil.rmtree(self.inventory, ignore_errors=True)
         log("lab is down")
 
@@ -98,7 +111,7 @@ class Lab(Machine, Upstreams, Hosts, Inventory, Processes):
         `thorfleet lab online` command, as `up` is: what it starts is then nobody's child,
         and `down`, another process, can stop it."""
         self._require_root()
-        with self._locked():
+        with self._locked(), self._cache_locked():
             self._ensure_network()
             self._ensure_registry(log)
             self._ensure_images(log)

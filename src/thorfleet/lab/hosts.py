@@ -30,6 +30,7 @@ from thorfleet.lab.config import (
     LabError,
     host_address,
     host_name,
+    machine_name,
     pid_alive,
     run,
 )
@@ -67,14 +68,16 @@ class Hosts:
             partial.rename(root)
         # A host whose power was cut (power_off) leaves its end of the veth pair behind,
         # and nspawn will not boot on top of it.
-        if bounded.run(["ip", "link", "show", f"vb-{name}"], 60).returncode == 0:
-            run(["ip", "link", "del", f"vb-{name}"])
+        link = f"vb-{machine_name(name)}"
+        if bounded.run(["ip", "link", "show", link], 60).returncode == 0:
+            run(["ip", "link", "del", link])
         # One compiler cache for all hosts: a second host's build is mostly cache hits.
         ccache = self.cache / "ccache"
         ccache.mkdir(parents=True, exist_ok=True)
         log(f"booting {name}")
         self._start_process(name, ["/bin/sh", "-c", REBOOTING, "nspawn",
-                                   "systemd-nspawn", "-D", str(root), f"--machine={name}",
+                                   "systemd-nspawn", "-D", str(root),
+                                   f"--machine={machine_name(name)}", f"--hostname={name}",
                                    f"--network-bridge={BRIDGE}",
                                    f"--bind={ccache}:{CCACHE_IN_HOST}", *NSPAWN_ARGS],
                             env=NSPAWN_ENV)

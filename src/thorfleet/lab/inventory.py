@@ -5,14 +5,31 @@ and nothing else), thor01's services, and those of the hosts added for fleet tes
 from __future__ import annotations
 
 import platform
+import re
 from pathlib import Path
 
 import yaml
 
-from thorfleet.lab.config import FIRST_FLEET_HOST, FLEET_SERVICES, LAB_SERVICES, host_address
+from thorfleet.lab.config import (
+    FIRST_FLEET_HOST,
+    FLEET_SERVICES,
+    GATEWAY,
+    LAB_SERVICES,
+    host_address,
+)
 
 # The lab profile, as YAML the linters read.
 PROFILE = Path(__file__).with_name("profile.yml")
+
+
+# The gateway the profile names: lab 0's (config.GATEWAY is this lab's).
+PROFILE_GATEWAY = "10.213.0.1"
+
+
+def profile() -> str:
+    """The lab profile for this lab: its upstreams at this lab's gateway."""
+    return re.sub(rf"(?<![\d.]){re.escape(PROFILE_GATEWAY)}(?![\d])", GATEWAY,
+                  PROFILE.read_text())
 
 
 class Inventory:
@@ -38,7 +55,7 @@ class Inventory:
         header = "# Written by `thorfleet lab up`; rewritten on every up.\n"
         (self.inventory / "hosts.yml").write_text(
             header + "---\n" + yaml.safe_dump(inventory, sort_keys=False))
-        (group_vars / "lab.yml").write_text(header + PROFILE.read_text())
+        (group_vars / "lab.yml").write_text(header + profile())
         # The demo host runs one service of each kind the lab can serve, from both hubs.
         host_vars = self.inventory / "host_vars"
         host_vars.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,12 @@ cached), the lab's SSH key, and the bridge the hosts join with NAT to the outsid
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from thorfleet import bounded
@@ -80,7 +82,7 @@ class Machine:
         run(["ip", "link", "set", BRIDGE, "up"])
         # Hosts reach the package registries this machine reaches, through NAT.
         forward = Path("/proc/sys/net/ipv4/ip_forward")
-        saved = self.state / "ip_forward.orig"
+        saved = self._saved_forwarding()
         if not saved.exists():
             saved.write_text(forward.read_text())
         forward.write_text("1\n")
@@ -93,12 +95,37 @@ class Machine:
 
     def _remove_network(self) -> None:
         self._remove_nat()
-        saved = self.state / "ip_forward.orig"
-        if saved.exists():
-            Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
-            saved.unlink()
         if bounded.run(["ip", "link", "show", BRIDGE], 60).returncode == 0:
             run(["ip", "link", "del", BRIDGE])
+        saved = self._saved_forwarding()
+        # Another checkout's lab still up (THORFLEET_LAB_NUMBER) still needs forwarding;
+        # the last lab down puts back what the machine had before the first.
+        if saved.exists() and not self._other_labs_up():
+            Path("/proc/sys/net/ipv4/ip_forward").write_text(saved.read_text())
+            saved.unlink()
+
+    def _saved_forwarding(self) -> Path:
+        """Where the machine's own IP forwarding setting is kept while labs run: one file
+        for the machine, whichever lab came up first."""
+        self.cache.mkdir(parents=True, exist_ok=True)
+        return self.cache / "ip_forward.orig"
+
+    @staticmethod
+    def _other_labs_up() -> bool:
+        """Whether a lab of another number has its bridge on this machine."""
+        links = bounded.run(["ip", "-o", "link", "show", "type", "bridge"], 60).stdout
+        return any(line.split(":")[1].strip().startswith("thorlab")
+                   for line in links.splitlines() if line.count(":") >= 2)
+
+    @contextlib.contextmanager
+    def _cache_locked(self) -> Iterator[None]:
+        """This machine's part (its packages, the cache of root file system, sources,
+        images and hubs) made by one lab at a time: two labs brought up at once on a fresh
+        machine build it once, the second waiting for the first."""
+        self.cache.mkdir(parents=True, exist_ok=True)
+        with open(self.cache / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     @staticmethod
     def _nat_rule() -> list[str]:
