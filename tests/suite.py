@@ -2,12 +2,12 @@
 machine, so that both cores work through the lab tests (one Ansible run at a time keeps
 one core busy, and the lab tests are runs one after another).
 
-- In this checkout, lab 0: `pytest -n 2` over tests/ but the fleet modules: the unit tests
-  on one worker, the other lab tests on the other (tests/conftest.py).
+- In this checkout, lab 0: `pytest -n 2` over tests/ but the second lab's modules: the
+  unit tests on one worker, the other lab tests on the other (tests/conftest.py).
 - In a copy of this checkout (its tracked files and the untracked ones git does not
-  ignore) under .lab-1/checkout, lab 1 (THORFLEET_LAB_NUMBER=1): the fleet modules
-  (FLEET), one after another. Its output goes to .lab-1/pytest.log and is printed after
-  the first session's.
+  ignore) under .lab-1/checkout, lab 1 (THORFLEET_LAB_NUMBER=1): the modules of
+  SECOND_LAB, one after another. Its output goes to .lab-1/pytest.log and is printed
+  after the first session's.
 
 The second lab's thor01 converges once the first lab's has, so that its engines' builds
 hit the compiler cache the labs share (THORFLEET_TESTS_CONVERGE_FILE, which the first
@@ -34,10 +34,13 @@ from tests.timing import minutes
 ROOT = Path(__file__).resolve().parents[1]
 SECOND = ROOT / ".lab-1"
 CHECKOUT = SECOND / "checkout"
-# The modules of the fleet (rollouts, fetching once per fleet, the bundle): about as long
-# together as the other lab modules, and no test of the first session needs them.
-FLEET = ("tests/lab/test_rollout.py", "tests/lab/test_fleet_fetch.py",
-         "tests/lab/test_bundle.py")
+# The second lab's modules: the fleet's (rollouts, fetching once per fleet, the bundle),
+# the power tests (thor02 only: they run while its thor01 waits for the first lab's
+# converge) and the hostile values refused by preflight, so that both sessions take
+# about as long.
+SECOND_LAB = ("tests/lab/test_power.py", "tests/lab/test_rollout.py",
+              "tests/lab/test_fleet_fetch.py", "tests/lab/test_bundle.py",
+              "tests/lab/test_hostile_input.py")
 # Both sessions end within this (CI stops the whole job at 90 minutes).
 BOUND = 85 * 60
 
@@ -108,17 +111,18 @@ def main(args: list[str]) -> int:
     deadline = started + BOUND
     copy_checkout()
     log_path = SECOND / "pytest.log"
-    print(f"tests.suite: the fleet modules run on a second lab beside these tests, in "
+    print(f"tests.suite: the fleet modules and a few more run on a second lab beside these "
+          f"tests, in "
           f"{CHECKOUT.relative_to(ROOT)}; their output is printed at the end (and kept in "
           f"{log_path.relative_to(ROOT)})", flush=True)
     with tempfile.TemporaryDirectory(prefix="thorfleet-suite-") as scratch, \
             open(log_path, "w") as log:
         told = Path(scratch) / "converge"
-        second = session(["-q", "--durations=10", *args, *FLEET], CHECKOUT,
+        second = session(["-q", "--durations=10", *args, *SECOND_LAB], CHECKOUT,
                          {**second_lab_env(), "THORFLEET_TESTS_AFTER_CONVERGE": str(told),
                           "THORFLEET_SUITE_PART": "the second lab's session"}, stdout=log)
         first = session(["-q", "-n", "2", "--durations=10", *args, "tests",
-                         *(f"--ignore={module}" for module in FLEET)], ROOT,
+                         *(f"--ignore={module}" for module in SECOND_LAB)], ROOT,
                         {**os.environ, "THORFLEET_TESTS_CONVERGE_FILE": str(told),
                          "THORFLEET_SUITE_PART": "this session"})
         try:
@@ -131,7 +135,8 @@ def main(args: list[str]) -> int:
             raise
         finally:
             bring_down_second_lab()  # only when its session could not
-    print(f"\n{' the fleet modules, on the second lab (lab 1) ':=^79}")
+    title = f" the second lab (lab 1): {', '.join(Path(m).name for m in SECOND_LAB)} "
+    print(f"\n{title:=^79}")
     print(log_path.read_text(), end="", flush=True)
     lint = os.environ.get("THORFLEET_LINT_SECONDS", "")
     total = time.monotonic() - started + (float(lint) if lint.isdigit() else 0)
