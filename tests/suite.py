@@ -49,19 +49,25 @@ def copy_checkout() -> None:
     """This checkout's files as they are now (changes not committed included) in
     CHECKOUT, after bringing down a lab 1 that a stopped run left up there."""
     bring_down_second_lab()
-    shutil.rmtree(CHECKOUT, ignore_errors=True)
+    copy_tree(ROOT, CHECKOUT)
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """A git work tree's files as they are (tracked, and untracked ones git does not
+    ignore; tracked ones deleted and not yet committed left out) in `target`, made anew."""
+    shutil.rmtree(target, ignore_errors=True)
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=120).stdout
+        cwd=source, capture_output=True, text=True, check=True, timeout=120).stdout
     for name in filter(None, listed.split("\0")):
-        source, target = ROOT / name, CHECKOUT / name
-        if not source.exists() and not source.is_symlink():
-            continue  # deleted, not yet committed
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_symlink():
-            target.symlink_to(os.readlink(source))
+        here, there = source / name, target / name
+        if not here.exists() and not here.is_symlink():
+            continue
+        there.parent.mkdir(parents=True, exist_ok=True)
+        if here.is_symlink():
+            there.symlink_to(os.readlink(here))
         else:
-            shutil.copy2(source, target)
+            shutil.copy2(here, there)
 
 
 def second_lab_env() -> dict[str, str]:
