@@ -29,7 +29,8 @@ import time
 import tomllib
 from pathlib import Path
 
-from tests.timing import minutes
+from tests.timing import minutes, verdict
+from thorfleet import bounded
 
 ROOT = Path(__file__).resolve().parents[1]
 SECOND = ROOT / ".lab-1"
@@ -56,9 +57,8 @@ def copy_tree(source: Path, target: Path) -> None:
     """A git work tree's files as they are (tracked, and untracked ones git does not
     ignore; tracked ones deleted and not yet committed left out) in `target`, made anew."""
     shutil.rmtree(target, ignore_errors=True)
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=source, capture_output=True, text=True, check=True, timeout=120).stdout
+    listed = bounded.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         120, cwd=source, check=True).stdout
     for name in filter(None, listed.split("\0")):
         here, there = source / name, target / name
         if not here.exists() and not here.is_symlink():
@@ -78,8 +78,9 @@ def second_lab_env() -> dict[str, str]:
 
 def bring_down_second_lab() -> None:
     if (CHECKOUT / ".lab" / "number").exists():
-        subprocess.run(["thorfleet", "lab", "down"], cwd=CHECKOUT, env=second_lab_env(),
-                       stdin=subprocess.DEVNULL, timeout=600, check=False)
+        down = bounded.run(["thorfleet", "lab", "down"], 600, cwd=CHECKOUT,
+                           env=second_lab_env())
+        print(down.stdout + down.stderr, end="", flush=True)
 
 
 def session(argv: list[str], cwd: Path, env: dict, stdout=None) -> subprocess.Popen:
@@ -147,10 +148,9 @@ def main(args: list[str]) -> int:
     lint = os.environ.get("THORFLEET_LINT_SECONDS", "")
     total = time.monotonic() - started + (float(lint) if lint.isdigit() else 0)
     settings = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    budget = float(settings["tool"]["pytest"]["ini_options"]["suite_budget_minutes"]) * 60
-    verdict = "within" if total <= budget else "OVER"
-    print(f"\nsuite: {minutes(total)}, {verdict} its budget of {minutes(budget)} "
-          f"(README, Tests); sessions: {'passed' if first_rc == 0 else f'failed ({first_rc})'}"
+    line, _over = verdict(total, float(
+        settings["tool"]["pytest"]["ini_options"]["suite_budget_minutes"]) * 60)
+    print(f"\n{line}; sessions: {'passed' if first_rc == 0 else f'failed ({first_rc})'}"
           f" here, {'passed' if second_rc == 0 else f'failed ({second_rc})'} on lab 1")
     return first_rc or second_rc
 

@@ -159,7 +159,12 @@ def pytest_terminal_summary(terminalreporter, config):
     if part:
         write(f"{part}: {minutes(total)} (the suite's total and budget: at the end)")
         return
-    budget = float(config.getini("suite_budget_minutes")) * 60
-    verdict = "within" if total <= budget else "OVER"
-    write(f"suite: {minutes(total)}, {verdict} its budget of {minutes(budget)} "
-          "(README, Tests)", bold=True, red=total > budget)
+    line, over = verdict(total, float(config.getini("suite_budget_minutes")) * 60)
+    write(line, bold=True, red=over)
+
+
+def verdict(total: float, budget: float) -> tuple[str, bool]:
+    """The suite's last line, and whether it is over its budget."""
+    over = total > budget
+    return (f"suite: {minutes(total)}, {'OVER' if over else 'within'} its budget of "
+            f"{minutes(budget)} (README, Tests)"), over
