@@ -1,12 +1,16 @@
 """Two labs on one machine (THORFLEET_LAB_NUMBER): each on its own network, bridge and
-host links, the default lab's names as they always were, and a lab command refused when
-the number is wrong or is not the one the checkout's lab was brought up with."""
+host links, the default lab's names as they always were, a lab command refused when the
+number is wrong or is not the one the checkout's lab was brought up with, the machine's
+cache filled by one lab at a time, and forwarding put back by the last lab down."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -73,3 +77,37 @@ def test_lab_1s_inventory_points_its_hosts_at_lab_1s_upstreams():
     assert lab1["thorfleet_registry_mirror"] == "10.213.1.1:5000"
     assert lab1["model_store_pip_env"]["PIP_TRUSTED_HOST"] == "10.213.1.1"
     assert "10.213.0." not in proc.stdout
+
+
+def test_a_second_up_waits_for_the_machine_cache_the_first_is_filling(tmp_path):
+    from thorfleet.lab import Lab
+    first, second = Lab(tmp_path / "one", cache=tmp_path / "cache"), \
+        Lab(tmp_path / "two", cache=tmp_path / "cache")
+    entered = []
+
+    def fill():
+        with first._cache_locked():
+            entered.append(("first", time.monotonic()))
+            time.sleep(1.5)
+            entered.append(("first done", time.monotonic()))
+
+    filling = threading.Thread(target=fill)
+    filling.start()
+    while not entered:
+        time.sleep(0.05)
+    with second._cache_locked():
+        entered.append(("second", time.monotonic()))
+    filling.join()
+    assert [name for name, _ in entered] == ["first", "first done", "second"]
+
+
+def test_forwarding_is_put_back_only_when_no_other_lab_has_its_bridge(monkeypatch):
+    from thorfleet.lab import machine
+    said = {"out": ""}
+    monkeypatch.setattr(machine.bounded, "run", lambda argv, timeout: subprocess.CompletedProcess(
+        argv, 0, said["out"], ""))
+    said["out"] = ("3: docker0: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500\n"
+                   "7: br-lan: <BROADCAST,MULTICAST,UP> mtu 1500\n")
+    assert machine.Machine._other_labs_up() is False
+    said["out"] += "9: thorlab1: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500\n"
+    assert machine.Machine._other_labs_up() is True
