@@ -220,6 +220,16 @@ AFTER_FIRST_LAB = os.environ.get("THORFLEET_TESTS_AFTER_CONVERGE", "")
 BRING_UP = BringUp()
 
 
+def before_converge(item) -> bool:
+    """Whether a test runs before thor01's first converge has passed: beside it (tests
+    that leave thor01 alone), or, in the second lab's session, before it starts (tests
+    that need thor01 up but not converged, which run while this lab waits for the first
+    lab's converge: they take thor01's run lock, so they cannot run beside a converge)."""
+    return (item.get_closest_marker("beside_first_converge") is not None
+            or (bool(AFTER_FIRST_LAB)
+                and item.get_closest_marker("before_first_converge") is not None))
+
+
 def pytest_collection_modifyitems(session, items):
     """The unit tests first (the lab boots meanwhile), then the lab tests: first those
     that leave thor01 alone (they run beside its first converge), last those marked
@@ -227,12 +237,10 @@ def pytest_collection_modifyitems(session, items):
     first converge (`first_converge`, set up before the test's other fixtures); tests
     under tests/lab that use no lab (the README's snippets read as text) need neither."""
     lab_dir = Path(__file__).parent
-    items.sort(key=lambda item: (lab_dir in item.path.parents,
-                                 item.get_closest_marker("beside_first_converge") is None,
+    items.sort(key=lambda item: (lab_dir in item.path.parents, not before_converge(item),
                                  item.get_closest_marker("from_empty") is not None))
     for item in items:
-        if ("lab" in item.fixturenames
-                and item.get_closest_marker("beside_first_converge") is None):
+        if "lab" in item.fixturenames and not before_converge(item):
             item.fixturenames.insert(0, "first_converge")
     # Under xdist each worker collects every test: the worker that runs the lab tests
     # starts the bring-up (the `lab` fixture), while the other runs the unit tests.

@@ -93,6 +93,9 @@ def phase_of(snippet: Snippet) -> tuple[str, str | None]:
 JETSON_ONLY = ("thorfleet_power_mode", "thorfleet_jetson_clocks", "thorfleet_allow_reboot")
 
 
+# Preflight only: the second lab runs these while its thor01 waits for its first converge
+# (tests/suite.py).
+@pytest.mark.before_first_converge
 @pytest.mark.parametrize("snippet", [s for s in of_kind("inventory") if not claimed(s)],
                          ids=lambda s: s.where)
 def test_an_inventory_snippet_passes_preflight(lab, snippet, tmp_path, request):

@@ -1,12 +1,16 @@
 """`make test`'s two sessions (tests/suite.py): the second lab's checkout is this one's
-files as they are, and a session past its bound is stopped, failing the suite."""
+files as they are, a session past its bound is stopped, failing the suite, and the two
+sessions split the lab tests between them."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 
 from tests import suite
+from thorfleet import bounded
 
 
 def git(repo, *args):
@@ -41,3 +45,35 @@ def test_a_session_past_its_bound_is_stopped_and_fails():
     assert proc.poll() is not None and time.monotonic() - start < 30
     done = subprocess.Popen(["true"], start_new_session=True)
     assert suite.finished(done, time.monotonic() + 30, "a made-up session") == 0
+
+
+def collected(*selection: str, env: dict | None = None) -> list[str]:
+    """The node ids pytest selects, in the order it would run them (no lab is started
+    for a collection)."""
+    proc = bounded.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                        "-p", "no:cacheprovider", *selection], 300, cwd=suite.ROOT,
+                       env={**os.environ, **(env or {})})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [line for line in proc.stdout.splitlines() if "::" in line]
+
+
+def test_the_two_sessions_split_the_lab_tests_none_left_out_none_run_twice():
+    first = collected("tests/lab", *map(suite.left_out, suite.SECOND_LAB))
+    second = collected(*suite.SECOND_LAB)
+    everything = collected("tests/lab")
+    assert second and not set(first) & set(second)
+    assert sorted(first + second) == sorted(everything)
+
+
+def test_the_second_lab_runs_its_preflight_tests_while_it_waits_for_the_first_labs(tmp_path):
+    # In the second lab's session, the tests marked before_first_converge run with those
+    # beside it (the power tests), before the tests that need its thor01 converged; in
+    # any other session, after its first converge, with the rest.
+    def order(env):
+        ids = collected(*suite.SECOND_LAB, env=env)
+        first_converged = next(i for i, node in enumerate(ids) if "test_rollout.py" in node)
+        return [i < first_converged for i, node in enumerate(ids)
+                if "test_an_inventory_snippet_passes_preflight" in node]
+    waiting = order({"THORFLEET_TESTS_AFTER_CONVERGE": str(tmp_path / "converge")})
+    assert waiting and all(waiting)
+    assert not any(order({"THORFLEET_TESTS_AFTER_CONVERGE": ""}))
