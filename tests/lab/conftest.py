@@ -54,6 +54,7 @@ class Playbook:
 
     def __init__(self, *args: str, env: dict | None = None, bound: float = PLAYBOOK_BOUND):
         self.argv = ["ansible-playbook", *args]
+        self.started = time.time()
         start = time.monotonic()
         proc = bounded.run(self.argv, bound, cwd=ROOT,
                            env={**os.environ, "ANSIBLE_NOCOLOR": "1"} if env is None else env)
@@ -62,9 +63,56 @@ class Playbook:
         self.output = proc.stdout + proc.stderr
         self.recap = {m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
                       for m in RECAP.finditer(self.output)}
+        if self.rc == 0 and args == MAIN_JOB and env is None:
+            CONVERGED["thor01"] = fingerprint("thor01")
 
     def __repr__(self) -> str:  # what pytest shows when an assertion on a run fails
-        return f"<{' '.join(self.argv)} rc={self.rc}>\n{self.output[-6000:]}"
+        return f"<{' '.join(self.argv)} rc={self.rc}>\n{self.output[-6000:]}{self.journals()}"
+
+    def journals(self) -> str:
+        """What the services' journals say since the run started, on each host where a task
+        failed: the run's output says that a service did not start, its journal says why."""
+        said = []
+        for host, counts in self.recap.items():
+            if counts["failed"] and re.fullmatch(r"thor\d+", host):
+                tail = Lab(ROOT).ssh(host, JOURNAL.format(since=int(self.started)), check=False)
+                said.append(f"\n--- {host}: journalctl -u 'thorfleet-*' since the run began\n"
+                            f"{tail.stdout}{tail.stderr}")
+        return "".join(said)
+
+
+# The services' journal of a host since a time, less the health probes' and the requests'
+# lines: the ends of the last starts and stops.
+JOURNAL = ("journalctl --no-pager -o short-precise --since @{since} -u 'thorfleet-*' "
+           "| grep -v -e 'GET /health' -e 'POST /v1' | tail -n 60")
+
+
+# The main job on thor01, as the README runs it.
+MAIN_JOB = ("site.yml", "-l", "thor01")
+# What a host looked like right after the main job last passed on it (fingerprint()).
+CONVERGED: dict[str, str] = {}
+# What a converge would put back, read in one command: each unit's file, environment
+# file, state and main process (a restart is a new pid), preflight's record, the engine
+# builds and models (names, sizes, times), the containers and images, and the lock file.
+FINGERPRINT = (
+    "systemctl show --property=Id,ActiveState,SubState,MainPID,NRestarts 'thorfleet-*'; "
+    "sha256sum /etc/systemd/system/thorfleet-* /etc/thorfleet/services/* "
+    "/etc/ansible/facts.d/* 2>&1; "
+    "find /opt/thorfleet -maxdepth 2 -printf '%p %l %T@\\n' 2>&1 | sort; "
+    "find /models -printf '%p %s %T@\\n' 2>&1 | sort; "
+    "docker ps -a --no-trunc --format '{{.Names}} {{.Image}} {{.ID}} {{.State}}' | sort; "
+    "docker images --no-trunc --digests "
+    "--format '{{.Repository}} {{.Tag}} {{.Digest}} {{.ID}}' | sort")
+
+
+def fingerprint(host: str) -> str:
+    """A digest of what the main job sets on `host` and of the lab's lock file: equal to
+    CONVERGED[host] when nothing a converge would change has changed since it passed."""
+    lab = Lab(ROOT)
+    said = lab.ssh(host, FINGERPRINT, check=False).stdout
+    lock = ROOT / "inventory/lab/.thorfleet.lock.yml"
+    pins = lock.read_bytes() if lock.exists() else b""
+    return hashlib.sha256(said.encode() + b"\0" + pins).hexdigest()
 
 
 # For runs that set hosts up or put them back (not the rollouts under test): every host's
@@ -316,6 +364,8 @@ def first_converge(lab):
                      f"alone; {minutes(took)} from its start to the first test that needs "
                      "it): waited for", time.monotonic() - start)
     assert rc == 0, f"<{' '.join(FIRST_CONVERGE)} rc={rc}>\n{said[-6000:]}"
+    if said and "thor01" not in CONVERGED:
+        CONVERGED["thor01"] = fingerprint("thor01")
 
 
 @pytest.fixture(scope="session")
@@ -334,10 +384,19 @@ def hosts(lab):
 @pytest.fixture(scope="module")
 def thor01(lab, hosts):
     """thor01 after the main job: converged, its services answering. Modules that need it
-    otherwise (no engines yet, no models yet) define their own."""
-    run = Playbook("site.yml", "-l", "thor01")
-    assert run.rc == 0, run
+    otherwise (no engines yet, no models yet) define their own. Not run again when
+    nothing a converge sets has changed since the main job last passed on thor01 (its
+    fingerprint is as it was then): a module after one that leaves thor01 as it found it
+    starts at once."""
+    main_job_unless_converged()
     return hosts["thor01"]
+
+
+def main_job_unless_converged() -> None:
+    """The main job on thor01, unless its fingerprint is as the last passing one left it."""
+    if CONVERGED.get("thor01") is None or CONVERGED["thor01"] != fingerprint("thor01"):
+        run = Playbook(*MAIN_JOB)
+        assert run.rc == 0, run
 
 
 CLOCKS_UNIT = "/etc/systemd/system/thorfleet-jetson-clocks.service"
