@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 
 class Overrun(RuntimeError):
@@ -43,3 +44,35 @@ def run(argv: Sequence[str], timeout: float, *, input: str | None = None, check:
     if check and proc.returncode:
         raise subprocess.CalledProcessError(proc.returncode, argv, out, err)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def run_watching(argv: Sequence[str], timeout: float, marker: str,
+                 action: Callable[[], None], **kwargs) -> subprocess.CompletedProcess:
+    """run() with standard error in standard output, read line by line: `action` is
+    called once, as soon as a line containing `marker` is printed, while the command goes
+    on (a test that cuts a host's power at a given step of a run). Ends within `timeout`
+    seconds or raises Overrun."""
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                          **kwargs) as proc:
+        stopped = threading.Event()
+
+        def stop() -> None:
+            stopped.set()
+            os.killpg(proc.pid, signal.SIGKILL)
+
+        timer = threading.Timer(timeout, stop)
+        timer.start()
+        lines, seen = [], False
+        try:
+            for line in proc.stdout:
+                lines.append(line)
+                if not seen and marker in line:
+                    seen = True
+                    action()
+            proc.wait()
+        finally:
+            timer.cancel()
+    if stopped.is_set():
+        raise Overrun(argv, timeout, "".join(lines))
+    return subprocess.CompletedProcess(argv, proc.returncode, "".join(lines), "")

@@ -229,13 +229,25 @@ def test_the_readmes_rollout_goes_canary_first_then_batch_by_batch(lab, fleet):
     assert all(counts["changed"] == 0 for counts in again.recap.values()), again
 
 
-def test_a_host_down_at_the_start_is_left_out_then_caught_up(lab, fleet):
+def test_a_host_down_at_the_start_halts_the_rollout_as_canary_else_is_left_out_and_caught_up(
+        lab, fleet):
     # thor04 down before the run; thor03 power-cycled after it: both boot again, serve on
     # their own without a run, and the next run catches thor04 up and changes nothing on
-    # thor03. (One test: a power cycle is part of every host's coming back.)
+    # thor03. (One test: a power cycle is part of every host's coming back.) First, with
+    # thor04 down, the canary that never reaches the switch.
     lab.power_off("thor04")
     IMAGES_VARS.unlink()  # back to the catalogue's image
     catalogue = yaml.safe_load(LOCK.read_text())["images"]["nvcr.io/nvidia/vllm:25.10-py3"]
+    # thor04 as the canary, unreachable: the rollout halts whatever the budget, and the
+    # three others keep their units' bytes and main PIDs. Cost: ~20 s.
+    others = {host: units_and_pids(fleet[host]) for host in HOSTS[:3]}
+    halted = Playbook("site.yml", "-e", "thorfleet_rollout_canary=thor04",
+                      "-e", "thorfleet_rollout_max_fail=1")
+    assert halted.rc != 0, halted
+    assert "halted: canary thor04 failed (left out of the switch" in said(halted), halted
+    assert "left untouched: thor01, thor02, thor03" in said(halted), halted
+    for host in HOSTS[:3]:
+        assert units_and_pids(fleet[host]) == others[host], host
     run = Playbook("site.yml")
     assert run.rc == 4, run  # Ansible's status when a host is unreachable
     assert run.recap["thor04"]["unreachable"] == 1, run
