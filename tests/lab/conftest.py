@@ -13,7 +13,6 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,18 +52,12 @@ class Playbook:
     """One ansible-playbook run, as a user types it in the checkout. `env` replaces the
     environment it runs in (default: this one)."""
 
-    def __init__(self, *args: str, env: dict | None = None, bound: float = PLAYBOOK_BOUND,
-                 at: tuple[str, Callable[[], None]] | None = None):
-        """`at`: (a line's text, an action) to do the action once, as soon as the run
-        prints that line (a task's banner), while it goes on."""
+    def __init__(self, *args: str, env: dict | None = None, bound: float = PLAYBOOK_BOUND):
         self.argv = ["ansible-playbook", *args]
         self.started = time.time()
         start = time.monotonic()
-        env = {**os.environ, "ANSIBLE_NOCOLOR": "1"} if env is None else env
-        if at is None:
-            proc = bounded.run(self.argv, bound, cwd=ROOT, env=env)
-        else:
-            proc = bounded.run_watching(self.argv, bound, *at, cwd=ROOT, env=env)
+        proc = bounded.run(self.argv, bound, cwd=ROOT,
+                           env={**os.environ, "ANSIBLE_NOCOLOR": "1"} if env is None else env)
         record_run(time.monotonic() - start, self.argv)
         self.rc = proc.returncode
         self.output = proc.stdout + proc.stderr
@@ -401,7 +394,7 @@ def thor01(lab, hosts):
 
 def main_job_unless_converged() -> None:
     """The main job on thor01, unless its fingerprint is as the last passing one left it."""
-    if CONVERGED.get("thor01") is None or CONVERGED["thor01"] != fingerprint("thor01"):
+    if CONVERGED.get("thor01") != fingerprint("thor01"):
         run = Playbook(*MAIN_JOB)
         assert run.rc == 0, run
 
