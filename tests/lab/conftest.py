@@ -13,6 +13,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -52,12 +53,18 @@ class Playbook:
     """One ansible-playbook run, as a user types it in the checkout. `env` replaces the
     environment it runs in (default: this one)."""
 
-    def __init__(self, *args: str, env: dict | None = None, bound: float = PLAYBOOK_BOUND):
+    def __init__(self, *args: str, env: dict | None = None, bound: float = PLAYBOOK_BOUND,
+                 at: tuple[str, Callable[[], None]] | None = None):
+        """`at`: (a line's text, an action) to do the action once, as soon as the run
+        prints that line (a task's banner), while it goes on."""
         self.argv = ["ansible-playbook", *args]
         self.started = time.time()
         start = time.monotonic()
-        proc = bounded.run(self.argv, bound, cwd=ROOT,
-                           env={**os.environ, "ANSIBLE_NOCOLOR": "1"} if env is None else env)
+        runs_in = {**os.environ, "ANSIBLE_NOCOLOR": "1"} if env is None else env
+        if at is None:
+            proc = bounded.run(self.argv, bound, cwd=ROOT, env=runs_in)
+        else:
+            proc = bounded.run_watching(self.argv, bound, *at, cwd=ROOT, env=runs_in)
         record_run(time.monotonic() - start, self.argv)
         self.rc = proc.returncode
         self.output = proc.stdout + proc.stderr

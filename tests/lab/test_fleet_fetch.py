@@ -22,6 +22,7 @@ from tests.lab.conftest import (
     left_changed,
     push_standin,
     push_standin_list,
+    thorfleet,
 )
 from tests.snippets import snippets
 from thorfleet.lab import host_address
@@ -137,13 +138,46 @@ def test_a_copy_that_differs_from_the_sources_manifest_is_refused_and_taken_else
     assert "from peer thor01" in run.output, run
     copies = re.findall(rf"changed: \[thor03\] => \(item={MODEL} <- (thor\d+)\)", run.output)
     assert copies == ["thor04"], run
-    assert manifest(fleet["thor03"]) == held
+    got = manifest(fleet["thor03"])
+    assert (got["commit"], got["files"]) == (held["commit"], held["files"])
     assert sums(fleet["thor03"], sorted(held["files"])) == {
         path: meta["sha256"] for path, meta in held["files"].items()}
     # No host asked the hub, and the hosts that hold it fetched nothing.
     assert model_gets(lab, since) == []
     assert manifest(fleet["thor01"]) == held and manifest(fleet["thor04"]) == held
     assert all(share_closed(host) for host in fleet.values())
+
+
+def test_a_source_powered_off_in_a_round_is_lost_and_the_copying_host_switches(lab, fleet):
+    # The main job on the three hosts, fetching once per fleet: thor03 lost its model,
+    # and in round 1 is to copy it from thor01 (the first host holding it), whose power
+    # is cut as the round is planned. thor01 leaves the run; thor03 does not: a later
+    # round gives it thor04, not the hub, and it switches. Cost: ~60 s (one site.yml run
+    # of three hosts, thor01 booted again; its next converge was due after this module's
+    # fetches anyway).
+    held = manifest(fleet["thor01"])
+    lab.ssh("thor03", f"rm -rf {MODEL} /models/Qwen/.Qwen3-8B.partial")
+    since = len(hub_log(lab))
+    try:
+        run = Playbook("site.yml", "-l", ",".join(FLEET), *ON,
+                       at=("copies from whom in round 1]", lambda: lab.power_off("thor01")))
+    finally:
+        up = thorfleet("lab", "up", "--hosts", str(len(HOSTS)))
+        assert up.returncode == 0, up.stdout + up.stderr
+        fleet["thor01"].check_output("systemctl is-system-running --wait || true")
+    assert run.rc == 4, run  # Ansible's status when a host is unreachable
+    assert run.recap["thor01"]["unreachable"] == 1, run
+    assert run.recap["thor03"]["unreachable"] == 0 and run.recap["thor03"]["failed"] == 0, run
+    copies = re.findall(rf"changed: \[thor03\] => \(item={MODEL} <- (thor\d+)\)", run.output)
+    assert copies == ["thor04"], run
+    got = manifest(fleet["thor03"])
+    assert (got["commit"], got["files"]) == (held["commit"], held["files"])
+    assert sums(fleet["thor03"], sorted(held["files"])) == {
+        path: meta["sha256"] for path, meta in held["files"].items()}
+    assert model_gets(lab, since) == []
+    text = " ".join(run.output.split())
+    assert "thor03 switched" in text and "left out: thor01" in text, run
+    assert "failed: none" in text, run
 
 
 def test_a_new_revision_is_staged_beside_the_model_on_every_host_from_one_hub_fetch(lab,
