@@ -22,7 +22,8 @@ from ansible.errors import AnsibleFilterError
 WHOLE = r"(0|[1-9][0-9]{0,5})"  # a whole number, at most six digits
 COUNT = re.compile(WHOLE + r"(%?)")
 HOST_OR_GROUP = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-LEFT = {"failed": "left the run during its switch (unreachable)"}
+# The result of a host lost during its switch: what it runs now is not known.
+LEFT = {"failed": "left the run during its switch (unreachable)", "lost": True}
 
 
 def _parse(value):
@@ -87,6 +88,17 @@ def rollout_count(value, total, field="thorfleet_rollout_max_fail"):
     return int(number * int(total) / 100) if share else number
 
 
+def rollout_batches(run_hosts, canaries, batch):
+    """The switch's batches, in order: the canary's hosts alone (when there is one), then
+    the run's other hosts in the run's order, `batch` of them at a time (a count, or a
+    share of them rounded down and at least one: Ansible's rule for `serial`)."""
+    canaries = list(canaries or [])
+    others = [host for host in run_hosts or [] if host not in canaries]
+    size = max(rollout_count(batch, len(others), field="thorfleet_rollout_batch"), 1)
+    return (([canaries] if canaries else [])
+            + [others[start:start + size] for start in range(0, len(others), size)])
+
+
 def rollout_results(started, results):
     """{host: result} for the hosts whose switch started, `results` being each one's
     result fact in the same order (undefined, for one that left the run during it)."""
@@ -111,6 +123,8 @@ def rollout_canaries(run_hosts, canary, groups):
 
 def _failure(host, result):
     text = f"{host} failed ({result['failed']})"
+    if result.get("lost"):
+        return text + ": its state is unknown"
     if result.get("rollback_failed"):
         return text + f", rollback failed ({result['rollback_failed']}): its state is unknown"
     back = result.get("put_back") or []
@@ -153,6 +167,9 @@ def rollout_summary(batches, results, hosts, budget, halt=""):
     unknown = [host for host in failed if results[host].get("rollback_failed")]
     if unknown:
         lines.append("state unknown (rollback failed): " + ", ".join(unknown))
+    lost = [host for host in failed if results[host].get("lost")]
+    if lost:
+        lines.append("state unknown (lost during its switch): " + ", ".join(lost))
     lines.append("left untouched: " + (", ".join(untouched) or "none"))
     return lines
 
@@ -184,6 +201,7 @@ def rollout_left_out(run_hosts, hosts):
 class FilterModule:
     def filters(self):
         return {"thorfleet_rollout_problems": rollout_problems,
+                "thorfleet_rollout_batches": rollout_batches,
                 "thorfleet_rollout_count": rollout_count,
                 "thorfleet_rollout_results": rollout_results,
                 "thorfleet_rollout_failed": rollout_failed,

@@ -6,7 +6,7 @@ the failure budget, the rollback's bookkeeping, the summary) to `Rollout`."""
 
 from __future__ import annotations
 
-SWITCH_PLAYS = frozenset({"Rollout", "Switch the canary", "Switch", "Rollout summary"})
+SWITCH_PLAYS = frozenset({"Rollout", "Switch", "Rollout summary"})
 ROLE_PHASES = {"thor_power": "Power", "inference_services": "Services",
                "ngc_images": "Services", "service_verify": "Verify"}
 

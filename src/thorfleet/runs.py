@@ -39,7 +39,7 @@ class Progress:
     def __call__(self, event: dict) -> bool:
         name, data = event.get("event", ""), event.get("event_data") or {}
         if name == "playbook_on_play_start":
-            # The switch's plays start once per batch: its first task names the batch.
+            # The switch's play names each batch as it opens it (Open this batch).
             self.play = data.get("play") or data.get("name") or "?"
             self._print(f"== {self.play}")
         elif name == "playbook_on_stats":

@@ -74,6 +74,41 @@ def test_the_default_batch_is_a_fifth_of_the_hosts_and_at_least_one(hosts, batch
     assert problems(batch=default["thorfleet_rollout_batch"]) == []
     assert pct_to_int(default["thorfleet_rollout_batch"], hosts) == batch
     assert default["thorfleet_rollout_pause"] == 0
+    names = [f"thor{number:02}" for number in range(1, hosts + 1)]
+    batches = rollout.rollout_batches(names, [], default["thorfleet_rollout_batch"])
+    assert [len(b) for b in batches[:-1]] == [batch] * (len(batches) - 1), batches
+    assert 0 < len(batches[-1]) <= batch and sum(batches, []) == names
+
+
+@pytest.mark.parametrize(("hosts", "canary", "batch", "sizes"), [
+    (1, "", "20%", [1]), (1, "thor01", "10%", [1]),
+    (4, "", 1, [1, 1, 1, 1]), (4, "thor03", "50%", [1, 1, 1, 1]), (4, "", "100%", [4]),
+    (17, "", "20%", [3, 3, 3, 3, 3, 2]), (17, "thor09", 5, [1, 5, 5, 5, 1]),
+    # The README's command at 60 hosts: the canary, then 10% of the 59 others (5).
+    (60, "thor01", "10%", [1] + [5] * 11 + [4]), (60, "", "20%", [12] * 5),
+    (60, "", 7, [7] * 8 + [4])])
+def test_the_canary_alone_then_batches_cut_as_serial_would(hosts, canary, batch, sizes):
+    names = [f"thor{number:02}" for number in range(1, hosts + 1)]
+    canaries = rollout.rollout_canaries(names, canary, GROUPS)
+    batches = rollout.rollout_batches(names, canaries, batch)
+    assert [len(b) for b in batches] == sizes, batches
+    others = [name for name in names if name != canary]
+    assert sum(batches, []) == ([canary] if canary else []) + others
+    if canary:
+        assert batches[0] == [canary]
+    # Each batch after the canary's is as big as Ansible's `serial` would make it.
+    if others:
+        assert len(batches[1 if canary else 0]) == pct_to_int(batch, len(others))
+
+
+def test_a_canary_group_is_one_batch_and_a_left_out_canary_keeps_its_place():
+    # A canary host unreachable when the switch starts is still its batch: nobody runs
+    # it, and the next batch halts on it (rollout_halt).
+    batches = rollout.rollout_batches(HOSTS, rollout.rollout_canaries(HOSTS, "canaries",
+                                                                      GROUPS), 2)
+    assert batches == [["thor02"], ["thor01", "thor03"], ["thor04"]]
+    with pytest.raises(AnsibleFilterError, match="thorfleet_rollout_batch: 'x'"):
+        rollout.rollout_batches(HOSTS, [], "x")
 
 
 def test_a_count_that_is_neither_fails_naming_the_field():

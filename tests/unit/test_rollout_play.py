@@ -264,30 +264,60 @@ def test_a_host_unreachable_at_the_start_is_left_out_and_not_counted(switch):
     assert "left out: h2" in summary, run
 
 
-def test_a_host_lost_during_its_switch_counts_as_failed(switch, tmp_path):
-    # h2 becomes unreachable after its services restarted (a power cut in the switch). Its
-    # batch has another host: Ansible ends the whole run when every host of a batch is
-    # unreachable, which the README says.
+def lose_at_verify(tmp_path, host):
+    """`host` becomes unreachable after its services restarted (a power cut in its
+    switch): the stand-in verify points its connection at a closed port."""
     path = tmp_path / "roles/service_verify/tasks/main.yml"
-    path.write_text("---\n" + ROLES["service_verify/tasks/main.yml"] + """
+    path.write_text("---\n" + ROLES["service_verify/tasks/main.yml"] + f"""
 - name: Lose the host
   ansible.builtin.set_fact:
     ansible_connection: ssh
     ansible_host: 127.0.0.1
     ansible_port: 9
-  when: inventory_hostname == 'h2'
+    ansible_ssh_common_args: -o ConnectTimeout=2
+  when: inventory_hostname == '{host}'
 - name: Reach it
   ansible.builtin.ping:
 """)
+
+
+def test_a_host_lost_during_its_switch_counts_as_failed(switch, tmp_path):
+    lose_at_verify(tmp_path, "h2")
     run = switch("-e", "thorfleet_rollout_batch=2")
-    assert run.rc != 0, run
+    assert run.rc == 4, run  # Ansible's status for an unreachable host
     assert run.steps("h1") == SWITCHED, run
     assert run.steps("h3") == run.steps("h4") == [], run
     summary = run.summary()
-    assert summary[0].startswith("batch 1: h1 switched"), run
-    assert "; h2 failed (left the run during its switch (unreachable))" in summary[0], run
+    assert summary[0] == ("batch 1: h1 switched (1 restarted: chat, 2 checks passed); h2 "
+                          "failed (left the run during its switch (unreachable)): its state "
+                          "is unknown"), run
     assert summary[1].startswith("halted: 1 host(s) failed (h2)"), run
+    assert "state unknown (lost during its switch): h2" in summary, run
     assert "left untouched: h3, h4" in summary, run
+
+
+@pytest.mark.parametrize(("max_fail", "switched", "untouched_hosts"),
+                         [(1, ["h1", "h3", "h4"], []), (0, ["h1"], ["h3", "h4"])])
+def test_a_batch_whose_every_host_is_lost_ends_in_the_summary_judged_by_the_budget(
+        switch, tmp_path, max_fail, switched, untouched_hosts):
+    # Batches of one (the default below ten hosts): h2's batch is lost whole. Ansible
+    # ends a playbook there when batches are its `serial`; the switch's batches are a
+    # loop in one play, so the rollout goes on as its budget says, prints its summary and
+    # gives back the run lock of every host it can reach.
+    lose_at_verify(tmp_path, "h2")
+    run = switch("-e", "thorfleet_rollout_batch=1", "-e", f"thorfleet_rollout_max_fail={max_fail}")
+    assert run.rc == 4, run
+    for host in switched:
+        assert run.steps(host) == SWITCHED, run
+    assert untouched(run, untouched_hosts), run
+    summary = run.summary()
+    assert summary[1].startswith("batch 2: h2 failed (left the run during its switch"), run
+    assert f"switched: {', '.join(switched)}" in summary and "failed: h2" in summary, run
+    assert f"left untouched: {', '.join(untouched_hosts) or 'none'}" in summary, run
+    if untouched_hosts:
+        assert "halted: 1 host(s) failed (h2)" in " ".join(summary), run
+    # Each reachable host's lock given back (h2's stays until it reboots: /run).
+    assert sorted(path.name for path in (tmp_path / "locks").iterdir()) == ["h2.lock"], run
 
 
 # --- failing safe (issue 34) ------------------------------------------------------------
