@@ -35,13 +35,11 @@ from thorfleet import bounded
 ROOT = Path(__file__).resolve().parents[1]
 SECOND = ROOT / ".lab-1"
 CHECKOUT = SECOND / "checkout"
-# The second lab's modules: the fleet's (rollouts, fetching once per fleet, the bundle),
-# the power tests (thor02 only: they run while its thor01 waits for the first lab's
-# converge) and the hostile values refused by preflight, so that both sessions take
-# about as long.
+# The second lab's modules: the fleet's (rollouts, fetching once per fleet, the bundle)
+# and the power tests (thor02 only: they run while its thor01 waits for the first lab's
+# converge), so that both sessions take about as long.
 SECOND_LAB = ("tests/lab/test_power.py", "tests/lab/test_rollout.py",
               "tests/lab/test_fleet_fetch.py", "tests/lab/test_bundle.py",
-              "tests/lab/test_hostile_input.py",
               # Preflight on thor01 (marked before_first_converge): run while this lab
               # waits for the first lab's converge, when the machine has a core to spare.
               "tests/lab/test_docs.py::test_an_inventory_snippet_passes_preflight")
