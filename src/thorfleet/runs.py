@@ -25,6 +25,10 @@ COUNTS = ("ok", "changed", "failed", "skipped", "unreachable")
 # The switch's tasks whose message is the rollout's progress: each batch's hosts (or the
 # halt), and the rollout's summary.
 SHOWN = ("Open this batch", "Summarise the rollout")
+# Tasks that only bring in other tasks (the switch's batches, a role's entry point): they
+# count, as Ansible counts them, but their line says nothing the next lines do not.
+INCLUDES = frozenset({"include_tasks", "include_role", "ansible.builtin.include_tasks",
+                      "ansible.builtin.include_role"})
 
 
 @dataclass
@@ -64,7 +68,7 @@ class Progress:
         changed = outcome == "ok" and bool(res.get("changed"))
         if changed:
             count["changed"] += 1
-        if outcome == "skipped":
+        if outcome == "skipped" or (outcome == "ok" and data.get("task_action") in INCLUDES):
             return
         if data.get("task") in SHOWN and self.play in phases.SWITCH_PLAYS and res.get("msg"):
             said = res["msg"]

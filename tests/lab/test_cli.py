@@ -35,8 +35,8 @@ def test_deploy_again_changes_nothing_and_says_so_per_phase(thor01):
     # Ansible's own recap follows, with the same totals.
     ok = sum(counts["ok"] for counts in table.values())
     assert f"thor01: ok={ok} changed=0 unreachable=0 failed=0" in run.stdout
-    # Live progress: each phase's heading (the switch's, once per batch), then its task
-    # results.
+    # Live progress: each phase's heading, then its task results (the switch's batches
+    # named as each opens).
     assert "== Images" in run.stdout and "== Switch\n   batch 1: thor01" in run.stdout
     assert "thor01       ok          " in run.stdout
 

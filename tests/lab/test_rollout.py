@@ -274,9 +274,8 @@ def test_deploy_shows_the_batches_live_and_summarises_them(fleet):
     run = thorfleet("deploy", "-l", "thor03,thor04", "--batch", "1", "--max-fail", "0")
     assert run.returncode == 0, run.stdout + run.stderr
     out = run.stdout
-    marks = ["== Switch\n", "\n   batch 1: thor03\n",
-             "thor03       ok          Record that this host", "\n   batch 2: thor04\n",
-             "== Rollout summary",
+    marks = ["== Switch\n   batch 1: thor03\n", "thor03       ok          Record that this host",
+             "\n   batch 2: thor04\n", "== Rollout summary",
              "   batch 1: thor03 switched (0 restarted", "   batch 2: thor04 switched (0 restarted",
              "   left untouched: none"]
     places = [out.find(mark) for mark in marks]

@@ -139,3 +139,18 @@ def test_the_switch_counts_by_role_and_shows_its_batches_and_summary():
     assert lines[:2] == ["== Switch", "   batch 1: thor01"]
     assert lines[-3:] == ["== Rollout summary", "   batch 1: thor01 switched",
                           "   left untouched: none"]
+
+
+def test_a_task_that_only_includes_others_counts_but_prints_no_line():
+    progress = Progress(out=io.StringIO())
+    feed(progress, [
+        play("Switch"),
+        event("runner_on_ok", "thor01", "Switch the canary alone, then each batch",
+              task_action="ansible.builtin.include_tasks", res={"changed": False}),
+        event("runner_on_ok", "thor01", "Open this batch", res={"msg": "batch 1: thor01"}),
+        event("runner_on_failed", "thor01", "Switch this batch's hosts",
+              task_action="ansible.builtin.include_tasks", res={"msg": "no such file"})])
+    out = progress.out.getvalue()
+    assert progress.counts[("thor01", "Rollout")]["ok"] == 2
+    assert out.splitlines()[:2] == ["== Switch", "   batch 1: thor01"]
+    assert "failed      Switch this batch's hosts" in out and "no such file" in out
