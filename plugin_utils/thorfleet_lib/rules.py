@@ -58,8 +58,15 @@ RULES = {
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_ARG = 4096
 # Where models may not go: the system's own directories, which containers mount read-write.
+# Where a model root may not lie (the root or anything below it): the system's own
+# directories, and /var's that hold state, cron's spool, logs and caches (the project's
+# compile caches among them). A container writes where the model root is mounted, as root.
 SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
-               "/root", "/run", "/sbin", "/sys", "/usr", "/var/lib/docker")
+               "/root", "/run", "/sbin", "/snap", "/sys", "/usr", "/var/cache", "/var/lib",
+               "/var/log", "/var/mail", "/var/spool", "/var/tmp")
+# Home directories: a model root may lie inside a user's home (/home/nvidia/models), but
+# not be one, nor hold them (a user's ~/.ssh, ~/.bashrc).
+HOMES = "/home"
 
 
 def check_field(where, field, value, rule=None, secret=False):
@@ -120,14 +127,29 @@ def check_absolute(path, where):
     return text
 
 
-def check_models_root(models_root, where="thorfleet_models_root"):
-    """The model root: an absolute, normalised path of plain characters, not a system
-    directory (containers mount it read-write)."""
+def _inside(path, directory):
+    return path == directory or path.startswith(directory + "/")
+
+
+def check_models_root(models_root, where="thorfleet_models_root", builds_root=None):
+    """The model root: an absolute, normalised path of plain characters that neither lies
+    in nor holds a system directory, a home directory or the engine builds (`builds_root`,
+    ggml_build_root): containers mount it read-write and may run as root."""
     root = check_absolute(models_root, where)
-    if any(root == d or root.startswith(d + "/") for d in SYSTEM_DIRS):
+    why = "; the model root is mounted read-write into every container"
+    if any(_inside(root, d) for d in SYSTEM_DIRS):
         raise CatalogueError(f"{where}: {models_root!r} is inside a system directory "
-                             f"({', '.join(SYSTEM_DIRS)}); the model root is mounted "
-                             "read-write into every container")
+                             f"({', '.join(SYSTEM_DIRS)}){why}")
+    held = [d for d in SYSTEM_DIRS if _inside(d, root)]
+    if held:
+        raise CatalogueError(f"{where}: {models_root!r} holds system directories "
+                             f"({', '.join(held)}){why}")
+    if _inside(HOMES, root) or posixpath.dirname(root) == HOMES:
+        raise CatalogueError(f"{where}: {models_root!r} is {HOMES} or a home directory (a "
+                             f"directory inside a home is taken: {HOMES}/nvidia/models){why}")
+    if builds_root and (_inside(root, builds_root) or _inside(builds_root, root)):
+        raise CatalogueError(f"{where}: {models_root!r} overlaps the engine builds "
+                             f"(ggml_build_root {builds_root}){why}")
 
 
 SECTIONS = ("engines", "models", "files", "recipes")
@@ -234,7 +256,58 @@ def merge_catalogue(catalogue, extra=None):
         if recipe["model"] not in merged["models"]:
             raise CatalogueError(f"{where}: field model: {recipe['model']!r} is not in the "
                                  "catalogue's models")
+    _check_places(merged, extra)
     return merged
+
+
+def _model_places(model):
+    """Where a model lies under the model root: its directory, and the two beside it that
+    a new revision is staged in and the one it replaced is kept in."""
+    parent, name = posixpath.split(model)
+    return [model] + [posixpath.join(parent, f".{name}.{kind}") for kind in ("partial",
+                                                                            "previous")]
+
+
+def _known_files(merged, model):
+    """The files of a model's directory known before it is fetched: the manifest the
+    models phase writes, and the model file its recipes load (a GGUF)."""
+    return {"thorfleet-manifest.json"} | {
+        recipe["model_file"] for recipe in merged["recipes"].values()
+        if recipe["model"] == model and recipe.get("model_file")}
+
+
+def _check_places(merged, extra):
+    """No two things the catalogue puts under the model root overlap: a model inside
+    another's directory, a file at a model's directory or above it, or where its revisions
+    are staged, two files at one path: they would overwrite each other on every run. The
+    error names the inventory's entry where one of the two comes from it. A file inside a
+    model's directory is taken (the chat templates lie beside their model's files, as the
+    guide puts them), unless it is one of the files known to be the model's own."""
+    places = [("models", name, place) for name in merged["models"]
+              for place in _model_places(name)]
+    places += [("files", name, entry["path"]) for name, entry in merged["files"].items()]
+    places.sort(key=lambda item: (item[1] in (extra.get(item[0]) or {}), item[0], item[1]))
+    for index, (section, name, place) in enumerate(places):
+        for other_section, other, other_place in places[:index]:
+            if (section, name) == (other_section, other) or not (
+                    _inside(place, other_place) or _inside(other_place, place)):
+                continue
+            if section == other_section == "models" and (place != name or other_place != other):
+                continue  # two models: their directories matter, not what is beside them
+            if "files" in (section, other_section) and "models" in (section, other_section):
+                file_place, model_place, model = ((place, other_place, other)
+                                                  if section == "files"
+                                                  else (other_place, place, name))
+                if model_place == model and file_place != model_place \
+                        and _inside(file_place, model_place) \
+                        and file_place[len(model) + 1:] not in _known_files(merged, model):
+                    continue  # beside the model's own files, as the chat templates are
+            _, where = _where(section, extra.get(section) or {}, name)
+            field = "path" if section == "files" else "key"
+            what = "model" if other_section == "models" else "file"
+            raise CatalogueError(f"{where}: field {field}: {place!r} overlaps {what} "
+                                 f"{other}'s place under the model root ({other_place}); "
+                                 "the two would overwrite each other")
 
 
 def _where(section, added, name):

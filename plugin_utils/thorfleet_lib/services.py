@@ -256,8 +256,8 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
     builds live, and the binary in the `current` build).
     """
     services = services or []
-    check_models_root(models_root, f"{host}: thorfleet_models_root")
     check_absolute(builds_root, f"{host}: ggml_build_root")
+    check_models_root(models_root, f"{host}: thorfleet_models_root", builds_root)
     if api_key:
         check_field(f"{host}: thorfleet_api_key", "api_key", api_key, secret=True)
     memory_budget = check_in_range(host, "thorfleet_memory_budget", memory_budget, SHARE)

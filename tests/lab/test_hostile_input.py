@@ -42,7 +42,7 @@ HOSTILE = [
 
 # Values of the wrong type, out of range, or flags that would undo what preflight checked
 # (issue 33): each refused naming the field, with no Python error and no key shown.
-# Cost: 11 preflight-only runs, about 1 minute.
+# Cost: 11 preflight-only runs, about 1 minute (and those of issue 35 below).
 MISTAKEN = [
     (services_with(recipe=["llama-qwen3-8b-gguf-nothink"]), "thor01: service qwen3: field recipe"),
     (catalogue_extra("engines", "vllm", kind=["container"]),
@@ -63,6 +63,18 @@ MISTAKEN = [
     ("{thorfleet_catalogue_extra: {recipes: {vllm-qwen3-8b-nothink: {memory_share: .nan}}}}",
      "thorfleet_catalogue_extra.recipes.vllm-qwen3-8b-nothink: field memory_share"),
     ("thorfleet_memory_budget=2.0", "thor01: field thorfleet_memory_budget"),
+    # Where artefacts may land (issue 35): model roots a container running as root could
+    # use to write systemd's state, the engine builds or a user's ~/.ssh; a catalogue file
+    # where a model's next revision is staged. Cost: 4 preflight-only runs, ~12 s.
+    (json.dumps({"thorfleet_models_root": "/var/lib"}),
+     "thor01: thorfleet_models_root: '/var/lib' is inside a system directory"),
+    (json.dumps({"thorfleet_models_root": "/opt/thorfleet"}),
+     "thor01: thorfleet_models_root: '/opt/thorfleet' overlaps the engine builds"),
+    (json.dumps({"thorfleet_models_root": "/home/nvidia"}),
+     "thor01: thorfleet_models_root: '/home/nvidia' is /home or a home directory"),
+    (catalogue_extra("files", "notes", url="https://files.example/notes.json",
+                     path="Qwen/.Qwen3-8B.partial/notes.json"),
+     "thorfleet_catalogue_extra.files.notes: field path: 'Qwen/.Qwen3-8B.partial/notes.json'"),
 ]
 
 

@@ -88,6 +88,17 @@ def test_a_service_name_outside_its_characters_or_too_long_is_refused(name):
     ("/etc/thorfleet/models", "is inside a system directory"),
     ("/usr/local/models", "is inside a system directory"),
     ("/var/lib/docker/models", "is inside a system directory"),
+    # Where a container running as root would write cron jobs, systemd's state, the
+    # engine builds or a user's ~/.ssh (issue 35).
+    ("/var/lib", "is inside a system directory"),
+    ("/var/spool/cron", "is inside a system directory"),
+    ("/var/lib/systemd", "is inside a system directory"),
+    ("/var", "holds system directories (/var/cache, /var/lib,"),
+    ("/opt", f"overlaps the engine builds (ggml_build_root {BUILDS_ROOT})"),
+    (BUILDS_ROOT, f"overlaps the engine builds (ggml_build_root {BUILDS_ROOT})"),
+    (f"{BUILDS_ROOT}/models", "overlaps the engine builds"),
+    ("/home", "is /home or a home directory"),
+    ("/home/nvidia", "is /home or a home directory"),
 ])
 def test_a_model_root_that_is_not_a_plain_absolute_path_outside_the_system_is_refused(
         root, says):
@@ -95,10 +106,59 @@ def test_a_model_root_that_is_not_a_plain_absolute_path_outside_the_system_is_re
     assert message.startswith("thor01: thorfleet_models_root:") and says in message
 
 
-def test_a_model_root_of_ones_own_is_taken():
-    specs = service_specs(service(), CATALOGUE, host="thor01",
-                                            models_root="/data/models")
-    assert specs[0]["model"] == "/data/models/Qwen/Qwen3-8B"
+@pytest.mark.parametrize("root", ["/data/models", "/models", "/home/nvidia/models",
+                                  "/opt/models", "/var/models", "/srv/m"])
+def test_a_model_root_of_ones_own_is_taken(root):
+    specs = service_specs(service(), CATALOGUE, host="thor01", models_root=root)
+    assert specs[0]["model"] == f"{root}/Qwen/Qwen3-8B"
+
+
+def test_a_model_root_beside_builds_moved_elsewhere_is_taken():
+    specs = catalogue_filters.service_specs(service(), CATALOGUE, host="thor01",
+                                            builds_root="/srv/builds", models_root="/opt/m")
+    assert specs[0]["model"] == "/opt/m/Qwen/Qwen3-8B"
+    assert "overlaps the engine builds (ggml_build_root /srv/builds)" in refused(
+        models_root="/srv", builds_root="/srv/builds")
+
+
+def file_at(path: str) -> dict:
+    return {"files": {"f": {"url": "https://files.example/f.json", "path": path}}}
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    # A file where a model's directory is, above it, or where its revisions are staged.
+    (file_at("Qwen/Qwen3-8B"), "thorfleet_catalogue_extra.files.f: field path: "
+                               "'Qwen/Qwen3-8B' overlaps"),
+    (file_at("Qwen"), "thorfleet_catalogue_extra.files.f: field path: 'Qwen' overlaps"),
+    (file_at("Qwen/.Qwen3-8B.partial/config.json"),
+     "overlaps model Qwen/Qwen3-8B's place under the model root (Qwen/.Qwen3-8B.partial)"),
+    (file_at("Qwen/.Qwen3-8B.previous"), "(Qwen/.Qwen3-8B.previous)"),
+    # Where the model's own files are known to be: its manifest, its recipe's GGUF.
+    (file_at("Qwen/Qwen3-8B/thorfleet-manifest.json"),
+     "'Qwen/Qwen3-8B/thorfleet-manifest.json' overlaps model Qwen/Qwen3-8B's place"),
+    (file_at("Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q5_K_M.gguf"), "overlaps model Qwen/Qwen3-8B-GGUF"),
+    # Where another file is.
+    (file_at("Qwen/Qwen3-8B/qwen3_nonthinking.jinja"),
+     "overlaps file qwen3_nonthinking.jinja's place"),
+    # A model inside another's directory, or holding one.
+    ({"models": {"Qwen/Qwen3-8B/draft": {"huggingface": {"repo": "Qwen/Qwen3-0.6B"}}}},
+     "thorfleet_catalogue_extra.models.Qwen/Qwen3-8B/draft: field key: "
+     "'Qwen/Qwen3-8B/draft' overlaps model Qwen/Qwen3-8B's place"),
+    ({"models": {"Qwen": {"huggingface": {"repo": "Qwen/Qwen3-0.6B"}}}},
+     "thorfleet_catalogue_extra.models.Qwen: field key: 'Qwen' overlaps model"),
+])
+def test_two_things_the_catalogue_puts_in_one_place_are_refused_naming_the_entry(extra,
+                                                                                 says):
+    assert says in refused(extra=extra)
+
+
+@pytest.mark.parametrize("extra", [file_at("Qwen/Qwen3-8B-notes.json"),
+                                   file_at("templates/qwen3.jinja"),
+                                   {"models": {"Qwen/Qwen3-8B-Base": {
+                                       "huggingface": {"repo": "Qwen/Qwen3-8B-Base"}}}}])
+def test_things_in_places_of_their_own_are_taken(extra):
+    merged = catalogue_filters.merge_catalogue(CATALOGUE, extra)
+    assert service_specs(service(), merged, host="thor01")
 
 
 @pytest.mark.parametrize(("extra", "says"), [
