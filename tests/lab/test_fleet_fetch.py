@@ -78,6 +78,17 @@ def share_closed(host) -> bool:
             and ":873 " not in host.check_output("ss -ltn"))
 
 
+def copied_from_thor04(run, host, held: dict) -> None:
+    """thor03 copied the model from thor04 alone, and holds the revision `held` (the
+    manifest of a host that has it), file for file."""
+    copies = re.findall(rf"changed: \[thor03\] => \(item={MODEL} <- (thor\d+)\)", run.output)
+    assert copies == ["thor04"], run
+    got = manifest(host)
+    assert (got["commit"], got["files"]) == (held["commit"], held["files"])
+    assert sums(host, sorted(held["files"])) == {
+        path: meta["sha256"] for path, meta in held["files"].items()}
+
+
 @pytest.fixture(scope="module")
 def fleet(lab, hosts):
     """The three hosts holding their services' models, each fetched alone; after the
@@ -136,12 +147,7 @@ def test_a_copy_that_differs_from_the_sources_manifest_is_refused_and_taken_else
     assert "...ignoring" in run.output, run  # the refused copy, as Ansible shows it
     assert re.search(r"model\.safetensors: sha256 [0-9a-f]{64} after download", run.output), run
     assert "from peer thor01" in run.output, run
-    copies = re.findall(rf"changed: \[thor03\] => \(item={MODEL} <- (thor\d+)\)", run.output)
-    assert copies == ["thor04"], run
-    got = manifest(fleet["thor03"])
-    assert (got["commit"], got["files"]) == (held["commit"], held["files"])
-    assert sums(fleet["thor03"], sorted(held["files"])) == {
-        path: meta["sha256"] for path, meta in held["files"].items()}
+    copied_from_thor04(run, fleet["thor03"], held)
     # No host asked the hub, and the hosts that hold it fetched nothing.
     assert model_gets(lab, since) == []
     assert manifest(fleet["thor01"]) == held and manifest(fleet["thor04"]) == held
@@ -168,12 +174,7 @@ def test_a_source_powered_off_in_a_round_is_lost_and_the_copying_host_switches(l
     assert run.rc == 4, run  # Ansible's status when a host is unreachable
     assert run.recap["thor01"]["unreachable"] == 1, run
     assert run.recap["thor03"]["unreachable"] == 0 and run.recap["thor03"]["failed"] == 0, run
-    copies = re.findall(rf"changed: \[thor03\] => \(item={MODEL} <- (thor\d+)\)", run.output)
-    assert copies == ["thor04"], run
-    got = manifest(fleet["thor03"])
-    assert (got["commit"], got["files"]) == (held["commit"], held["files"])
-    assert sums(fleet["thor03"], sorted(held["files"])) == {
-        path: meta["sha256"] for path, meta in held["files"].items()}
+    copied_from_thor04(run, fleet["thor03"], held)
     assert model_gets(lab, since) == []
     text = " ".join(run.output.split())
     assert "thor03 switched" in text and "left out: thor01" in text, run
