@@ -202,10 +202,12 @@ def jit_peers(mounts, holders, host, port):
     """Where a host copies the compile caches of its container services' images from, in a
     rollout (thorfleet_fleet_fetch): for each image digest its services mount caches of
     (thorfleet_jit_mounts), one other host of the rollout holding that digest's caches
-    (holders: each host's {host, address, held: [digest, ...]}, read before the rollout
-    and again once its switch passed). The hosts of a batch spread over the holders by
-    their place in the fleet. [{digest, name, url}]; a digest the host holds itself, or
-    that nobody holds, is left out (its engine compiles)."""
+    (holders: each host's {host, address, held: [digest, ...], manifests: {digest: sha256
+    of its manifest}}, read over Ansible's connection before the rollout and again once
+    its switch passed). The hosts of a batch spread over the holders by their place in
+    the fleet. [{digest, name, url, manifest}]: the copy is checked against that manifest
+    (jit_caches). A digest the host holds itself, or that nobody holds with a manifest,
+    is left out (its engine compiles)."""
     holders = sorted((h for h in holders or [] if isinstance(h, dict) and h.get("host")),
                      key=lambda h: h["host"])
     names = [h["host"] for h in holders]
@@ -213,12 +215,14 @@ def jit_peers(mounts, holders, host, port):
     mine = set(holders[place].get("held") or []) if host in names else set()
     peers = []
     for digest in sorted({mount["digest"] for mount in mounts or []} - mine):
-        donors = [h for h in holders if h["host"] != host and digest in (h.get("held") or [])]
+        donors = [h for h in holders if h["host"] != host and digest in (h.get("held") or [])
+                  and (h.get("manifests") or {}).get(digest)]
         if donors:
             donor = donors[place % len(donors)]
             peers.append({"digest": digest, "name": donor["host"],
                           "url": share_url(donor["address"], int(port), "jit",
-                                           digest.replace(":", "-"))})
+                                           digest.replace(":", "-")),
+                          "manifest": donor["manifests"][digest]})
     return peers
 
 
@@ -314,6 +318,28 @@ def subject_alt_name(address):
     return f"IP:{address}"
 
 
+def share_peers(hosts, resolved=None):
+    """The addresses a share admits (systemd's IPAddressAllow= takes addresses only):
+    each of `hosts` that is an IP address, and those `resolved` gives for the others
+    (getent's ahosts lines, "<address> STREAM <name>"), each once, sorted. The names
+    among `hosts` are what is left to resolve when `resolved` is None."""
+    addresses, names = set(), []
+    for host in hosts or []:
+        try:
+            addresses.add(str(ipaddress.ip_address(str(host))))
+        except ValueError:
+            names.append(str(host))
+    if resolved is None:
+        return sorted(set(names))
+    for line in str(resolved).splitlines():
+        try:
+            addresses.add(str(ipaddress.ip_address(line.split()[0])))
+        except (ValueError, IndexError):
+            continue
+    return sorted(addresses, key=lambda a: (ipaddress.ip_address(a).version,
+                                            ipaddress.ip_address(a)))
+
+
 def _is_address(value):
     if not isinstance(value, str):
         return False
@@ -330,6 +356,7 @@ class FilterModule:
             "thorfleet_model_holdings": model_holdings,
             "thorfleet_build_holdings": build_holdings,
             "thorfleet_jit_peers": jit_peers,
+            "thorfleet_share_peers": share_peers,
             "thorfleet_fleet_work": fleet_work,
             "thorfleet_fleet_round": fleet_round,
             "thorfleet_fleet_got": got,

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import socket
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -48,8 +50,13 @@ FLIP = ("python3 -c 'import sys; f = open(sys.argv[1], \"r+b\"); f.seek(64); b =
         "f.seek(64); f.write(bytes(x ^ 0xFF for x in b))' " + MODEL + "/model.safetensors")
 
 
-def models(*args: str) -> Playbook:
-    return Playbook("site.yml", "-l", ",".join(FLEET), "--tags", "models", *args)
+# Flips the first byte of a file (given as its argument), keeping its size.
+FLIP_FIRST = ("import sys; f = open(sys.argv[1], 'r+b'); b = f.read(1); f.seek(0); "
+              "f.write(bytes([b[0] ^ 0xFF]))")
+
+
+def models(*args: str, at=None) -> Playbook:
+    return Playbook("site.yml", "-l", ",".join(FLEET), "--tags", "models", *args, at=at)
 
 
 def hub_log(lab) -> bytes:
@@ -74,8 +81,46 @@ def sums(host, files) -> dict[str, str]:
 
 
 def share_closed(host) -> bool:
+    """Nothing of the project's shares listens on the host: no rsync or git daemon."""
+    listening = host.check_output("ss -ltnpH")
     return (host.run("systemctl is-active thorfleet-fleet-share").stdout.strip() != "active"
-            and ":873 " not in host.check_output("ss -ltn"))
+            and ":873 " not in listening and '"rsync"' not in listening
+            and '"git' not in listening)
+
+
+# Opens a TCP connection and reads the first bytes the other end says (rsync's daemon
+# greets with "@RSYNCD: "), within 4 s: on a lab host, without rsync of its own.
+TCP = "timeout 4 bash -c 'exec 3<>/dev/tcp/{address}/873 && head -c 9 <&3'"
+
+
+def knock(address: str) -> str:
+    """From the lab machine (its bridge address): what a share at address says within
+    4 s, or why nothing."""
+    try:
+        with socket.create_connection((address, 873), timeout=4) as conn:
+            conn.settimeout(4)
+            return conn.recv(9).decode(errors="replace")
+    except OSError as error:
+        return type(error).__name__
+
+
+def probe_share(lab, seen: dict) -> None:
+    """While the models phase's shares are open: thor01's share asked by a host of the run
+    (thor03, before and after the others) for the models and for the builds (not this
+    phase's), by a lab host outside the run (thor02) and by the lab machine; the user its
+    daemon runs as and the address it listens on."""
+    address = ADDRESSES["thor01"]
+    rsync = f"timeout 20 rsync --contimeout=5 --no-motd rsync://{address}:873/thorfleet-{{}}/"
+    seen["thor03"] = lab.ssh("thor03", rsync.format("models"), check=False)
+    with ThreadPoolExecutor(3) as pool:
+        outside = pool.submit(lab.ssh, "thor02", TCP.format(address=address), False)
+        builds = pool.submit(lab.ssh, "thor03", rsync.format("builds"), False)
+        machine = pool.submit(knock, address)
+        seen["thor02"], seen["builds"], seen["machine"] = (
+            outside.result(), builds.result(), machine.result())
+    seen["daemon"] = lab.ssh("thor01", "ps -o user= -C rsync; ss -ltnH 'sport = :873'",
+                             check=False).stdout
+    seen["thor03 after"] = lab.ssh("thor03", rsync.format("models"), check=False)
 
 
 def copied_from_thor04(run, host, held: dict) -> None:
@@ -103,8 +148,20 @@ def test_a_model_leaves_the_hub_once_and_goes_host_to_host(lab, fleet):
     for name in FLEET:
         lab.ssh(name, f"rm -rf {MODEL} /models/Qwen/.Qwen3-8B.partial")
     since = len(hub_log(lab))
-    run = models(*ON)
+    # Cost of the share's probes: about 4 s, while the run waits on its output.
+    seen = {}
+    run = models(*ON, at=("copies from whom in round 1]", lambda: probe_share(lab, seen)))
     assert run.rc == 0, run
+    # The share admits the run's hosts, and only to what this phase copies; a lab host
+    # outside the run and the lab machine get no answer at all (systemd drops their
+    # packets). Its daemon runs as a user of its own, on thor01's fleet address only.
+    assert seen["thor03"].returncode == 0 and "Qwen" in seen["thor03"].stdout, seen
+    assert seen["thor03 after"].returncode == 0, seen
+    assert seen["thor02"].returncode == 124 and "@RSYNCD" not in seen["thor02"].stdout, seen
+    assert seen["machine"] == "TimeoutError", seen
+    assert "Unknown module 'thorfleet-builds'" in seen["builds"].stderr, seen
+    user, listening = seen["daemon"].splitlines()[:2]
+    assert user.strip() not in ("root", "0") and f" {ADDRESSES['thor01']}:873 " in listening, seen
 
     wanted = manifest(fleet["thor01"])
     gets = model_gets(lab, since)
@@ -279,7 +336,9 @@ def standin(host, port: int = 8000) -> dict:
 
 def test_a_rollouts_later_hosts_start_with_the_compile_caches_the_canary_made(lab, hosts):
     # A new image for thor03's and thor04's vLLM service, rolled out with thor03 as the
-    # canary: its engine compiles on a first start, thor04's starts with those kernels.
+    # canary: its engine compiles on a first start, thor04's starts with those kernels,
+    # checked against the manifest thor03 wrote as it passed verify. Cost with the
+    # tampered copy: one --tags services run of the two hosts (about 25 s).
     tag = f"jit-{uuid.uuid4().hex[:8]}"
     digest = push_standin(lab, "vllm", tag)
     image = json.dumps({"thorfleet_catalogue_extra": {"engines": {"vllm": {
@@ -305,6 +364,21 @@ def test_a_rollouts_later_hosts_start_with_the_compile_caches_the_canary_made(la
         again = Playbook(*rollout)
         assert again.rc == 0 and all(again.recap[name]["changed"] == 0
                                      for name in ("thor03", "thor04")), again
+
+        # One byte of the canary's cache changed after its manifest was written (on
+        # thor03, or on the way: thor04 cannot tell), and thor04's cache emptied: thor04
+        # refuses the copy, says which file differed, and keeps its own.
+        lab.ssh("thor03", f"python3 -c {shlex.quote(FLIP_FIRST)} {marker}")
+        lab.ssh("thor04", f"find /var/cache/thorfleet/jit/{digest.replace(':', '-')} "
+                          "-mindepth 1 -delete")
+        tampered = Playbook(*rollout, "--tags", "services")
+        assert tampered.rc == 0, tampered
+        said = " ".join(tampered.output.split())  # Ansible wraps its warnings
+        assert f"compile caches of {digest} not copied from thor03 (root/.cache/vllm/" \
+               "thorfleet-standin-qwen3: differs from thor03's manifest" in said, tampered
+        assert not hosts["thor04"].file(marker).exists
+        assert hosts["thor04"].run(f"find /var/cache/thorfleet/jit/{digest.replace(':', '-')}"
+                                   " -type f").stdout == ""
     finally:
         left_changed("thor03", "thor04")  # on the test's image
 

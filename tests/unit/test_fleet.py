@@ -207,7 +207,8 @@ def mounts(*digests):
 
 
 def holder(host, *held):
-    return {"host": host, "address": f"10.0.0.{int(host[-2:])}", "held": list(held)}
+    return {"host": host, "address": f"10.0.0.{int(host[-2:])}", "held": list(held),
+            "manifests": {digest: digest[-1] * 64 for digest in held}}
 
 
 def test_a_hosts_missing_caches_come_from_a_host_that_holds_them():
@@ -215,7 +216,8 @@ def test_a_hosts_missing_caches_come_from_a_host_that_holds_them():
     peers = fleet.jit_peers(mounts(OLD_IMAGE, NEW_IMAGE), holders, "thor02", 873)
     # One copy per image digest (not per mount), only of what thor02 lacks.
     assert peers == [{"digest": NEW_IMAGE, "name": "thor01",
-                      "url": "rsync://10.0.0.1:873/thorfleet-jit/sha256-" + "b" * 64}]
+                      "url": "rsync://10.0.0.1:873/thorfleet-jit/sha256-" + "b" * 64,
+                      "manifest": "b" * 64}]  # the sha256 of thor01's manifest of it
     # The holder itself copies nothing; a digest nobody else holds is compiled.
     assert fleet.jit_peers(mounts(NEW_IMAGE), holders, "thor01", 873) == []
     assert fleet.jit_peers(mounts("sha256:" + "c" * 64), holders, "thor02", 873) == []
@@ -316,6 +318,12 @@ def test_a_holder_without_a_host_name_is_no_source_of_caches():
     assert fleet.jit_peers(mounts(NEW_IMAGE), holders, "thor02", 873) == []
 
 
+def test_a_holder_without_a_manifest_of_a_cache_is_no_source_of_it():
+    # Nothing to check a copy against: the host compiles rather than trust the network.
+    holders = [{**holder("thor01", NEW_IMAGE), "manifests": {}}, holder("thor02")]
+    assert fleet.jit_peers(mounts(NEW_IMAGE), holders, "thor02", 873) == []
+
+
 @pytest.mark.parametrize(("address", "name"), [("10.0.0.2", "IP:10.0.0.2"),
                                                ("fd00::2", "IP:fd00::2"),
                                                ("cache.lan", "DNS:cache.lan")])
@@ -393,3 +401,15 @@ def test_a_lost_source_is_taken_from_failed_or_unreachable_results_of_either_loo
         {"item": {**model, "peer": {"name": 7}}, "failed": True}]
     assert fleet.lost(wants, results)["lost"] == ["thor01", "thor02"]
     assert fleet.lost({**wants, "lost": ["thor09"]}, [])["lost"] == ["thor09"]
+
+
+def test_a_share_admits_its_hosts_by_address_resolving_those_given_by_name():
+    hosts = ["10.0.0.2", "thor03.site", "fd00::4", "10.0.0.2", "thor05"]
+    # What is left for getent to resolve on the sharing host: the names, each once.
+    assert fleet.share_peers(hosts) == ["thor03.site", "thor05"]
+    resolved = ("10.0.0.3        STREAM thor03.site\n10.0.0.3        DGRAM  \n"
+                "10.0.0.5        STREAM thor05\nnot-an-address  STREAM thor05\n")
+    # systemd's IPAddressAllow= gets addresses only: a name never reaches it.
+    assert fleet.share_peers(hosts, resolved) == ["10.0.0.2", "10.0.0.3", "10.0.0.5",
+                                                  "fd00::4"]
+    assert fleet.share_peers(["10.0.0.2"], "") == ["10.0.0.2"]
