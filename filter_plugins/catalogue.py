@@ -23,14 +23,15 @@ if _UTILS not in sys.path:
 from thorfleet_lib.models import (  # noqa: E402
     lock_entries,
     manifest_commit,
+    manifest_key,
     model_plan,
     recipe_files,
 )
 from thorfleet_lib.rules import CatalogueError, merge_catalogue  # noqa: E402
 from thorfleet_lib.services import service_specs  # noqa: E402
 
-__all__ = ["CatalogueError", "lock_entries", "manifest_commit", "merge_catalogue",
-           "model_plan", "recipe_files", "service_specs"]
+__all__ = ["CatalogueError", "lock_entries", "manifest_commit", "manifest_key",
+           "merge_catalogue", "model_plan", "recipe_files", "service_specs"]
 
 
 class FilterModule:

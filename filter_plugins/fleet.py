@@ -267,8 +267,9 @@ def site_cache_problems(hosts, address, port, storage):
         problems.append(f"thorfleet_site_cache: one host, not {len(hosts)} "
                         f"({', '.join(map(str, hosts))[:120]})")
     if not _is_address(address):
-        problems.append(f"{hosts[0]}: ansible_host: {str(address)[:80]!r} is not an IP address "
-                        "or a host name the hosts reach the site cache by")
+        problems.append(f"{hosts[0]}: thorfleet_site_cache_address (else ansible_host): "
+                        f"{str(address)[:80]!r} is not an IP address or a host name the "
+                        "hosts reach the site cache by")
     # The cache serves on the port; it is filled on the next one, on the loopback address.
     if not _is_port(port, 65534):
         problems.append(f"thorfleet_site_cache_port: {str(port)[:20]!r} is not a port number "
@@ -312,10 +313,27 @@ def subject_alt_name(address):
     if not _is_address(address):
         raise ValueError(f"{str(address)[:80]!r} is not an IP address or a host name")
     try:
-        ipaddress.ip_address(address)
+        return f"IP:{ipaddress.ip_address(address)}"  # as openssl reads it back
     except ValueError:
         return f"DNS:{address}"
-    return f"IP:{address}"
+
+
+def certificate_names(text):
+    """The subject alternative names `openssl x509 -noout -ext subjectAltName` printed, as
+    subject_alt_name writes them ("IP:10.0.0.2", "DNS:cache.lan"), sorted: what an
+    existing certificate names, to compare with what it should."""
+    names = set()
+    body = str(text or "").split("Subject Alternative Name:", 1)[-1]
+    for entry in body.replace("\n", ",").split(","):
+        kind, _, value = entry.strip().partition(":")
+        if kind == "DNS" and value:
+            names.add(f"DNS:{value.strip()}")
+        elif kind == "IP Address" and value:
+            try:
+                names.add(f"IP:{ipaddress.ip_address(value.strip())}")
+            except ValueError:
+                names.add(f"IP:{value.strip()}")
+    return sorted(names)
 
 
 def share_peers(hosts, resolved=None):
@@ -357,6 +375,7 @@ class FilterModule:
             "thorfleet_build_holdings": build_holdings,
             "thorfleet_jit_peers": jit_peers,
             "thorfleet_share_peers": share_peers,
+            "thorfleet_certificate_names": certificate_names,
             "thorfleet_fleet_work": fleet_work,
             "thorfleet_fleet_round": fleet_round,
             "thorfleet_fleet_got": got,

@@ -33,10 +33,10 @@ options:
     default: present
   section:
     description: >-
-      The section to update (C(models), C(model_files), C(files), C(images),
+      The section to update (C(models), C(model_files), C(model_manifests), C(files), C(images),
       C(image_platforms), C(engines)).
     type: str
-    choices: [models, model_files, files, images, image_platforms, engines]
+    choices: [models, model_files, model_manifests, files, images, image_platforms, engines]
   entries:
     description: Keys and values to set in O(section).
     type: dict
@@ -81,7 +81,8 @@ from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
 # image_platforms: an image digest that names a multi-architecture list, with the digest of
 # each platform's image in it the site cache copied ({list digest: {"linux/arm64": digest}}).
-SECTIONS = ("models", "model_files", "files", "images", "image_platforms", "engines")
+SECTIONS = ("models", "model_files", "model_manifests", "files", "images", "image_platforms",
+            "engines")
 HEADER = (
     "# thorfleet lock file: what each name resolved to when first used, verified ever after.\n"
     "# Written by thorfleet runs; commit it with the inventory. To move a pin, change the\n"

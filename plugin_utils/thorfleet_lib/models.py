@@ -142,9 +142,12 @@ def model_plan(services, catalogue, models_root="/models", default_source="huggi
         key = lock_key(entry["source"], entry["repo_id"], entry["requested_revision"])
         revision = lock.get("models", {}).get(key) or entry["requested_revision"]
         sums = model_files_key(entry["source"], entry["repo_id"], revision or "", "")
-        result.append({**entry, "allow_patterns": allow, "lock_key": key, "revision": revision,
+        pinned = {**entry, "allow_patterns": allow}
+        result.append({**pinned, "lock_key": key, "revision": revision,
                        "sha256s": {k[len(sums):]: v for k, v in lock.get("model_files", {}).items()
-                                   if k.startswith(sums)}})
+                                   if k.startswith(sums)},
+                       "manifest_digest": lock.get("model_manifests", {}).get(
+                           manifest_key(pinned, revision or "")) or ""})
     return {"models": sorted(result, key=lambda m: m["dest"]),
             "files": sorted(planned_files.values(), key=lambda f: f["dest"])}
 
@@ -170,6 +173,17 @@ def _mirrored(url, mirror):
     if not mirror:
         return url
     return f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[-1]}"
+
+
+def manifest_key(entry, commit):
+    """The lock's key of a revision's manifest: the model at its commit, with the patterns
+    that chose its files (two services may take other files of one repository):
+    `huggingface:Qwen/Qwen3-8B-GGUF@<commit>?allow=*Q4_K_M.gguf`."""
+    patterns = "&".join(f"{name}={','.join(entry.get(field) or [])}"
+                        for name, field in (("allow", "allow_patterns"),
+                                            ("ignore", "ignore_patterns"))
+                        if entry.get(field))
+    return f"{entry['source']}:{entry['repo_id']}@{commit}" + (f"?{patterns}" if patterns else "")
 
 
 def model_files_key(source, repo_id, commit, path):
@@ -198,7 +212,9 @@ def lock_entries(results, section):
 
     models: lock key -> commit, for downloads whose requested revision was not already
     the commit. model_files: model file -> the sha256 it had when first fetched, for files
-    the hub lists no hash for. files: upstream URL -> sha256, for files pinned by no one yet.
+    the hub lists no hash for. model_manifests: a revision's manifest (manifest_key) -> its
+    digest, when first fetched or first found held, for revisions the lock pins none for.
+    files: upstream URL -> sha256, for files pinned by no one yet.
     """
     entries = {}
     for result in results or []:
@@ -209,6 +225,9 @@ def lock_entries(results, section):
             if section == "models" and item.get("commit"):
                 if planned.get("revision") != item["commit"]:
                     entries[planned["lock_key"]] = item["commit"]
+            elif section == "model_manifests" and item.get("commit") \
+                    and item.get("manifest_digest") and not planned.get("manifest_digest"):
+                entries[manifest_key(planned, item["commit"])] = item["manifest_digest"]
             elif section == "model_files" and item.get("commit"):
                 for path, sha256 in (item.get("first_sums") or {}).items():
                     entries[model_files_key(planned["source"], planned["repo_id"],

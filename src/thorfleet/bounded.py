@@ -46,12 +46,14 @@ def run(argv: Sequence[str], timeout: float, *, input: str | None = None, check:
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def run_watching(argv: Sequence[str], timeout: float, marker: str,
-                 action: Callable[[], None], **kwargs) -> subprocess.CompletedProcess:
-    """run() with standard error in standard output, read line by line: `action` is
-    called once, as soon as a line containing `marker` is printed, while the command goes
-    on (a test that cuts a host's power at a given step of a run). Ends within `timeout`
-    seconds or raises Overrun."""
+def run_watching(argv: Sequence[str], timeout: float,
+                 watches: Sequence[tuple[str, Callable[[], None]]],
+                 **kwargs) -> subprocess.CompletedProcess:
+    """run() with standard error in standard output, read line by line: for each (marker,
+    action) of `watches`, the action is called once, as soon as a line containing its
+    marker is printed, while the command goes on (a test that cuts a host's power at a
+    given step of a run); the command's output waits while an action runs. Ends within
+    `timeout` seconds or raises Overrun."""
     with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, start_new_session=True,
                           **kwargs) as proc:
@@ -63,13 +65,13 @@ def run_watching(argv: Sequence[str], timeout: float, marker: str,
 
         timer = threading.Timer(timeout, stop)
         timer.start()
-        lines, seen = [], False
+        lines, waiting = [], list(watches)
         try:
             for line in proc.stdout:
                 lines.append(line)
-                if not seen and marker in line:
-                    seen = True
-                    action()
+                for watch in [w for w in waiting if w[0] in line]:
+                    waiting.remove(watch)
+                    watch[1]()
             proc.wait()
         finally:
             timer.cancel()

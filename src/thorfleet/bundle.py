@@ -63,27 +63,31 @@ def write_sums(root: Path) -> int:
     return len(files)
 
 
-def verify(root: Path) -> list[str]:
-    """What is wrong with the bundle at root: each file against SHA256SUMS, files missing
-    or not listed, and what the index names that is not there. Empty: it is whole."""
+def verify(root: Path, sums: Path | None = None) -> list[str]:
+    """What is wrong with the bundle at root: each file against SHA256SUMS (the bundle's
+    own, or `sums`, a copy kept apart from the bundle: whoever could change a file in the
+    bundle could change its SHA256SUMS too), files missing or not listed, and what the
+    index names that is not there. Empty: it is whole."""
     root = Path(root)
-    if not (root / SUMS).is_file():
-        return [f"{SUMS}: missing (not a bundle, or one not finished)"]
+    sums = Path(sums) if sums is not None else root / SUMS
+    said = str(sums) if sums != root / SUMS else SUMS
+    if not sums.is_file():
+        return [f"{said}: missing (not a bundle, or one not finished)"]
     listed = {}
-    for number, line in enumerate((root / SUMS).read_text().splitlines(), 1):
+    for number, line in enumerate(sums.read_text().splitlines(), 1):
         digest, separator, name = line.partition("  ")
         if not separator or len(digest) != 64 or not name:
-            return [f"{SUMS}: line {number} is not `<sha256>  <file>`"]
+            return [f"{said}: line {number} is not `<sha256>  <file>`"]
         listed[name] = digest
     problems = []
     present = set(_files(root))
     for name in sorted(set(listed) - present):
-        problems.append(f"{name}: listed in {SUMS}, missing")
+        problems.append(f"{name}: listed in {said}, missing")
     for name in sorted(present - set(listed)):
-        problems.append(f"{name}: not listed in {SUMS}")
+        problems.append(f"{name}: not listed in {said}")
     for name in sorted(set(listed) & present):
         if _sha256(root / name) != listed[name]:
-            problems.append(f"{name}: its sha256 is not the one {SUMS} lists")
+            problems.append(f"{name}: its sha256 is not the one {said} lists")
     if INDEX not in present:
         return problems + [f"{INDEX}: missing"]
     try:

@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds the whole run may take (default 6 hours)")
     check = bundle_commands.add_parser("verify", help="check a bundle against its SHA256SUMS")
     check.add_argument("directory", type=Path, metavar="DIR")
+    check.add_argument("--sums", type=Path, metavar="FILE",
+                       help="check against this SHA256SUMS, kept apart from the bundle "
+                            "(with the lock), rather than the bundle's own")
 
     state = fleet_command(commands, "status", "per host and service: unit state, health, "
                                               "port, image or build, model")
@@ -176,7 +179,7 @@ def run_bundle(args) -> int:
     if args.bundle_command == "create":
         return bundles.create(project_root(), args.inventory, args.directory, args.timeout)
     try:
-        problems = bundles.verify(args.directory)
+        problems = bundles.verify(args.directory, args.sums)
     except (OSError, bundles.BundleError) as error:
         problems = [str(error)]
     for problem in problems:

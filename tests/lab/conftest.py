@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import re
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -54,9 +55,9 @@ class Playbook:
     environment it runs in (default: this one)."""
 
     def __init__(self, *args: str, env: dict | None = None, bound: float = PLAYBOOK_BOUND,
-                 at: tuple[str, Callable[[], None]] | None = None):
-        """`at`: (a line's text, an action) to do the action once, as soon as the run
-        prints that line (a task's banner), while it goes on."""
+                 at: tuple[str, Callable[[], None]] | list | None = None):
+        """`at`: (a line's text, an action), or a list of them, to do each action once, as
+        soon as the run prints that line (a task's banner), while it goes on."""
         self.argv = ["ansible-playbook", *args]
         self.started = time.time()
         start = time.monotonic()
@@ -64,7 +65,8 @@ class Playbook:
         if at is None:
             proc = bounded.run(self.argv, bound, cwd=ROOT, env=runs_in)
         else:
-            proc = bounded.run_watching(self.argv, bound, *at, cwd=ROOT, env=runs_in)
+            watches = at if isinstance(at, list) else [at]
+            proc = bounded.run_watching(self.argv, bound, watches, cwd=ROOT, env=runs_in)
         record_run(time.monotonic() - start, self.argv)
         self.rc = proc.returncode
         self.output = proc.stdout + proc.stderr
@@ -86,6 +88,21 @@ class Playbook:
                 said.append(f"\n--- {host}: journalctl -u 'thorfleet-*' since the run began\n"
                             f"{tail.stdout}{tail.stderr}")
         return "".join(said)
+
+
+def connects(lab, name: str | None, address: str, port: int) -> bool:
+    """Whether a TCP connection to address:port opens within 4 s, from a lab host (`name`,
+    with bash's /dev/tcp: no client of its own needed) or from the lab machine itself
+    (None: its bridge address). A share's address filter drops the packets of any other
+    address: from there, the connection never opens."""
+    if name is None:
+        try:
+            with socket.create_connection((address, port), timeout=4):
+                return True
+        except OSError:
+            return False
+    probe = f"timeout 4 bash -c 'exec 3<>/dev/tcp/{address}/{port}' && echo connected"
+    return lab.ssh(name, probe, check=False).stdout.strip() == "connected"
 
 
 # The services' journal of a host since a time, less the health probes' and the requests'

@@ -9,15 +9,20 @@ slower without Mitogen, and test_site proves the main job the same under both.""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shlex
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
-from tests.lab.conftest import ROOT, Playbook, left_changed, thorfleet
+from tests.lab.conftest import ROOT, Playbook, connects, left_changed, thorfleet
 from tests.snippets import snippets
+from thorfleet import bundle as bundles
 from thorfleet import stock
+from thorfleet.lab import host_address
 from thorfleet.lab.config import FROM_EMPTY, FROM_EMPTY_SETTINGS
 
 # The README's site with no internet, verbatim.
@@ -61,6 +66,22 @@ def empty(lab) -> bool:
     """Whether thor04 holds no model, engine source or build, and no image."""
     return lab.ssh("thor04", "find /models /opt/thorfleet/whisper.cpp -mindepth 1 "
                              "2>/dev/null; docker images -q", check=False).stdout.split() == []
+
+
+def serving(host) -> bool:
+    """Whether an rsync or git daemon listens on the host."""
+    return re.search(r'"(rsync|git[^"]*)"', host.check_output("ss -ltnpH")) is not None
+
+
+def reached(lab, port: int) -> dict[str, bool]:
+    """Whether the site cache's port takes a connection from thor04, thor02 and the lab
+    machine, asked at once."""
+    address = host_address(int(CACHE.removeprefix("thor")))
+    with ThreadPoolExecutor(3) as pool:
+        asked = {name: pool.submit(connects, lab, None if name.startswith("the ") else name,
+                                   address, port)
+                 for name in ("thor04", "thor02", "the lab machine")}
+        return {name: future.result() for name, future in asked.items()}
 
 
 def running_image(host, unit: str) -> tuple[str, str]:
@@ -115,8 +136,57 @@ def test_a_fresh_host_provisions_from_a_bundle_with_no_route_out(lab, hosts, tho
         assert not lab.ssh(CACHE, "ls /etc/systemd/system | grep thorfleet-bundle; ls -d "
                                   "/etc/thorfleet/site-cache", check=False).stdout, preview
 
-        run = Playbook(*converge, env=defaults)
+        # A model file changed inside the bundle, its manifest and SHA256SUMS written
+        # again to match: `bundle verify` passes, but the manifest is not the one the
+        # lock pins, and thor04 refuses the copy with nothing on it changed. Cost: one
+        # run to the models phase, about 20 s.
+        (qwen,) = [m for m in index["models"] if m["path"] == "Qwen/Qwen3-8B"]
+        weights = carried / qwen["dir"] / "model.safetensors"
+        manifest_file = carried / qwen["dir"] / "thorfleet-manifest.json"
+        kept = weights.read_bytes(), manifest_file.read_bytes()
+        # The README's copy of SHA256SUMS kept apart, with the inventory.
+        apart = tmp_path / "bundle.SHA256SUMS"
+        apart.write_bytes((carried / "SHA256SUMS").read_bytes())
+        try:
+            weights.write_bytes(b"\0" + kept[0][1:])
+            changed = json.loads(kept[1])
+            changed["files"]["model.safetensors"]["sha256"] = hashlib.sha256(
+                weights.read_bytes()).hexdigest()
+            manifest_file.write_text(json.dumps(changed))
+            bundles.write_sums(carried)
+            assert thorfleet("bundle", "verify", str(carried)).returncode == 0
+            against = thorfleet("bundle", "verify", str(carried), "--sums", str(apart))
+            assert against.returncode == 1, against
+            assert f"{qwen['dir']}/model.safetensors: its sha256 is not the one {apart} " \
+                   "lists" in against.stderr, against.stderr
+            tampered = Playbook(*converge)
+            assert tampered.rc != 0, tampered
+            assert "the lock pins (model_manifests): refused, nothing copied" in " ".join(
+                tampered.output.split()), tampered
+            assert empty(lab), tampered
+            # A failed run too leaves nothing serving the bundle.
+            assert not serving(hosts[CACHE]), tampered
+        finally:
+            weights.write_bytes(kept[0])
+            manifest_file.write_bytes(kept[1])
+            bundles.write_sums(carried)
+
+        # While the models phase copies, and while the engines phase checks out, the
+        # cache's daemon admits thor04 (the run) and no other host: thor02 and the lab
+        # machine get no connection at all. Cost: about 4 s each, while the run waits.
+        seen = {}
+        run = Playbook(*converge, env=defaults, at=[
+            ("Copy each model from the bundle, verified against its manifest]",
+             lambda: seen.update(rsync=reached(lab, 8873))),
+            ("Check out each engine at the commit its ref is pinned to]",
+             lambda: seen.update(git=reached(lab, 9418)))])
         assert run.rc == 0, run
+        wanted = {"thor04": True, "thor02": False, "the lab machine": False}
+        assert seen == {"rsync": wanted, "git": wanted}, seen
+        # The run over, nothing serves the bundle: no daemon, no unit.
+        assert not serving(hosts[CACHE]) and not serving(hosts["thor04"])
+        assert not lab.ssh(CACHE, "ls /etc/systemd/system /run/systemd/transient "
+                                  "| grep thorfleet-bundle", check=False).stdout
         again = Playbook(*converge)
         assert again.rc == 0 and again.recap["thor04"]["changed"] == 0, again
 

@@ -61,8 +61,9 @@ def test_a_watched_command_has_the_action_done_once_at_its_marker_while_it_runs(
 
     script = (f"echo one; echo 'TASK [two]' >&2; until [ -e {made} ]; do sleep 0.05; done; "
               "echo after; echo 'TASK [two] again'; exit 4")
-    done = bounded.run_watching(["sh", "-c", script], 10, "TASK [two]", action)
-    assert calls == [False]
+    done = bounded.run_watching(["sh", "-c", script], 10, [("TASK [two]", action),
+                                                           ("after", lambda: calls.append(1))])
+    assert calls == [False, 1]
     assert (done.returncode, done.stdout) == (4, "one\nTASK [two]\nafter\nTASK [two] again\n")
 
 
@@ -72,7 +73,7 @@ def test_a_watched_command_past_its_bound_is_stopped_with_what_it_printed(tmp_pa
     with pytest.raises(bounded.Overrun) as overrun:
         bounded.run_watching(
             ["sh", "-c", f"echo started; (sleep 3; touch {marker}) & sleep 60"], 1,
-            "never printed", lambda: None)
+            [("never printed", lambda: None)])
     assert time.monotonic() - start < 10
     assert str(overrun.value).endswith("started\n")
     time.sleep(3.5)

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import load, run_module
 from tests.unit.test_site_cache import ARM64, AUTH, LISTING, digest, skopeo  # noqa: F401
 from thorfleet import bundle as bundles
+from thorfleet import cli
 
 bundle_filters = load("filter_plugins/bundle.py")
 fleet_filters = load("filter_plugins/fleet.py")
@@ -191,6 +192,28 @@ def test_verify_finds_a_changed_a_missing_and_an_added_file(tmp_path):
         "bundle.json: files: files/t.jinja: not in the bundle"]
     (tmp_path / "SHA256SUMS").unlink()
     assert bundles.verify(tmp_path) == ["SHA256SUMS: missing (not a bundle, or one not finished)"]
+
+
+def test_verify_against_sums_kept_apart_finds_a_file_changed_and_resummed_in_the_bundle(
+        tmp_path, capsys):
+    bundle = tmp_path / "bundle"
+    (bundle / "models" / "m").mkdir(parents=True)
+    (bundle / "models" / "m" / "w.bin").write_bytes(b"weights")
+    (bundle / "bundle.json").write_text(json.dumps({
+        "format": 1, "models": [{"dir": "models/m"}], "files": [], "images": [],
+        "sources": []}))
+    bundles.write_sums(bundle)
+    kept = tmp_path / "SHA256SUMS.kept"  # with the lock, not on the disk that travels
+    kept.write_bytes((bundle / "SHA256SUMS").read_bytes())
+    (bundle / "models" / "m" / "w.bin").write_bytes(b"weightz")
+    bundles.write_sums(bundle)  # whoever changed it summed the bundle again
+    assert bundles.verify(bundle) == []
+    assert bundles.verify(bundle, kept) == [
+        f"models/m/w.bin: its sha256 is not the one {kept} lists"]
+    assert cli.main(["bundle", "verify", str(bundle), "--sums", str(kept)]) == 1
+    assert f"models/m/w.bin: its sha256 is not the one {kept} lists" in capsys.readouterr().err
+    assert bundles.verify(bundle, tmp_path / "none") == [
+        f"{tmp_path / 'none'}: missing (not a bundle, or one not finished)"]
 
 
 # --- at the edges ---------------------------------------------------------------------

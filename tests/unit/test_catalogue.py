@@ -138,6 +138,32 @@ def test_the_lock_gives_a_model_the_sums_it_pinned_for_its_commit_only():
     assert unpinned["sha256s"] == {}
 
 
+def test_the_lock_pins_each_revisions_manifest_by_model_commit_and_patterns():
+    commit = "c" * 40
+    lock = {"models": {"huggingface:Qwen/Qwen3-8B@main": commit},
+            "model_manifests": {f"huggingface:Qwen/Qwen3-8B@{commit}": "1" * 64,
+                                f"huggingface:Qwen/Qwen3-8B@{'d' * 40}": "2" * 64}}
+    model = plan([{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}], lock=lock)["models"][0]
+    assert model["manifest_digest"] == "1" * 64
+    unpinned = plan([{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}])["models"][0]
+    assert unpinned["manifest_digest"] == ""
+    # Two services may take other files of one repository: each pattern set its own pin.
+    gguf = {"source": "huggingface", "repo_id": "Qwen/Qwen3-8B-GGUF",
+            "allow_patterns": ["*Q4_K_M.gguf"], "ignore_patterns": []}
+    assert catalogue_filters.manifest_key(gguf, commit) == \
+        f"huggingface:Qwen/Qwen3-8B-GGUF@{commit}?allow=*Q4_K_M.gguf"
+    assert catalogue_filters.manifest_key({**gguf, "allow_patterns": ["*Q8_0.gguf"]}, commit) != \
+        catalogue_filters.manifest_key(gguf, commit)
+    # Recorded from the first fetch (or the first run that finds it held), never over a pin.
+    fetched = {"results": [{"item": {**gguf, "manifest_digest": ""}, "commit": commit,
+                            "manifest_digest": "3" * 64}]}
+    assert catalogue_filters.lock_entries([fetched], "model_manifests") == {
+        f"huggingface:Qwen/Qwen3-8B-GGUF@{commit}?allow=*Q4_K_M.gguf": "3" * 64}
+    pinned = {"results": [{"item": {**gguf, "manifest_digest": "3" * 64}, "commit": commit,
+                           "manifest_digest": "4" * 64}]}
+    assert catalogue_filters.lock_entries([pinned], "model_manifests") == {}
+
+
 def test_a_file_mirror_serves_files_by_name_and_a_model_root_moves_everything():
     result = plan([{"name": "a", "recipe": "vllm-qwen3-8b-nothink"}],
                   file_mirror="http://mirror.internal/files/", models_root="/data/models")

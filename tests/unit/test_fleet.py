@@ -324,11 +324,30 @@ def test_a_holder_without_a_manifest_of_a_cache_is_no_source_of_it():
     assert fleet.jit_peers(mounts(NEW_IMAGE), holders, "thor02", 873) == []
 
 
+# What `openssl x509 -noout -ext subjectAltName` prints for each (OpenSSL 3).
+OPENSSL_SAYS = {"10.0.0.2": "IP Address:10.0.0.2", "fd00::2": "IP Address:FD00:0:0:0:0:0:0:2",
+                "FD00::2": "IP Address:FD00:0:0:0:0:0:0:2", "cache.lan": "DNS:cache.lan"}
+
+
 @pytest.mark.parametrize(("address", "name"), [("10.0.0.2", "IP:10.0.0.2"),
                                                ("fd00::2", "IP:fd00::2"),
+                                               ("FD00::2", "IP:fd00::2"),
                                                ("cache.lan", "DNS:cache.lan")])
 def test_a_certificate_names_the_address_hosts_reach_the_cache_by(address, name):
     assert fleet.subject_alt_name(address) == name
+    # Read back from the certificate, the same name: made once, not on every run.
+    printed = f"X509v3 Subject Alternative Name: \n    {OPENSSL_SAYS[address]}\n"
+    assert fleet.certificate_names(printed) == [name]
+
+
+def test_a_certificate_naming_another_address_or_none_is_made_again():
+    # Renumbered, an IP replaced by a name, or no certificate yet (openssl prints nothing).
+    printed = "X509v3 Subject Alternative Name: \n    IP Address:10.0.0.2\n"
+    assert fleet.certificate_names(printed) != [fleet.subject_alt_name("10.0.0.9")]
+    assert fleet.certificate_names(printed) != [fleet.subject_alt_name("cache.lan")]
+    assert fleet.certificate_names("") == []
+    both = "X509v3 Subject Alternative Name: \n    DNS:cache.lan, IP Address:10.0.0.2\n"
+    assert fleet.certificate_names(both) == ["DNS:cache.lan", "IP:10.0.0.2"]
 
 
 @pytest.mark.parametrize("address", ["cache lan", "fe80::1%eth0", "", 10, None])

@@ -10,7 +10,7 @@ import os
 import pytest
 
 # A role's module_utils: importable once tests/conftest.py has run, as under Ansible.
-from ansible.module_utils.thorfleet_model_files import select
+from ansible.module_utils.thorfleet_model_files import manifest_digest, select
 
 from tests.conftest import load, run_module
 from tests.unit.conftest import GATED_TOKEN
@@ -193,6 +193,47 @@ def test_a_peers_manifest_that_is_not_the_request_is_refused(change, cause, tmp_
     assert done.result["msg"].startswith("model unit/tiny@main (huggingface, from peer thor02): ")
     assert cause in done.result["msg"]
     assert not dest.exists() and not (dest.parent / ".tiny.partial").exists()
+
+
+def test_a_peers_manifest_whose_digest_is_not_the_locks_pin_is_refused_before_any_copy(
+        tmp_path, monkeypatch):
+    # A bundle (or a fleet peer) whose file was changed and its manifest and sums written
+    # again to match: the manifest is not the one the first fetch from the hub made.
+    pinned = manifest_digest(PEER_MANIFEST)
+    changed = {**PEER_MANIFEST, "files": {"weights.bin": {"size": 3, "sha256": "1" * 64}}}
+    dest = tmp_path / "models" / "unit" / "tiny"
+    copied = []
+    monkeypatch.setattr(model_download.AnsibleModule, "run_command",
+                        lambda self, argv, **kw: copied.append(argv) or (10, "", "no rsync"))
+    monkeypatch.setattr(model_download.AnsibleModule, "get_bin_path", lambda *a, **k: "rsync")
+
+    def copy(manifest):
+        return run_module(model_download, {
+            "source": "huggingface", "repo_id": "unit/tiny", "revision": "main",
+            "dest": str(dest), "manifest_digest": pinned,
+            "peer": {"name": "the bundle on thor03",
+                     "url": "rsync://10.0.0.3:8873/thorfleet-bundle/models/x",
+                     "staging_url": "rsync://10.0.0.3:8873/thorfleet-bundle/models/x",
+                     "manifest": manifest}}, monkeypatch)
+
+    done = copy(changed)
+    assert done.failed and done.result["msg"] == (
+        "model unit/tiny@main (huggingface, from peer the bundle on thor03): the bundle on "
+        f"thor03's manifest has digest {manifest_digest(changed)}, not the {pinned} the lock "
+        "pins (model_manifests): refused, nothing copied")
+    assert copied == [] and not dest.exists()
+    # The pinned manifest itself goes on to the copy (here, a peer that is not there).
+    done = copy(PEER_MANIFEST)
+    assert done.failed and "the lock pins" not in done.result["msg"] and copied
+
+
+@pytest.mark.parametrize("source", HUBS)
+def test_a_download_gives_its_manifests_digest_for_the_lock(source, download, tmp_path):
+    done = download(source, revision="v1")
+    assert done.result["manifest_digest"] == manifest_digest(manifest(tmp_path))
+    again = download(source, revision="v1")  # held: the same digest, from the manifest
+    assert not again.result["changed"]
+    assert again.result["manifest_digest"] == done.result["manifest_digest"]
 
 
 @pytest.mark.parametrize("source", HUBS)

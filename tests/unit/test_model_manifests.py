@@ -34,12 +34,16 @@ def test_present_models_are_reported_as_a_download_that_changed_nothing(tmp_path
     done = run_module(manifests, {"models": [present, pinned]}, monkeypatch, check=True)
     assert not done.failed and done.result["changed"] is False
     assert done.result["missing"] == []
-    # Shaped as model_download's registered loop, for the lock's filter.
+    # Shaped as model_download's registered loop, for the lock's filter; the manifest's
+    # digest, for the lock to pin (its commit and each file's size and sha256).
+    digest = hashlib.sha256(json.dumps(
+        {"commit": COMMIT, "files": {"model.gguf": {"sha256": "0" * 64, "size": 10}}},
+        sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert done.result["results"] == [
         {"item": present, "changed": False, "commit": COMMIT, "files": ["model.gguf"],
-         "first_sums": {}},
+         "first_sums": {}, "manifest_digest": digest},
         {"item": pinned, "changed": False, "commit": COMMIT, "files": ["model.gguf"],
-         "first_sums": {}}]
+         "first_sums": {}, "manifest_digest": digest}]
 
 
 def test_anything_else_is_missing(tmp_path, monkeypatch):

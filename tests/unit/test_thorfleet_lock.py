@@ -23,7 +23,8 @@ def lock(tmp_path, monkeypatch, check=False, **args):
 
 def test_reading_a_missing_lock_gives_empty_sections(tmp_path, monkeypatch):
     done = lock(tmp_path, monkeypatch, state="read")
-    assert done.result == {"changed": False, "lock": {"models": {}, "model_files": {}, "files": {},
+    assert done.result == {"changed": False, "lock": {"models": {}, "model_files": {},
+                                                     "model_manifests": {}, "files": {},
                                                      "images": {}, "image_platforms": {},
                                                      "engines": {}}}
     assert not (tmp_path / LOCK_NAME).exists()
@@ -36,8 +37,8 @@ def test_entries_are_merged_into_their_section_and_others_kept(tmp_path, monkeyp
     assert done.result["changed"]
     written = yaml.safe_load((tmp_path / LOCK_NAME).read_text())
     assert written == {"models": {"huggingface:Qwen/Qwen3-8B@main": "c" * 40}, "model_files": {},
-                       "files": {"https://a/t.jinja": "1" * 64}, "images": {},
-                       "image_platforms": {}, "engines": {}}
+                       "model_manifests": {}, "files": {"https://a/t.jinja": "1" * 64},
+                       "images": {}, "image_platforms": {}, "engines": {}}
     assert (tmp_path / LOCK_NAME).read_text().startswith("# thorfleet lock file")
 
 
@@ -110,8 +111,8 @@ def test_the_roles_read_it_in_ansibles_own_process_with_the_modules_checks(tmp_p
 
     lookup = load("roles/thorfleet/lookup_plugins/thorfleet_lock.py").LookupModule()
     path = str(tmp_path / LOCK_NAME)
-    assert lookup.run([path]) == [{"models": {}, "model_files": {}, "files": {},
-                                   "images": {}, "image_platforms": {}, "engines": {}}]
+    assert lookup.run([path]) == [{"models": {}, "model_files": {}, "model_manifests": {},
+                                   "files": {}, "images": {}, "image_platforms": {}, "engines": {}}]
     lock(tmp_path, monkeypatch, section="images", entries={"r:t": "sha256:" + "1" * 64})
     assert lookup.run([path])[0]["images"] == {"r:t": "sha256:" + "1" * 64}
     # The same refusals as the module's, raised as Ansible errors that name the cause.

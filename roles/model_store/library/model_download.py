@@ -92,6 +92,13 @@ options:
         M(model_revisions) to switch in, instead of moving it into O(dest).
     type: bool
     default: false
+  manifest_digest:
+    description:
+      - The digest the lock pins for this revision's manifest (its commit and each file's
+        size and sha256; RV(manifest_digest)). With O(peer), the peer's manifest must
+        have it, else nothing is copied and the module fails naming both digests.
+    type: str
+    default: ""
   peer:
     description:
       - A host of the fleet to copy the revision from instead of the hub.
@@ -179,6 +186,11 @@ manifest:
   description: Path of the manifest.
   returned: success
   type: str
+manifest_digest:
+  description: The digest of the revision's manifest (its commit and each file's size and
+    sha256, as canonical JSON), for the lock to pin.
+  returned: success, but not in check mode for a revision not held yet
+  type: str
 staged:
   description: Whether the revision waits beside O(dest) for the switch (O(stage)).
   returned: success
@@ -204,6 +216,7 @@ from ansible.module_utils.thorfleet_model_files import (  # noqa: E402
     check_commit,
     check_paths,
     free_bytes,
+    manifest_digest,
     manifest_satisfies,
     move_into,
     partial_bytes,
@@ -250,11 +263,26 @@ def run(module):
         if not module.check_mode:
             shutil.rmtree(staging, ignore_errors=True)
     if in_place:
-        module.exit_json(commit=old["commit"], files=sorted(old["files"]), **result)
+        module.exit_json(commit=old["commit"], files=sorted(old["files"]),
+                         manifest_digest=manifest_digest(old), **result)
     if wanted_stage:
         manifest = staged["manifest"]
         module.exit_json(commit=manifest["commit"], files=sorted(manifest["files"]),
+                         manifest_digest=manifest_digest(manifest),
                          **{**result, "staged": True})
+    pinned = params["manifest_digest"]
+    if peer and pinned:
+        # A fleet peer's or a bundle's manifest: read over Ansible's connection, but
+        # whoever could change the files there could change it too. The lock pinned the
+        # manifest the first fetch from the hub made.
+        try:
+            got = manifest_digest(peer["manifest"])
+        except (KeyError, TypeError, AttributeError):
+            got = "none (not a manifest)"
+        if got != pinned:
+            module.fail_json(msg=f"{label}: {origin}'s manifest has digest {got}, not the "
+                                 f"{pinned} the lock pins (model_manifests): refused, nothing "
+                                 "copied", dest=dest)
 
     try:
         hub = (Peer(module, peer, request) if peer
@@ -300,6 +328,7 @@ def run(module):
         module.fail_json(msg=f"{label}: {error}", dest=dest, bytes_downloaded=Counter.received)
 
     files = {p: (records[p] if p in records else old_files[p]) for p in wanted}
+    result["manifest_digest"] = manifest_digest({"commit": commit, "files": files})
     result["first_sums"] = {r.path: records[r.path]["sha256"] for r in fetch
                             if not (r.sha256 or r.git_sha1)}
     result["bytes_downloaded"] = Counter.received
@@ -332,6 +361,7 @@ def main():
             "endpoint": {"type": "str"},
             "staging_dir": {"type": "path"},
             "stage": {"type": "bool", "default": False},
+            "manifest_digest": {"type": "str", "default": ""},
             "peer": {"type": "dict", "options": {
                 "name": {"type": "str", "required": True},
                 "url": {"type": "str", "required": True},

@@ -87,6 +87,7 @@ import stat  # noqa: E402
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.thorfleet_model_files import (  # noqa: E402
     file_hashes,
+    manifest_digest,
     manifest_satisfies,
     read_manifest,
     read_staged,
@@ -145,7 +146,8 @@ def main():
         if beside is not None:
             staged.append(model["dest"])
         results.append({"item": model, "changed": False, "commit": manifest["commit"],
-                        "files": sorted(manifest["files"]), "first_sums": {}})
+                        "files": sorted(manifest["files"]), "first_sums": {},
+                        "manifest_digest": manifest_digest(manifest)})
         if module.params["report"]:
             results[-1].update(manifest=manifest, fetched=beside or [])
     files_missing = [entry.get("dest") for entry in module.params["files"]

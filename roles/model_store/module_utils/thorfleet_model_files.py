@@ -53,6 +53,17 @@ def check_paths(paths):
 # ---------------------------------------------------------------- the manifest
 
 
+def manifest_digest(manifest):
+    """A manifest's digest: the sha256 of its commit and each file's size and sha256, as
+    canonical JSON. The lock pins it on the first fetch (model_manifests in the lock
+    file); a copy from a fleet peer or a bundle must have it."""
+    body = {"commit": manifest["commit"],
+            "files": {path: {"sha256": meta.get("sha256"), "size": meta["size"]}
+                      for path, meta in manifest["files"].items()}}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                          .encode()).hexdigest()
+
+
 def read_manifest(dest):
     """The manifest of dest, or None when there is none or it fails the checks a hub's
     answer must pass (its commit and paths go into units and file operations)."""

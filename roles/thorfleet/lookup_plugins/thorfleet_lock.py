@@ -19,7 +19,7 @@ DOCUMENTATION = """
 name: thorfleet_lock
 short_description: read thorfleet's lock file
 description:
-  - Returns the lock file's sections (models, model_files, files, images,
+  - Returns the lock file's sections (models, model_files, model_manifests, files, images,
     image_platforms, engines), empty
     when there is no file yet.
   - Fails asking for a rename when the file is missing and its earlier name exists.
