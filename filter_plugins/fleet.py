@@ -358,6 +358,29 @@ def share_peers(hosts, resolved=None):
                                             ipaddress.ip_address(a)))
 
 
+def share_unit(unit, allow, capabilities, max_seconds):
+    """systemd-run's argv up to the daemon's own, for a share the fleet opens (rsync's and
+    git's daemons: roles/thorfleet and roles/site_cache, tasks/share.yml): a transient unit
+    that leaves nothing behind once stopped and stops itself after `max_seconds`, whose
+    packets from any address but `allow`'s are dropped before the daemon sees them, run
+    as a user of its own for as long as it runs (the file system read-only to it), with
+    `capabilities` (space-separated) as all it may do besides."""
+    return ["systemd-run", f"--unit={unit}", "--collect",
+            f"--property=RuntimeMaxSec={int(max_seconds)}",
+            "--property=IPAddressDeny=any",
+            f"--property=IPAddressAllow={' '.join(allow)}",
+            "--property=DynamicUser=yes",
+            f"--property=CapabilityBoundingSet={capabilities}",
+            f"--property=AmbientCapabilities={capabilities}",
+            f"--property=RuntimeDirectory={unit}",
+            "--property=ProtectHome=read-only",
+            "--property=PrivateDevices=yes",
+            "--property=ProtectKernelTunables=yes",
+            "--property=ProtectKernelModules=yes",
+            "--property=ProtectControlGroups=yes",
+            "--property=RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX"]
+
+
 def _is_address(value):
     if not isinstance(value, str):
         return False
@@ -375,6 +398,7 @@ class FilterModule:
             "thorfleet_build_holdings": build_holdings,
             "thorfleet_jit_peers": jit_peers,
             "thorfleet_share_peers": share_peers,
+            "thorfleet_share_unit": share_unit,
             "thorfleet_certificate_names": certificate_names,
             "thorfleet_fleet_work": fleet_work,
             "thorfleet_fleet_round": fleet_round,

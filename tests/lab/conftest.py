@@ -90,6 +90,11 @@ class Playbook:
         return "".join(said)
 
 
+def serving(host) -> bool:
+    """Whether a share of the project's (an rsync or git daemon) listens on the host."""
+    return re.search(r'"(rsync|git[^"]*)"', host.check_output("ss -ltnpH")) is not None
+
+
 def connects(lab, name: str | None, address: str, port: int) -> bool:
     """Whether a TCP connection to address:port opens within 4 s, from a lab host (`name`,
     with bash's /dev/tcp: no client of its own needed) or from the lab machine itself

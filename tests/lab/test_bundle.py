@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shlex
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
-from tests.lab.conftest import ROOT, Playbook, connects, left_changed, thorfleet
+from tests.lab.conftest import ROOT, Playbook, connects, left_changed, serving, thorfleet
 from tests.snippets import snippets
 from thorfleet import bundle as bundles
 from thorfleet import stock
@@ -66,11 +65,6 @@ def empty(lab) -> bool:
     """Whether thor04 holds no model, engine source or build, and no image."""
     return lab.ssh("thor04", "find /models /opt/thorfleet/whisper.cpp -mindepth 1 "
                              "2>/dev/null; docker images -q", check=False).stdout.split() == []
-
-
-def serving(host) -> bool:
-    """Whether an rsync or git daemon listens on the host."""
-    return re.search(r'"(rsync|git[^"]*)"', host.check_output("ss -ltnpH")) is not None
 
 
 def reached(lab, port: int) -> dict[str, bool]:

@@ -24,6 +24,7 @@ from tests.lab.conftest import (
     left_changed,
     push_standin,
     push_standin_list,
+    serving,
     thorfleet,
 )
 from tests.snippets import snippets
@@ -84,10 +85,8 @@ def sums(host, files) -> dict[str, str]:
 
 def share_closed(host) -> bool:
     """Nothing of the project's shares listens on the host: no rsync or git daemon."""
-    listening = host.check_output("ss -ltnpH")
     return (host.run("systemctl is-active thorfleet-fleet-share").stdout.strip() != "active"
-            and ":873 " not in listening and '"rsync"' not in listening
-            and '"git' not in listening)
+            and ":873 " not in host.check_output("ss -ltnH") and not serving(host))
 
 
 def probe_share(lab, seen: dict) -> None:

@@ -432,3 +432,20 @@ def test_a_share_admits_its_hosts_by_address_resolving_those_given_by_name():
     assert fleet.share_peers(hosts, resolved) == ["10.0.0.2", "10.0.0.3", "10.0.0.5",
                                                   "fd00::4"]
     assert fleet.share_peers(["10.0.0.2"], "") == ["10.0.0.2"]
+
+
+def test_a_share_is_a_transient_unit_that_drops_other_addresses_and_runs_as_no_one():
+    argv = fleet.share_unit("thorfleet-fleet-share", ["10.0.0.2", "10.0.0.3"],
+                            "CAP_DAC_READ_SEARCH", 43200)
+    assert argv[:3] == ["systemd-run", "--unit=thorfleet-fleet-share", "--collect"]
+    for wanted in ("--property=RuntimeMaxSec=43200", "--property=IPAddressDeny=any",
+                   "--property=IPAddressAllow=10.0.0.2 10.0.0.3",
+                   "--property=DynamicUser=yes",
+                   "--property=CapabilityBoundingSet=CAP_DAC_READ_SEARCH",
+                   "--property=AmbientCapabilities=CAP_DAC_READ_SEARCH",
+                   # A model root may lie in a home (/home/nvidia/models): read-only, not
+                   # hidden.
+                   "--property=ProtectHome=read-only"):
+        assert wanted in argv, wanted
+    # No address given admits none (an empty IPAddressAllow= clears the list).
+    assert "--property=IPAddressAllow=" in fleet.share_unit("u", [], "", 1)
