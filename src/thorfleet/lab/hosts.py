@@ -68,9 +68,7 @@ class Hosts:
             partial.rename(root)
         # A host whose power was cut (power_off) leaves its end of the veth pair behind,
         # and nspawn will not boot on top of it.
-        link = f"vb-{machine_name(name)}"
-        if bounded.run(["ip", "link", "show", link], 60).returncode == 0:
-            run(["ip", "link", "del", link])
+        self._drop_link(name, wait=0)
         # One compiler cache for all hosts: a second host's build is mostly cache hits.
         ccache = self.cache / "ccache"
         ccache.mkdir(parents=True, exist_ok=True)
@@ -184,6 +182,20 @@ class Hosts:
         # nspawn turns SIGTERM into an orderly shutdown of the host's systemd; the hosts
         # shut down side by side.
         self._stop_processes(names, grace=60)
+        for name in names:
+            self._drop_link(name, wait=10)
+
+    def _drop_link(self, name: str, wait: float) -> None:
+        """The host's end of its veth pair gone: the kernel removes it once the host's
+        network namespace is, a moment after nspawn exits; waited for up to `wait`
+        seconds, then removed, so that a stopped host leaves no link behind."""
+        link = f"vb-{machine_name(name)}"
+        deadline = time.monotonic() + wait
+        while bounded.run(["ip", "link", "show", link], 60).returncode == 0:
+            if time.monotonic() >= deadline:
+                bounded.run(["ip", "link", "del", link], 60)  # gone meanwhile: no matter
+                return
+            time.sleep(0.2)
 
     def _set_as_thor(self, name: str, on: bool) -> None:
         lab_thor.apply(self._root(name), on)
