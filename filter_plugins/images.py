@@ -4,7 +4,9 @@ engines' compile caches kept per image digest."""
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import sys
 
 # Code the filters share: the package thorfleet_lib in the project's plugin_utils/ (as in
@@ -15,7 +17,7 @@ _UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 if _UTILS not in sys.path:
     sys.path.append(_UTILS)
 
-from thorfleet_lib.rules import CatalogueError  # noqa: E402
+from thorfleet_lib.rules import CONTROL, CatalogueError  # noqa: E402
 
 
 def image_plan(specs, lock_images=None, registry_mirror="", refresh=False, cache="",
@@ -23,14 +25,18 @@ def image_plan(specs, lock_images=None, registry_mirror="", refresh=False, cache
     """The container images a host's services run, each once.
 
     An entry: ref (the catalogue's reference, the lock's key, e.g.
-    nvcr.io/nvidia/vllm:25.10-py3), upstream (where the image comes from: nvcr.io, or the
-    registry mirror with the same path), repository (where the host pulls it from: the
-    upstream, or the site cache with the same path), tag, locked (the lock's digest, ""
-    when the tag is to be resolved, as with refresh), digest (what the host pulls and runs:
-    the locked one; through a site cache, the image of the host's `platform` in it, from
-    the lock's `platforms`, "" until the cache has copied it), image (repository@digest,
-    what units run; the tag before there is a digest), cached (whether it comes through
-    the site cache: NGC's images, when there is one), path (the repository's path there)
+    nvcr.io/nvidia/vllm:25.10-py3), registry (the registry the image comes from, whose
+    login it needs: nvcr.io, the registry mirror standing for it, or the one its name
+    gives, docker.io for a name with none), upstream (the repository there, in full: NGC's
+    under the same path on the mirror), repository (where the host pulls it from: the
+    upstream, Docker Hub's by its short name as Docker reports it, or the site cache's),
+    tag, locked (the lock's digest, "" when the tag is to be resolved, as with refresh),
+    digest (what the host pulls and runs: the locked one; through a site cache, the image
+    of the host's `platform` in it, from the lock's `platforms`, "" until the cache has
+    copied it), image (repository@digest, what units run; the tag before there is a
+    digest), cached (whether it comes through the site cache: every image, when there is
+    one), path (the repository's path in the cache: NGC's path, else the registry's name,
+    its port after '-', then the path there: ghcr.io/org/name, docker.io/library/ubuntu)
     and services.
 
     Through a site cache a host runs its platform's image rather than a multi-architecture
@@ -46,30 +52,121 @@ def image_plan(specs, lock_images=None, registry_mirror="", refresh=False, cache
         entry = plan.get(ref)
         if entry is None:
             name, tag = _split_reference(ref)
-            upstream = _moved(name, registry_mirror)
+            registry, path = _registry_path(name)
+            if registry == "nvcr.io":
+                upstream = _moved(path, registry_mirror or registry)
+                registry = _registry_path(upstream)[0]
+            else:
+                upstream = _moved(path, registry)
+                path = f"{registry.replace(':', '-')}/{path}"
             locked = "" if refresh else str(lock_images.get(ref) or "")
-            repository, digest = upstream, locked
-            cached = bool(cache) and name.startswith("nvcr.io/")
+            repository, digest = _familiar(upstream), locked
+            cached = bool(cache)
             if cached:
-                repository = _moved(name, cache)
+                repository = _moved(path, cache)
                 digest = str(((platforms or {}).get(locked) or {}).get(platform) or "") \
                     if locked else ""
             entry = plan[ref] = {
-                "ref": ref, "upstream": upstream, "repository": repository, "tag": tag,
-                "locked": locked, "digest": digest, "platform": platform, "cached": cached,
-                "path": name.removeprefix("nvcr.io/"),
+                "ref": ref, "registry": registry, "upstream": upstream,
+                "repository": repository, "tag": tag, "locked": locked, "digest": digest,
+                "platform": platform, "cached": cached, "path": path,
                 "image": f"{repository}@{digest}" if digest else f"{repository}:{tag}",
                 "services": []}
         entry["services"].append(spec["name"])
     return sorted(plan.values(), key=lambda e: e["ref"])
 
 
-def _moved(name, registry):
-    """An nvcr.io repository as served by another registry (a mirror, the site cache),
-    under the same path."""
-    if registry and name.startswith("nvcr.io/"):
-        return f"{registry.rstrip('/')}/{name.removeprefix('nvcr.io/')}"
-    return name
+def _registry_path(name):
+    """(registry, path there) of an image's name, as Docker reads it: the first part is a
+    registry when it has a '.' or a ':' or is localhost, else the name is Docker Hub's
+    (docker.io), whose one-part names are under library/."""
+    first, _, rest = name.partition("/")
+    if rest and ("." in first or ":" in first or first == "localhost"):
+        registry, path = first, rest
+    else:
+        registry, path = "docker.io", name
+    if registry in ("docker.io", "index.docker.io", "registry-1.docker.io"):
+        registry = "docker.io"
+        path = path if "/" in path else f"library/{path}"
+    return registry, path
+
+
+def _familiar(repository):
+    """A repository as Docker names it in what it reports (RepoDigests): Docker Hub's
+    without docker.io/ (and library/), others in full."""
+    if repository.startswith("docker.io/"):
+        path = repository.removeprefix("docker.io/")
+        return path.removeprefix("library/") if path.startswith("library/") \
+            and path.count("/") == 1 else path
+    return repository
+
+
+def _moved(path, registry):
+    """A repository's path as served by a registry (nvcr.io, its mirror, the site
+    cache)."""
+    return f"{registry.rstrip('/')}/{path}"
+
+
+def registry_logins(plan=None, credentials=None, ngc_api_key="", ngc_username="$oauthtoken",
+                    registry_mirror=""):
+    """Registry logins, one per registry: {registry, url (what Docker keeps the login
+    under: Docker Hub's is its index's URL), username, password, setting (where it comes
+    from, for errors)}. Each entry of `credentials` (thorfleet_registry_credentials) is
+    its registry's login; NGC's key is the login of nvcr.io, or of the mirror standing for
+    it, unless `credentials` has one for it. A registry with neither is public. With a
+    `plan` (image_plan's entries), only the registries its images come from."""
+    ngc = _registry_path(_moved("nvidia/x", registry_mirror or "nvcr.io"))[0]
+    logins = {}
+    if ngc_api_key:
+        logins[ngc] = {"username": ngc_username, "password": ngc_api_key,
+                       "setting": "thorfleet_ngc_api_key"}
+    for registry, given in (credentials or {}).items():
+        logins[registry] = {"username": given["username"], "password": given["password"],
+                            "setting": f"thorfleet_registry_credentials[{registry!r}]"}
+    if plan is not None:
+        wanted = {entry["registry"] for entry in plan}
+        logins = {registry: login for registry, login in logins.items() if registry in wanted}
+    return [{"registry": registry,
+             "url": "https://index.docker.io/v1/" if registry == "docker.io" else registry,
+             **login} for registry, login in sorted(logins.items())]
+
+
+def registry_auth(logins):
+    """skopeo's login file (containers-auth.json) for `logins` (registry_logins)."""
+    return {"auths": {login["registry"]: {"auth": base64.b64encode(
+        f"{login['username']}:{login['password']}".encode()).decode()} for login in logins or []}}
+
+
+REGISTRY = re.compile(r"^(?:localhost|[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+                      r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+)(?::[0-9]{1,5})?$")
+
+
+def registry_credentials_problems(credentials):
+    """What is wrong with thorfleet_registry_credentials ({registry: {username,
+    password}}), each naming the field; never a password."""
+    if not credentials:
+        return []
+    if not isinstance(credentials, dict):
+        return ["thorfleet_registry_credentials: a mapping of registries to their logins "
+                "({ghcr.io: {username: ..., password: ...}})"]
+    problems = []
+    for registry, login in credentials.items():
+        where = f"thorfleet_registry_credentials[{str(registry)[:80]!r}]"
+        if not (isinstance(registry, str) and REGISTRY.fullmatch(registry)):
+            problems.append(f"{where}: a registry as image names give it (ghcr.io, "
+                            "registry.lan:5000), in lower case")
+            continue
+        if not isinstance(login, dict) or set(login) != {"username", "password"}:
+            problems.append(f"{where}: give username and password, and nothing else")
+            continue
+        for field in ("username", "password"):
+            value = login[field]
+            if not isinstance(value, str) or not value or CONTROL.search(value) \
+                    or (field == "username" and ":" in value):
+                problems.append(f"{where}: field {field}: a non-empty string without control "
+                                "characters" + (" or ':'" if field == "username" else "")
+                                + ("" if field == "username" else " (not shown)"))
+    return problems
 
 
 def image_platform(architecture):
@@ -96,6 +193,20 @@ def images_to_cache(plans):
                                     ("ref", "upstream", "path", "tag", "locked",
                                      "platform")})
     return [wanted[key] for key in sorted(wanted)]
+
+
+def cache_kept(wanted, before=None):
+    """What the site cache keeps, {path: [digest, ...]}, newest first: for each repository
+    path a run asked the cache for (`wanted`, the fill's), the digests asked for, then the
+    newest one kept before that is not among them (one previous, as the hosts keep);
+    every other path as it was `before`. The fill prunes only paths it kept a record of
+    before (site_cache_prune): what a cache held before it kept records stays."""
+    kept = {path: list(digests) for path, digests in (before or {}).items()
+            if isinstance(digests, list)}
+    for path, digests in (wanted or {}).items():
+        previous = [d for d in kept.get(path, []) if d not in digests][:1]
+        kept[path] = list(digests) + previous
+    return kept
 
 
 def image_platforms_update(known, learned):
@@ -193,8 +304,12 @@ class FilterModule:
         return {
             "thorfleet_image_plan": image_plan,
             "thorfleet_image_platform": image_platform,
+            "thorfleet_registry_logins": registry_logins,
+            "thorfleet_registry_auth": registry_auth,
+            "thorfleet_registry_credentials_problems": registry_credentials_problems,
             "thorfleet_images_to_cache": images_to_cache,
             "thorfleet_image_platforms_update": image_platforms_update,
+            "thorfleet_cache_kept": cache_kept,
             "thorfleet_image_digests": image_digests,
             "thorfleet_image_history": image_history,
             "thorfleet_images_to_prune": images_to_prune,

@@ -44,7 +44,7 @@ EXAMPLES = r"""
 - name: The Qwen3 nonthinking chat template, beside the model that uses it
   url_file:
     url: https://qwen.readthedocs.io/en/latest/_downloads/c101120b5bebcc2f12ec504fc93a965e/qwen3_nonthinking.jinja
-    dest: /models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja
+    dest: /models/templates/qwen3_nonthinking.jinja
     sha256: "{{ lock.files[url] | default('') }}"
     owner: root
     group: root

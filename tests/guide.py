@@ -2,9 +2,11 @@
 of the catalogue), so that the catalogue cannot agree with itself: the unit tests check
 each resolved service against them, the lab tests each running unit.
 
-T is the nonthinking template's path; BINARIES where units run native engines from by
-default (the `current` build under ggml_build_root), in place of the guide's working
-directory.
+T is the nonthinking template's path: the guide keeps it in /models/Qwen/Qwen3-8B/, inside a
+model's directory, where the catalogue refuses a file, so thorfleet puts it in
+/models/templates/ (one difference from the guide made on purpose). BINARIES is where
+units run native engines from by default (the `current` build under ggml_build_root), in
+place of the guide's working directory.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import posixpath
 import shlex
 
-T = "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja"
+T = "/models/templates/qwen3_nonthinking.jinja"
 
 GUIDE = {
     "vllm-qwen3-8b": "vllm serve /models/Qwen/Qwen3-8B --served-model-name qwen3",

@@ -268,21 +268,14 @@ def _model_places(model):
                                                                             "previous")]
 
 
-def _known_files(merged, model):
-    """The files of a model's directory known before it is fetched: the manifest the
-    models phase writes, and the model file its recipes load (a GGUF)."""
-    return {"thorfleet-manifest.json"} | {
-        recipe["model_file"] for recipe in merged["recipes"].values()
-        if recipe["model"] == model and recipe.get("model_file")}
-
-
 def _check_places(merged, extra):
     """No two things the catalogue puts under the model root overlap: a model inside
     another's directory, a file at a model's directory or above it, or where its revisions
-    are staged, two files at one path: they would overwrite each other on every run. The
-    error names the inventory's entry where one of the two comes from it. A file inside a
-    model's directory is taken (the chat templates lie beside their model's files, as the
-    guide puts them), unless it is one of the files known to be the model's own."""
+    are staged, two files at one path: they would overwrite each other on every run. A file
+    inside a model's directory is refused too, whatever its name: which files a model
+    holds is known only once the hub lists its revision, and a new one may bring a file of
+    that name. The error names the inventory's entry where one of the two comes
+    from it."""
     places = [("models", name, place) for name in merged["models"]
               for place in _model_places(name)]
     places += [("files", name, entry["path"]) for name, entry in merged["files"].items()]
@@ -294,14 +287,6 @@ def _check_places(merged, extra):
                 continue
             if section == other_section == "models" and (place != name or other_place != other):
                 continue  # two models: their directories matter, not what is beside them
-            if "files" in (section, other_section) and "models" in (section, other_section):
-                file_place, model_place, model = ((place, other_place, other)
-                                                  if section == "files"
-                                                  else (other_place, place, name))
-                if model_place == model and file_place != model_place \
-                        and _inside(file_place, model_place) \
-                        and file_place[len(model) + 1:] not in _known_files(merged, model):
-                    continue  # beside the model's own files, as the chat templates are
             _, where = _where(section, extra.get(section) or {}, name)
             field = "path" if section == "files" else "key"
             what = "model" if other_section == "models" else "file"

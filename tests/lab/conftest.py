@@ -452,22 +452,24 @@ def jetson(lab):
 
 
 def push_standin(lab: Lab, engine: str, tag: str, version: str | None = None,
-                 broken: bool | str = False) -> str:
+                 broken: bool | str = False, repository: str | None = None) -> str:
     """Push an engine's stand-in under `tag` as a publisher would: `version` labels the
     image (default: the tag), so one tag can be moved to a different image; a `broken`
-    one exits at start, one broken="answers" starts and fails every request. Returns the
-    digest."""
-    repository, _tag = lab.container_engines()[engine]
+    one exits at start, one broken="answers" starts and fails every request. In the
+    engine's repository (NGC's path), or `repository`. Returns the digest."""
+    repository = repository or lab.container_engines()[engine][0]
     parts = lab_images.image(lab.standin_layer(), engine, version or tag, broken)
     return lab.registry().push(repository, tag, parts)
 
 
-def push_standin_list(lab: Lab, engine: str, tag: str) -> tuple[str, str, str]:
+def push_standin_list(lab: Lab, engine: str, tag: str,
+                      repository: str | None = None) -> tuple[str, str, str]:
     """Push an engine's stand-in under `tag` as NGC publishes its images: a
     multi-architecture list with the stand-in as this machine's platform's image (the
     lab's hosts' platform) and a small image of its own, with a layer of its own, as the
-    other platform's. Returns (the list's digest, the hosts' image's, the other's)."""
-    repository, _tag = lab.container_engines()[engine]
+    other platform's; in the engine's repository, or `repository`. Returns (the list's
+    digest, the hosts' image's, the other's)."""
+    repository = repository or lab.container_engines()[engine][0]
     mine = lab_images.machine_arch()
     other = "arm64" if mine != "arm64" else "amd64"
     buffer = io.BytesIO()

@@ -17,12 +17,26 @@ from concurrent.futures import ThreadPoolExecutor
 
 import yaml
 
-from tests.lab.conftest import ROOT, Playbook, connects, left_changed, serving, thorfleet
+from tests.lab.conftest import (
+    ROOT,
+    Playbook,
+    connects,
+    left_changed,
+    push_standin,
+    serving,
+    thorfleet,
+)
 from tests.snippets import snippets
 from thorfleet import bundle as bundles
 from thorfleet import stock
 from thorfleet.lab import host_address
-from thorfleet.lab.config import FROM_EMPTY, FROM_EMPTY_SETTINGS
+from thorfleet.lab.config import (
+    FROM_EMPTY,
+    FROM_EMPTY_SETTINGS,
+    REGISTRY,
+    REGISTRY_PASSWORD,
+    REGISTRY_USER,
+)
 
 # The README's site with no internet, verbatim.
 (BUNDLE_SITE,) = [s.text for s in snippets() if s.inventory_file == "hosts.yml"
@@ -30,10 +44,21 @@ from thorfleet.lab.config import FROM_EMPTY, FROM_EMPTY_SETTINGS
 BUNDLE = yaml.safe_load(BUNDLE_SITE)["thor"]["vars"]["thorfleet_bundle"]
 (CACHE,) = yaml.safe_load(BUNDLE_SITE)["thorfleet_site_cache"]["hosts"]
 # thor04 runs what thor01 (the connected host) runs of the same models, image and engine:
-# whisper-server (built from whisper.cpp) and the vLLM stand-in serving Qwen3-8B.
-SERVICES = {"thorfleet_services": FROM_EMPTY_SETTINGS["thorfleet_services"]}
+# whisper-server (built from whisper.cpp) and the vLLM stand-in serving Qwen3-8B; and the
+# SGLang stand-in from an image not on nvcr.io (COMMUNITY).
+SGLANG = {"name": "sglang", "recipe": "sglang-qwen3-8b-nothink", "port": 8003,
+          "memory_share": 0.2}
+SERVICES = {"thorfleet_services": FROM_EMPTY_SETTINGS["thorfleet_services"] + [SGLANG]}
+# SGLang's image as a community image: on a registry of its own (the lab registry by its
+# address, not as nvcr.io's mirror), with that registry's login. An inventory file beside
+# the lab's, for `bundle create` and the runs alike.
+COMMUNITY_IMAGE = f"{REGISTRY}/community/sglang:25.10-py3"
+LOGIN = {"username": REGISTRY_USER, "password": REGISTRY_PASSWORD}
+COMMUNITY = {"thor": {"vars": {
+    "thorfleet_catalogue_extra": {"engines": {"sglang": {"image": COMMUNITY_IMAGE}}},
+    "thorfleet_registry_credentials": {REGISTRY: LOGIN}}}}
 MODELS = ["/models/Qwen/Qwen3-8B", "/models/whisper.cpp/models"]
-TEMPLATE = "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja"
+TEMPLATE = "/models/templates/qwen3_nonthinking.jinja"
 # No site cache on the cache host (its units, images and certificate gone), so that every
 # image the fresh host runs comes out of the bundle.
 NO_CACHE = ("systemctl disable --now thorfleet-bundle-share thorfleet-bundle-git "
@@ -84,11 +109,38 @@ def running_image(host, unit: str) -> tuple[str, str]:
     return image, host.check_output(f"docker image inspect --format '{{{{.Id}}}}' {image}")
 
 
+def pin_the_community_image(lab, community) -> str:
+    """The community image published, and pinned by a connected host's images phase
+    (thor01, with no site cache: it logs in to the image's registry with the login
+    thorfleet_registry_credentials gives it, first a wrong one). Returns its digest. Cost:
+    two images phases of thor01, about 20 s."""
+    digest = push_standin(lab, "sglang", "25.10-py3", version="community",
+                          repository="community/sglang")
+    images = ("-i", "inventory/lab", "-i", str(community), "site.yml", "-l", "thor01",
+              "--tags", "images")
+    wrong = Playbook(*images, "-e", json.dumps({"thorfleet_registry_credentials": {
+        REGISTRY: {**LOGIN, "password": "not-the-key"}}}))
+    assert wrong.rc != 0, wrong
+    assert (f"The login to {REGISTRY} as {REGISTRY_USER} failed: check "
+            f"thorfleet_registry_credentials['{REGISTRY}']") in " ".join(wrong.output.split())
+    assert "not-the-key" not in wrong.output and REGISTRY_PASSWORD not in wrong.output
+    pinned = Playbook(*images)
+    assert pinned.rc == 0, pinned
+    assert REGISTRY_PASSWORD not in pinned.output
+    lock = yaml.safe_load((lab.inventory / ".thorfleet.lock.yml").read_text())
+    assert lock["images"][COMMUNITY_IMAGE] == digest
+    return digest
+
+
 def test_a_fresh_host_provisions_from_a_bundle_with_no_route_out(lab, hosts, thor01, tmp_path):
     site = tmp_path / "hosts.yml"
     site.write_text(BUNDLE_SITE)
+    community = tmp_path / "community.yml"
+    community.write_text(yaml.safe_dump(COMMUNITY))
+    community_digest = pin_the_community_image(lab, community)
     bundle = tmp_path / "bundle"
-    made = thorfleet("bundle", "create", "-i", "inventory/lab", "-i", str(site), str(bundle))
+    made = thorfleet("bundle", "create", "-i", "inventory/lab", "-i", str(site),
+                     "-i", str(community), str(bundle))
     assert made.returncode == 0, made.stdout[-6000:] + made.stderr
     assert "thorfleet-lab-ngc-api-key" not in made.stdout + made.stderr
     checked = thorfleet("bundle", "verify", str(bundle))
@@ -105,8 +157,8 @@ def test_a_fresh_host_provisions_from_a_bundle_with_no_route_out(lab, hosts, tho
                       f"apt-get install -qy {shlex.join(index['packages'][name])} >/dev/null")
     lab.ssh("thor04", FROM_EMPTY)
     lab.ssh(CACHE, NO_CACHE)
-    converge = ("-i", "inventory/lab", "-i", str(site), "site.yml", "-l", "thor04",
-                "-e", json.dumps(SERVICES))
+    converge = ("-i", "inventory/lab", "-i", str(site), "-i", str(community), "site.yml",
+                "-l", "thor04", "-e", json.dumps(SERVICES))
     defaults = stock.environment(stock.write_config(ROOT, tmp_path))
     index_file = carried / "bundle.json"
     try:
@@ -196,6 +248,13 @@ def test_a_fresh_host_provisions_from_a_bundle_with_no_route_out(lab, hosts, tho
         assert content == connected_content, (image, connected_image)
         assert hosts["thor04"].service("thorfleet-whisper").is_running
         assert hosts["thor04"].service("thorfleet-chat").is_running
+        # The community image too came out of the bundle, through the site cache, under
+        # its registry's name there.
+        image, _content = running_image(hosts["thor04"], "thorfleet-sglang")
+        assert image == (f"{hosts[CACHE].backend.hostname}:5443/{REGISTRY.replace(':', '-')}"
+                         f"/community/sglang@{community_digest}"), image
+        assert any(entry["ref"] == COMMUNITY_IMAGE for entry in index["images"])
+        assert hosts["thor04"].service("thorfleet-sglang").is_running
     finally:
         # From the command, as `lab up` starts them: `lab down` can stop what it starts.
         online = thorfleet("lab", "online")

@@ -34,6 +34,9 @@ from thorfleet.lab.config import (
     FROM_EMPTY,
     FROM_EMPTY_CCACHE,
     FROM_EMPTY_SETTINGS,
+    REGISTRY,
+    REGISTRY_PASSWORD,
+    REGISTRY_USER,
 )
 
 # Each runs a service of Qwen/Qwen3-8B (thor01's vLLM service, thor03's and thor04's).
@@ -455,6 +458,39 @@ def test_the_site_cache_copies_the_hosts_image_once_and_the_hosts_run_it_from_th
         assert not connects(lab, None, ADDRESSES["thor02"], 5443)
         assert ":5444 " not in hosts["thor02"].check_output("ss -ltnH")
 
+        # An image not on nvcr.io: a community image on a registry of its own (the lab
+        # registry by its address, not as nvcr.io's mirror), whose login is given in
+        # thorfleet_registry_credentials, with no NGC key. It goes through the cache as
+        # NGC's do: only the cache asks the upstream, each blob once. Cost: the images
+        # phase of the two hosts, about 15 s.
+        # (A tag of its own: the same tag would be the same image, which the cache
+        # would hold under both paths, and the prune below could not remove it.)
+        community_tag = f"{tag}-community"
+        community_listed, community, _other = push_standin_list(
+            lab, "vllm", community_tag, repository="community/vllm")
+        community_ref = f"{REGISTRY}/community/vllm:{community_tag}"
+        since = len(log.read_bytes())
+        from_community = Playbook(*converge[:-1], json.dumps({
+            "thorfleet_catalogue_extra": {"engines": {"vllm": {"image": community_ref}}},
+            "thorfleet_ngc_api_key": "",
+            "thorfleet_registry_credentials": {REGISTRY: {"username": REGISTRY_USER,
+                                                          "password": REGISTRY_PASSWORD}}}),
+            "--tags", "images")
+        assert from_community.rc == 0, from_community
+        assert REGISTRY_PASSWORD not in from_community.output
+        asked = registry_requests(lab, since)
+        assert asked and {address for address, _m, _p in asked} == {ADDRESSES["thor02"]}
+        assert all(path.startswith("/v2/community/vllm/") or path in ("/v2/", "/v2")
+                   for _a, _m, path in asked), asked
+        blobs = [path for _a, method, path in asked if method == "GET" and "/blobs/" in path]
+        assert blobs and len(blobs) == len(set(blobs)), blobs
+        pins = yaml.safe_load((lab.inventory / ".thorfleet.lock.yml").read_text())
+        assert pins["images"][community_ref] == community_listed
+        in_cache = f"{ADDRESSES['thor02']}:5443/{REGISTRY.replace(':', '-')}/community/vllm"
+        for name in ("thor03", "thor04"):
+            assert hosts[name].check_output(
+                "docker image inspect --format '{{.Id}}' %s", f"{in_cache}@{community}"), name
+
         # The cache renumbered: the hosts now reach it by a name (an IP replaced by a DNS
         # name, thorfleet_site_cache_address). Its certificate is made again for the
         # name, and the hosts pull the image through it. Cost: the images phase of the
@@ -473,6 +509,29 @@ def test_the_site_cache_copies_the_hosts_image_once_and_the_hosts_run_it_from_th
                 f"{RENAMED}:5443/nvidia/vllm@{mine}").count(f"{RENAMED}:5443/") == 1, name
             assert hosts[name].file(f"/etc/docker/certs.d/{RENAMED}:5443/ca.crt").content == \
                 hosts["thor02"].file("/etc/thorfleet/site-cache/cache.crt").content, name
+
+        # Images the lock no longer pins leave the cache, one previous kept: the vLLM tag
+        # bumped twice, each through the images phase. After the second, the test's first
+        # image is gone from the cache's storage, its manifest and its own blobs (the
+        # layer the newer ones share stays), and the two newer are held. Cost: two images
+        # phases of the two hosts, about 30 s.
+        bumps = []
+        for _bump in range(2):
+            bump_tag = f"cache-{uuid.uuid4().hex[:8]}"
+            bumps.append(push_standin_list(lab, "vllm", bump_tag)[1])
+            bumped = Playbook(*converge[:-1], json.dumps({"thorfleet_catalogue_extra": {
+                "engines": {"vllm": {"image": f"nvcr.io/nvidia/vllm:{bump_tag}"}}}}),
+                "--tags", "images", "-e", f"thorfleet_site_cache_address={RENAMED}")
+            assert bumped.rc == 0, bumped
+        revisions = ("/var/lib/thorfleet/site-cache/docker/registry/v2/repositories/nvidia/"
+                     "vllm/_manifests/revisions/sha256")
+        held = set(hosts["thor02"].check_output(f"ls {revisions}").split())
+        gone = mine.removeprefix("sha256:")
+        assert {digest.removeprefix("sha256:") for digest in bumps} <= held, held
+        assert gone not in held, held
+        assert not hosts["thor02"].file(
+            f"/var/lib/thorfleet/site-cache/docker/registry/v2/blobs/sha256/{gone[:2]}/{gone}"
+        ).exists
     finally:
         left_changed("thor03", "thor04")  # on the test's image, from the cache
         lab.ssh("thor02", "systemctl disable --now thorfleet-site-cache.service", check=False)

@@ -65,7 +65,8 @@ MISTAKEN = [
     ("thorfleet_memory_budget=2.0", "thor01: field thorfleet_memory_budget"),
     # Where artefacts may land (issue 35): model roots a container running as root could
     # use to write systemd's state, the engine builds or a user's ~/.ssh; a catalogue file
-    # where a model's next revision is staged. Cost: 4 preflight-only runs, ~12 s.
+    # where a model's next revision is staged, or inside a model's directory. Cost: 5
+    # preflight-only runs, ~15 s.
     (json.dumps({"thorfleet_models_root": "/var/lib"}),
      "thor01: thorfleet_models_root: '/var/lib' is inside a system directory"),
     (json.dumps({"thorfleet_models_root": "/opt/thorfleet"}),
@@ -75,6 +76,10 @@ MISTAKEN = [
     (catalogue_extra("files", "notes", url="https://files.example/notes.json",
                      path="Qwen/.Qwen3-8B.partial/notes.json"),
      "thorfleet_catalogue_extra.files.notes: field path: 'Qwen/.Qwen3-8B.partial/notes.json'"),
+    (catalogue_extra("files", "notes", url="https://files.example/notes.json",
+                     path="Qwen/Qwen3-8B/config.json"),
+     "thorfleet_catalogue_extra.files.notes: field path: 'Qwen/Qwen3-8B/config.json' overlaps "
+     "model Qwen/Qwen3-8B's place"),
 ]
 
 

@@ -22,7 +22,7 @@ from thorfleet.lab import hub as lab_hub
 LOCK = ROOT / "inventory" / "lab" / ".thorfleet.lock.yml"
 TEMPLATE_URL = ("https://qwen.readthedocs.io/en/latest/_downloads/"
                 "c101120b5bebcc2f12ec504fc93a965e/qwen3_nonthinking.jinja")
-TEMPLATE = "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja"
+TEMPLATE = "/models/templates/qwen3_nonthinking.jinja"
 UNREACHABLE = "http://10.213.0.1:9"
 # thor01's services (the lab inventory) need exactly these, from these hubs.
 EXPECTED = {

@@ -11,7 +11,7 @@ import pytest
 from tests.lab.conftest import Playbook
 from thorfleet.lab import FILE_MIRROR, LAB_SERVICES
 
-TEMPLATE = "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja"
+TEMPLATE = "/models/templates/qwen3_nonthinking.jinja"
 STANDINS = "thorfleet-qwen3-vllm thorfleet-qwen3-sglang"
 # Once more after a start systemd could not place in its control group (status 219, as
 # roles/inference_services/tasks/restart.yml does).

@@ -62,7 +62,7 @@ def test_nonthinking_container_recipes_and_only_they_carry_the_template():
         assert (catalogue_filters.recipe_files(recipe) == ["qwen3_nonthinking.jinja"]) == wants, \
             name
     assert CATALOGUE["files"]["qwen3_nonthinking.jinja"] == {
-        "url": TEMPLATE_URL, "path": "Qwen/Qwen3-8B/qwen3_nonthinking.jinja",
+        "url": TEMPLATE_URL, "path": "templates/qwen3_nonthinking.jinja",
         "sha256": PUBLISHED_TEMPLATE}
 
 
@@ -84,7 +84,7 @@ def test_a_host_gets_each_model_once_with_the_files_its_recipes_name():
     assert result["files"] == [{
         "name": "qwen3_nonthinking.jinja", "upstream_url": TEMPLATE_URL, "url": TEMPLATE_URL,
         "sha256": PUBLISHED_TEMPLATE, "pinned_by": "catalogue",
-        "dest": "/models/Qwen/Qwen3-8B/qwen3_nonthinking.jinja", "services": ["c"]}]
+        "dest": "/models/templates/qwen3_nonthinking.jinja", "services": ["c"]}]
 
 
 def test_the_source_picks_the_hubs_repository_and_default_revision():

@@ -133,12 +133,21 @@ def file_at(path: str) -> dict:
     (file_at("Qwen/.Qwen3-8B.partial/config.json"),
      "overlaps model Qwen/Qwen3-8B's place under the model root (Qwen/.Qwen3-8B.partial)"),
     (file_at("Qwen/.Qwen3-8B.previous"), "(Qwen/.Qwen3-8B.previous)"),
-    # Where the model's own files are known to be: its manifest, its recipe's GGUF.
+    # Inside a model's directory, whatever the name: its files are known only once the
+    # hub lists its revision (config.json), or are thorfleet's own (the manifest, the
+    # GGUF); the guide's place for the template is one of them.
+    (file_at("Qwen/Qwen3-8B/config.json"),
+     "thorfleet_catalogue_extra.files.f: field path: 'Qwen/Qwen3-8B/config.json' overlaps "
+     "model Qwen/Qwen3-8B's place under the model root (Qwen/Qwen3-8B)"),
+    (file_at("Qwen/Qwen3-8B/extra/notes.json"), "'Qwen/Qwen3-8B/extra/notes.json' overlaps"),
+    ({"files": {"qwen3_nonthinking.jinja": {"path": "Qwen/Qwen3-8B/qwen3_nonthinking.jinja"}}},
+     "thorfleet_catalogue_extra.files.qwen3_nonthinking.jinja: field path: "
+     "'Qwen/Qwen3-8B/qwen3_nonthinking.jinja' overlaps model Qwen/Qwen3-8B's place"),
     (file_at("Qwen/Qwen3-8B/thorfleet-manifest.json"),
      "'Qwen/Qwen3-8B/thorfleet-manifest.json' overlaps model Qwen/Qwen3-8B's place"),
     (file_at("Qwen/Qwen3-8B-GGUF/Qwen3-8B-Q5_K_M.gguf"), "overlaps model Qwen/Qwen3-8B-GGUF"),
     # Where another file is.
-    (file_at("Qwen/Qwen3-8B/qwen3_nonthinking.jinja"),
+    (file_at("templates/qwen3_nonthinking.jinja"),
      "overlaps file qwen3_nonthinking.jinja's place"),
     # A model inside another's directory, or holding one.
     ({"models": {"Qwen/Qwen3-8B/draft": {"huggingface": {"repo": "Qwen/Qwen3-0.6B"}}}},

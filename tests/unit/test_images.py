@@ -51,9 +51,106 @@ def test_the_registry_mirror_serves_nvcr_paths_and_the_lock_keeps_nvcr_names():
     vllm = next(e for e in entries if e["ref"] == VLLM)
     assert vllm["repository"] == "registry.lan:5000/nvidia/vllm"
     assert vllm["image"] == f"registry.lan:5000/nvidia/vllm@{OLD}"
+    assert vllm["registry"] == "registry.lan:5000"  # whose login it needs
     other = image_filters.image_plan([spec("x", "docker.io/library/foo:1")],
-                                         registry_mirror="registry.lan:5000")
-    assert other[0]["repository"] == "docker.io/library/foo"  # not an NGC image
+                                     registry_mirror="registry.lan:5000")
+    assert (other[0]["registry"], other[0]["upstream"]) == ("docker.io", "docker.io/library/foo")
+
+
+# Where an image comes from, by its name as Docker reads it; Docker Hub's repositories by
+# the short names Docker reports them under (RepoDigests), so that a pulled image is found.
+@pytest.mark.parametrize(("ref", "registry", "upstream", "repository", "path"), [
+    ("ubuntu:24.04", "docker.io", "docker.io/library/ubuntu", "ubuntu",
+     "docker.io/library/ubuntu"),
+    ("dustynv/vllm:r36", "docker.io", "docker.io/dustynv/vllm", "dustynv/vllm",
+     "docker.io/dustynv/vllm"),
+    ("docker.io/ubuntu:24.04", "docker.io", "docker.io/library/ubuntu", "ubuntu",
+     "docker.io/library/ubuntu"),
+    ("ghcr.io/org/team/img:1", "ghcr.io", "ghcr.io/org/team/img", "ghcr.io/org/team/img",
+     "ghcr.io/org/team/img"),
+    ("registry.lan:5000/community/vllm:1", "registry.lan:5000",
+     "registry.lan:5000/community/vllm", "registry.lan:5000/community/vllm",
+     "registry.lan-5000/community/vllm"),
+    ("localhost/x:1", "localhost", "localhost/x", "localhost/x", "localhost/x"),
+    (VLLM, "nvcr.io", "nvcr.io/nvidia/vllm", "nvcr.io/nvidia/vllm", "nvidia/vllm"),
+])
+def test_an_image_from_any_registry_is_named_by_its_registry_and_path(ref, registry, upstream,
+                                                                       repository, path):
+    (entry,) = image_filters.image_plan([spec("x", ref)])
+    assert (entry["registry"], entry["upstream"], entry["repository"], entry["path"]) == (
+        registry, upstream, repository, path)
+    assert not entry["cached"]
+    # Through a site cache, under its path there, whatever registry it comes from.
+    (cached,) = image_filters.image_plan([spec("x", ref)], cache="cache.lan:5443")
+    assert cached["cached"] and cached["repository"] == f"cache.lan:5443/{path}"
+    assert cached["upstream"] == upstream
+
+
+def test_two_registries_images_of_one_path_stay_apart_in_the_cache():
+    paths = {e["path"] for e in image_filters.image_plan(
+        [spec("a", "ghcr.io/nvidia/vllm:1"), spec("b", "nvcr.io/nvidia/vllm:1"),
+         spec("c", "quay.io/nvidia/vllm:1"), spec("d", "nvidia/vllm:1")], cache="c:5443")}
+    assert len(paths) == 4, paths
+
+
+GHCR = {"username": "me", "password": "ghp-secret"}
+
+
+def test_each_registry_logs_in_with_its_own_credentials_and_public_ones_with_none():
+    entries = image_filters.image_plan([spec("a", VLLM), spec("b", "ghcr.io/org/img:1"),
+                                        spec("c", "ubuntu:24.04"), spec("d", "quay.io/x/y:1")])
+    logins = image_filters.registry_logins(entries, {"ghcr.io": GHCR, "other.io": GHCR},
+                                           "ngc-key", "$oauthtoken")
+    assert [(login["registry"], login["url"], login["username"], login["password"],
+             login["setting"]) for login in logins] == [
+        ("ghcr.io", "ghcr.io", "me", "ghp-secret", "thorfleet_registry_credentials['ghcr.io']"),
+        ("nvcr.io", "nvcr.io", "$oauthtoken", "ngc-key", "thorfleet_ngc_api_key")]
+    # Docker Hub's login is kept under its index's URL, as `docker login` keeps it.
+    hub = image_filters.registry_logins(entries, {"docker.io": GHCR})
+    assert [(login["registry"], login["url"]) for login in hub] == [
+        ("docker.io", "https://index.docker.io/v1/")]
+    # NGC's key goes to the mirror standing for nvcr.io; an entry for it replaces the key.
+    mirrored = image_filters.image_plan([spec("a", VLLM)], registry_mirror="mirror.lan:5000")
+    assert [(login["registry"], login["password"]) for login in image_filters.registry_logins(
+        mirrored, {}, "ngc-key", registry_mirror="mirror.lan:5000")] == [
+        ("mirror.lan:5000", "ngc-key")]
+    assert [(login["registry"], login["password"]) for login in image_filters.registry_logins(
+        mirrored, {"mirror.lan:5000": GHCR}, "ngc-key", registry_mirror="mirror.lan:5000")] == [
+        ("mirror.lan:5000", "ghp-secret")]
+
+
+def test_the_site_caches_login_file_holds_every_registrys_login():
+    logins = image_filters.registry_logins(None, {"ghcr.io": GHCR}, "ngc-key", "$oauthtoken")
+    auth = image_filters.registry_auth(logins)
+    assert auth == {"auths": {"ghcr.io": {"auth": "bWU6Z2hwLXNlY3JldA=="},
+                              "nvcr.io": {"auth": "JG9hdXRodG9rZW46bmdjLWtleQ=="}}}
+    assert image_filters.registry_auth(image_filters.registry_logins(None, {}, "")) == {
+        "auths": {}}
+
+
+@pytest.mark.parametrize(("credentials", "says"), [
+    ({"GHCR.io": GHCR}, "thorfleet_registry_credentials['GHCR.io']: a registry"),
+    ({"ghcr.io/org": GHCR}, "thorfleet_registry_credentials['ghcr.io/org']: a registry"),
+    ({"ghcr.io\nx": GHCR}, "a registry"),
+    ({"ghcr.io": {"username": "me"}}, "give username and password"),
+    ({"ghcr.io": {**GHCR, "email": "x"}}, "give username and password"),
+    ({"ghcr.io": {"username": "me:x", "password": "p"}}, "field username"),
+    ({"ghcr.io": {"username": "me", "password": "ghp-secret\nExecStartPre=/bin/id"}},
+     "field password"),
+    ({"ghcr.io": {"username": "me", "password": ""}}, "field password"),
+    ({"ghcr.io": {"username": "me", "password": 7}}, "field password"),
+    (["ghcr.io"], "thorfleet_registry_credentials: a mapping"),
+])
+def test_bad_registry_credentials_are_named_without_the_password(credentials, says):
+    problems = image_filters.registry_credentials_problems(credentials)
+    assert len(problems) == 1 and says in problems[0], problems
+    assert "ghp-secret" not in problems[0]
+
+
+def test_good_registry_credentials_have_no_problems():
+    assert image_filters.registry_credentials_problems(
+        {"ghcr.io": GHCR, "registry.lan:5000": GHCR, "localhost:5000": GHCR}) == []
+    assert image_filters.registry_credentials_problems({}) == []
 
 
 def test_an_image_without_a_tag_is_refused_naming_the_field():

@@ -65,7 +65,7 @@ def test_allowed_differences_port_served_name_share_and_model_root():
                     "served_name": "chat", "memory_share": 0.4}], models_root="/data")[0]
     assert moved["argv"] == ["vllm", "serve", "/data/Qwen/Qwen3-8B", "--served-model-name",
                              "chat", "--chat-template",
-                             "/data/Qwen/Qwen3-8B/qwen3_nonthinking.jinja", "--port", "8001",
+                             "/data/templates/qwen3_nonthinking.jinja", "--port", "8001",
                              "--gpu-memory-utilization", "0.4"]
     sglang = one("sglang-qwen3-8b", port=8002, memory_share=0.5)
     assert sglang["argv"][-6:] == ["--host", "0.0.0.0", "--port", "8002",

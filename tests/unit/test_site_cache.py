@@ -133,7 +133,8 @@ def test_a_locked_image_the_cache_holds_asks_no_registry(skopeo, monkeypatch):
     done = fill(monkeypatch, locked=listed,
                 platforms={listed: {"linux/arm64": digest(ARM64)}})
     assert not done.failed and not done.result["changed"]
-    assert done.result == {"changed": False, "resolved": {}, "platforms": {}, "copied": []}
+    assert done.result == {"changed": False, "resolved": {}, "platforms": {}, "copied": [],
+                           "wanted": {"nvidia/vllm": [digest(ARM64)]}}
     assert skopeo.calls() == []
 
 
@@ -242,8 +243,10 @@ def test_through_the_cache_hosts_pull_and_run_their_platforms_image_from_it():
         True, f"{CACHE}/nvidia/vllm", "mirror.lan:5000/nvidia/vllm", "nvidia/vllm")
     assert (vllm["locked"], vllm["digest"], vllm["image"]) == (
         listed, arm64, f"{CACHE}/nvidia/vllm@{arm64}")
-    # Not NGC's: pulled from where it lives, by the lock's digest.
-    assert not foo["cached"] and foo["image"] == "docker.io/library/foo@sha256:" + "3" * 64
+    # Not NGC's: through the cache as well, under its registry's name there.
+    assert (foo["cached"], foo["upstream"], foo["path"]) == (
+        True, "docker.io/library/foo", "docker.io/library/foo")
+    assert foo["locked"] == "sha256:" + "3" * 64 and foo["digest"] == ""
     # A platform the cache has not copied yet: no digest, so the images phase fills it
     # (and the services phase stops, asking for the images phase).
     unknown = image_filters.image_plan([spec("chat", VLLM)], {VLLM: listed}, cache=CACHE,

@@ -86,6 +86,11 @@ copied:
   description: What was copied into the cache (repository@digest), or would be in check mode.
   returned: always
   type: list
+wanted:
+  description: The digest of each image asked for, copied or held already, by repository
+    path, C({path: [digest, ...]}) (not in check mode on a new cache).
+  returned: always
+  type: dict
 """
 
 import hashlib  # noqa: E402
@@ -99,11 +104,9 @@ import urllib.request  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 
-DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
-# A repository with its registry (host[:port]/path), as OCI's distribution spec spells it.
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
-REPOSITORY = re.compile(rf"[A-Za-z0-9.-]+(?::[0-9]{{1,5}})?/{PATH.pattern}")
+# What names in the registry look like: this role's module_utils/.
+from ansible.module_utils.thorfleet_registry_names import DIGEST, PATH, REPOSITORY  # noqa: E402
+
 TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 PLATFORM = re.compile(r"[a-z0-9]+/[a-z0-9]+(?:/[a-z0-9]+)?")
 LISTS = ("application/vnd.docker.distribution.manifest.list.v2+json",
@@ -228,8 +231,9 @@ def fill(images, platforms, registry, skopeo, check_mode, archive_dir=None, arch
         # Check mode on a new cache: skopeo or its login is not there yet, so nothing can
         # be resolved; every image would be copied.
         return {"resolved": {}, "platforms": {},
-                "copied": [f"{image['path']}:{image['tag']}" for image in images]}
-    resolved, learned, copied = {}, {}, []
+                "copied": [f"{image['path']}:{image['tag']}" for image in images],
+                "wanted": {}}
+    resolved, learned, copied, wanted = {}, {}, [], {}
     for image in images:
         ref, upstream, platform = image["ref"], image["upstream"], image["platform"]
         raw, listed = None, image["locked"]
@@ -243,6 +247,8 @@ def fill(images, platforms, registry, skopeo, check_mode, archive_dir=None, arch
             digest = platform_image(ref, listed, raw, platform)
             learned.setdefault(listed, {})[platform] = digest
         path = image["path"]
+        if digest not in wanted.setdefault(path, []):
+            wanted[path].append(digest)
         source = f"docker://{upstream}@{digest}"
         if archives is not None:
             if not isinstance(archives.get(digest), str):
@@ -267,7 +273,7 @@ def fill(images, platforms, registry, skopeo, check_mode, archive_dir=None, arch
             os.replace(partial, destination)
         else:
             skopeo.copy(source, f"docker://{registry}/{path}@{digest}", what)
-    return {"resolved": resolved, "platforms": learned, "copied": copied}
+    return {"resolved": resolved, "platforms": learned, "copied": copied, "wanted": wanted}
 
 
 def main():
