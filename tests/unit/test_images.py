@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import load
+from tests.conftest import ROOT, load
+from thorfleet import bounded
 
 catalogue_filters = load("filter_plugins/catalogue.py")
 image_filters = load("filter_plugins/images.py")
@@ -219,3 +225,19 @@ def test_the_caches_of_images_no_longer_kept_are_pruned():
     assert image_filters.jit_caches_to_prune(found, keep) == ["/c/sha256-" + "a" * 64]
     assert image_filters.jit_caches_to_prune(found, {}) == sorted(
         f["path"] for f in found["files"])
+
+
+def test_bundle_create_refuses_bad_registry_credentials_before_writing_anything(tmp_path):
+    # `thorfleet bundle create` runs no preflight: its play checks the logins it writes
+    # into skopeo's login file. The sample inventory's hosts are never contacted.
+    bundle = tmp_path / "bundle"
+    done = bounded.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "playbooks/bundle.yml",
+         "-i", "inventory/sample", "-e", f"thorfleet_bundle_create={bundle}",
+         "-e", json.dumps({"thorfleet_registry_credentials": {
+             "ghcr.io": {"username": "me", "password": "ghp-secret\nx"}}})],
+        120, cwd=ROOT, env={**os.environ, "ANSIBLE_NOCOLOR": "1"})
+    assert done.returncode != 0, done.stdout
+    assert "thorfleet_registry_credentials['ghcr.io']: field password" in done.stdout
+    assert "ghp-secret" not in done.stdout + done.stderr
+    assert not bundle.exists()
