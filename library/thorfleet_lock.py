@@ -73,6 +73,8 @@ lock:
   type: dict
 """
 
+import contextlib  # noqa: E402
+import fcntl  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import tempfile  # noqa: E402
@@ -138,26 +140,24 @@ def dump(lock):
     return HEADER + yaml.safe_dump(body, default_flow_style=False, sort_keys=False, width=200)
 
 
-def main():
-    module = AnsibleModule(
-        argument_spec={
-            "path": {"type": "path", "required": True},
-            "previous_path": {"type": "path"},
-            "state": {"type": "str", "choices": ["read", "present"], "default": "present"},
-            "section": {"type": "str", "choices": list(SECTIONS)},
-            "entries": {"type": "dict", "default": {}},
-        },
-        required_if=[("state", "present", ["section"])],
-        supports_check_mode=True,
-    )
-    path = module.params["path"]
+@contextlib.contextmanager
+def locked(directory):
+    """An exclusive lock on `directory` (flock(2) on the directory itself: no file is
+    left beside the inventory), waited for, held for the block."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # releases the lock
+
+
+def update(module, path):
+    """Set the module's entries in the lock at `path` (state=present) and exit."""
     try:
         lock = read(path, module.params["previous_path"])
     except ValueError as error:
         module.fail_json(msg=str(error))
-    if module.params["state"] == "read":
-        module.exit_json(changed=False, lock=lock)
-
     section = module.params["section"]
     try:
         entries = {str(k): entry_value(section, v) for k, v in module.params["entries"].items()}
@@ -179,6 +179,32 @@ def main():
         os.chmod(tmp, 0o644)
         module.atomic_move(tmp, path)
     module.exit_json(**result)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "path": {"type": "path", "required": True},
+            "previous_path": {"type": "path"},
+            "state": {"type": "str", "choices": ["read", "present"], "default": "present"},
+            "section": {"type": "str", "choices": list(SECTIONS)},
+            "entries": {"type": "dict", "default": {}},
+        },
+        required_if=[("state", "present", ["section"])],
+        supports_check_mode=True,
+    )
+    path = module.params["path"]
+    if module.params["state"] == "read":
+        try:
+            lock = read(path, module.params["previous_path"])
+        except ValueError as error:
+            module.fail_json(msg=str(error))
+        module.exit_json(changed=False, lock=lock)
+    # Two runs against one inventory (two operators, two limits) each read, change and
+    # write the whole file: each holds the directory's lock from its read to its write,
+    # so that neither loses the other's pins.
+    with locked(os.path.dirname(path) or "."):
+        update(module, path)
 
 
 if __name__ == "__main__":

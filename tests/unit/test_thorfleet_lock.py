@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from tests.conftest import load, run_module
+from tests.conftest import ROOT, load, run_module
 from thorfleet import bounded, stock
 
 thorfleet_lock = load("library/thorfleet_lock.py")
@@ -154,3 +156,26 @@ def test_a_lists_platform_images_are_kept_as_a_mapping_and_checked_when_read(tmp
     (tmp_path / LOCK_NAME).write_text(f"image_platforms:\n  {listed}: {arm64}\n")
     broken = lock(tmp_path, monkeypatch, state="read")
     assert broken.failed and listed in broken.result["msg"]
+
+
+def test_a_write_waits_for_another_runs_write_and_loses_none_of_its_pins(tmp_path):
+    # Two runs against one inventory each read, change and write the whole lock: a write
+    # holds the inventory directory's lock (flock) from its read to its write. Here the
+    # test holds it, standing for another run between its read and its write: the
+    # module, run as Ansible runs it (its own process, its arguments in a file), waits.
+    path = tmp_path / LOCK_NAME
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {
+        "path": str(path), "section": "images", "entries": {"b": "sha256:" + "2" * 64}}}))
+    with thorfleet_lock.locked(str(tmp_path)):
+        # The other run's write, made while it holds the lock.
+        path.write_text(yaml.safe_dump({"images": {"a": "sha256:" + "1" * 64}}))
+        waiting = subprocess.Popen([sys.executable, str(ROOT / "library/thorfleet_lock.py"),
+                                    str(args)], stdout=subprocess.PIPE, text=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):  # waiting, as it should
+            waiting.wait(timeout=2)
+        assert waiting.poll() is None, "the module wrote while another run held the lock"
+    out, _ = waiting.communicate(timeout=60)
+    assert json.loads(out)["changed"], out
+    assert yaml.safe_load(path.read_text())["images"] == {
+        "a": "sha256:" + "1" * 64, "b": "sha256:" + "2" * 64}
