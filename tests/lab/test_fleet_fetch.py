@@ -147,8 +147,13 @@ def test_a_model_leaves_the_hub_once_and_goes_host_to_host(lab, fleet):
     assert seen["thor03 after"].returncode == 0, seen
     assert seen["thor02"] is False and seen["machine"] is False, seen
     assert "Unknown module 'thorfleet-builds'" in seen["builds"].stderr, seen
-    user, listening = seen["daemon"].splitlines()[:2]
-    assert user.strip() not in ("root", "0") and f" {ADDRESSES['thor01']}:873 " in listening, seen
+    # One line per rsync process (the daemon, and a child per connection it serves: a
+    # copy may be under way), then the listening socket.
+    lines = seen["daemon"].splitlines()
+    listening = [line for line in lines if line.startswith("LISTEN")]
+    users = {line.strip() for line in lines if line not in listening}
+    assert users and not users & {"root", "0"}, seen
+    assert len(listening) == 1 and f" {ADDRESSES['thor01']}:873 " in listening[0], seen
 
     wanted = manifest(fleet["thor01"])
     gets = model_gets(lab, since)
