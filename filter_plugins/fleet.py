@@ -38,14 +38,13 @@ if _UTILS not in sys.path:
     sys.path.append(_UTILS)
 
 from thorfleet_lib.models import model_key  # noqa: E402
+from thorfleet_lib.rules import HOSTNAME  # noqa: E402
 
 # The rsync daemon's modules: the host's model root, its engine builds' root, and its
 # engines' compile caches (one directory per image digest).
 # Rounds beyond the failure-free count, for failed hub fetches and lost sources.
 SPARE_ROUNDS = 2
 SHARES = {"models": "thorfleet-models", "builds": "thorfleet-builds", "jit": "thorfleet-jit"}
-LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME = re.compile(rf"(?=.{{1,253}}$){LABEL}(?:\.{LABEL})*")  # fullmatch only
 
 
 def _holdings(entries, held, host, address, port):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import sys
 
 # Code the filters share: the package thorfleet_lib in the project's plugin_utils/ (as in
@@ -17,7 +16,7 @@ _UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 if _UTILS not in sys.path:
     sys.path.append(_UTILS)
 
-from thorfleet_lib.rules import CONTROL, CatalogueError  # noqa: E402
+from thorfleet_lib.rules import CONTROL, HOSTNAME, CatalogueError  # noqa: E402
 
 
 def image_plan(specs, lock_images=None, registry_mirror="", refresh=False, cache="",
@@ -137,8 +136,13 @@ def registry_auth(logins):
         f"{login['username']}:{login['password']}".encode()).decode()} for login in logins or []}}
 
 
-REGISTRY = re.compile(r"^(?:localhost|[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-                      r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+)(?::[0-9]{1,5})?$")
+def _is_registry(value):
+    """Whether `value` names a registry as image names give it, in lower case: a DNS name
+    with a '.' (or localhost), and a port."""
+    host, colon, port = value.partition(":")
+    return (host == host.lower() and bool(HOSTNAME.fullmatch(host))
+            and ("." in host or host == "localhost")
+            and (not colon or (port.isdigit() and len(port) <= 5)))
 
 
 def registry_credentials_problems(credentials):
@@ -152,7 +156,7 @@ def registry_credentials_problems(credentials):
     problems = []
     for registry, login in credentials.items():
         where = f"thorfleet_registry_credentials[{str(registry)[:80]!r}]"
-        if not (isinstance(registry, str) and REGISTRY.fullmatch(registry)):
+        if not (isinstance(registry, str) and _is_registry(registry)):
             problems.append(f"{where}: a registry as image names give it (ghcr.io, "
                             "registry.lan:5000), in lower case")
             continue

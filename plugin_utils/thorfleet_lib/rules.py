@@ -56,6 +56,9 @@ RULES = {
                  "without spaces or control characters"),
 }
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A DNS name (fullmatch only): the fleet's addresses, a registry's host.
+LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+HOSTNAME = re.compile(rf"(?=.{{1,253}}$){LABEL}(?:\.{LABEL})*")
 MAX_ARG = 4096
 # Where models may not go: the system's own directories, which containers mount read-write.
 # Where a model root may not lie (the root or anything below it): the system's own
