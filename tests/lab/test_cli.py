@@ -130,10 +130,16 @@ def test_bench_of_llama_server_agrees_with_its_own_timings(bench):
     _, output = bench
     result = json.loads((output / "thor01.json").read_text())
     llama = next(s for s in result["services"] if s["engine"] == "llama-server")
+    # The bench's own line compares the medians; one run of 256 tokens lasts under a
+    # second here, so a 2-core host busy with other work can shift one arrival time by a
+    # tenth of it (a CI run saw +10.6% in one run). A bias the bench itself brought in,
+    # such as counting the time to the first token, moves every run alike and the median
+    # with them.
     for run in llama["runs"]:
         assert run["completion_tokens"] >= 256
         assert run["server_decode_tps"] > 0
-        assert abs(run["server_difference_pct"]) < 10, run
+        assert abs(run["server_difference_pct"]) < 25, run
+    assert abs(llama["median"]["server_difference_pct"]) < 10, llama
 
 
 def test_bench_of_a_stand_in_measures_its_pace(bench):
