@@ -1,32 +1,31 @@
-"""Filters of fetching once per fleet (thorfleet_fleet_fetch): which host fetches each
-model from its hub (or compiles each engine build), and which host copies it from which
-other, round by round.
+"""Filters of fetching once per fleet (thorfleet_fleet_fetch), for the artefact
+pipeline (roles/artefacts): which host gets each artefact from upstream (a model from its
+hub, an engine build from the compiler), and which host copies it from which other,
+round by round.
 
-Each host says what it holds and wants (model_holdings after model_manifests,
-build_holdings after the build check). A round (fleet_round) gives each thing nobody
-holds to one host that wants it, to fetch from its hub or compile, and pairs every host
-holding it with one host still wanting it, to copy from: the hosts that have it double
-each round, so a fleet of N hosts is served in about log2(N) rounds, never from one host
-alone. Each round is planned from what the hosts hold after the one before; the rounds
-have a bound with room for failures, and once nothing is wanted they do nothing.
+Each host says what it holds and wants (holdings: its entries of one kind and what its
+read reported). A round (fleet_round) gives each thing nobody holds to one host that
+wants it, to get from upstream, and pairs every host holding it with one host still
+wanting it, to copy from: the hosts that have it double each round, so a fleet of N hosts
+is served in about log2(N) rounds, never from one host alone. Each round is planned from
+what the hosts hold after the one before; the rounds have a bound with room for
+failures, and once nothing is wanted they do nothing.
 
-A host that failed has left the play and is neither a source nor a target; a model whose
-only fetcher failed gets another fetcher the next round, and the hub fetches of a round
-are spread over the hosts that want something. A source that a host could not read or
-copy from (powered off, its rsync failed, its bytes were not its manifest's) is lost:
-the copying host stays in the play, and no host copies from that source again; the next
-round gives it another source, or the hub when none is left. In the last round, a host
-no source can serve fetches from the hub, as does, after the rounds, one whose source
-was lost.
+A host that failed has left the play and is neither a source nor a target; a thing whose
+only fetcher failed gets another fetcher the next round, and the upstream fetches of a
+round are spread over the hosts that want something. A source that a host could not read
+or copy from (powered off, its rsync failed, its bytes were not what it reported) is
+lost: the copying host stays in the play, and no host copies from that source again; the
+next round gives it another source, or upstream when none is left. In the last round, a
+host no source can serve gets it from upstream, as does, after the rounds, one whose
+source was lost (its own role, for what it still lacks).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import json
 import math
 import os
-import posixpath
 import re
 import sys
 
@@ -37,54 +36,35 @@ _UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 if _UTILS not in sys.path:
     sys.path.append(_UTILS)
 
-from thorfleet_lib.models import model_key  # noqa: E402
+from thorfleet_lib import artefacts  # noqa: E402
+from thorfleet_lib.artefacts import share_url  # noqa: E402
 from thorfleet_lib.rules import HOSTNAME  # noqa: E402
 
-# The rsync daemon's modules: the host's model root, its engine builds' root, and its
-# engines' compile caches (one directory per image digest).
-# Rounds beyond the failure-free count, for failed hub fetches and lost sources.
+# Rounds beyond the failure-free count, for failed upstream fetches and lost sources.
 SPARE_ROUNDS = 2
-SHARES = {"models": "thorfleet-models", "builds": "thorfleet-builds", "jit": "thorfleet-jit"}
 
 
-def _holdings(entries, held, host, address, port):
-    """What a host holds and wants: {host, address, port (of its share), entries: {key:
-    entry, with `path`, where it lies in the share}, held: [keys it holds], got: [] (filled
-    round by round)}."""
-    return {"host": host, "address": str(address), "port": int(port), "entries": entries,
-            "held": sorted(held), "got": [], "lost": []}
+def holdings(entries, reports, host, address, port, kind):
+    """What a host holds and wants of `kind` (the artefact pipeline's entries, and what its
+    read reported): {kind, host, address, port (of its share), entries: {key: entry},
+    held: [keys it holds], got: [] and lost: [] (filled round by round)}."""
+    entries = {artefacts.check_entry(entry)["key"]: entry for entry in entries or []}
+    if any(entry["kind"] != kind for entry in entries.values()):
+        raise artefacts.ArtefactError(f"artefacts_entries: an entry of another kind than "
+                                      f"{kind}")
+    held = [key for key in entries if (reports or {}).get(key) is not None]
+    return {"kind": kind, "host": host, "address": str(address), "port": int(port),
+            "entries": entries, "held": sorted(held), "got": [], "lost": []}
 
 
-def model_holdings(models, present, host, address, port):
-    """A host's models (model_store's plan entries): held when model_manifests found them
-    in place or staged beside."""
-    missing = set((present or {}).get("missing") or [])
-    entries = {model_key(entry): entry for entry in models or []}
-    return _holdings(entries, [k for k, e in entries.items() if e["dest"] not in missing],
-                     host, address, port)
+def artefact_entries(items, kind, platform=""):
+    """The pipeline's entries of a planning role's own items (plan entries) of `kind`."""
+    return artefacts.entries(kind, items, platform)
 
 
-def build_holdings(plan, checks, host, address, port, build_root):
-    """A host's engine builds: each engine of its plan (ggml_build's), keyed by engine, ref
-    and where builds live (units name the path); held when the build its pin asks for is
-    there and complete (the check's `ready`). An engine's stamp (its commit, flags, CUDA
-    and compiler) is known once its ref is pinned; a host that copies a build gets it only
-    when its own stamp is the source's, and compiles it otherwise (the build module)."""
-    checked = {c["engine"]["name"]: c for c in (checks or {}).get("results", [])
-               if isinstance(c, dict) and c.get("stamp") and not c.get("failed")}
-    entries, held = {}, []
-    for engine in plan or []:
-        key = json.dumps([engine["name"], engine["ref"], build_root])
-        check = checked.get(engine["name"], {})
-        entries[key] = _build_entry(engine, check.get("stamp", ""))
-        if check.get("ready"):
-            held.append(key)
-    return _holdings(entries, held, host, address, port)
-
-
-def _build_entry(engine, stamp):
-    # `path`: the engine's directory in the share; its build-<stamp> is the source's.
-    return {"engine": engine, "name": engine["name"], "stamp": stamp, "path": engine["name"]}
+def artefact_role(kind):
+    """The role that plans `kind` and gets it from upstream (its tasks/upstream.yml)."""
+    return artefacts.kind_of(kind)["role"]
 
 
 def fleet_work(states):
@@ -104,12 +84,11 @@ def fleet_work(states):
     return {"copies": copies, "rounds": 2 + math.ceil(math.log2(hosts)) + SPARE_ROUNDS}
 
 
-def fleet_round(states, index, rounds, share="models"):
+def fleet_round(states, index, rounds):
     """This round's work per host: {host: {hub: [entries], peers: [entries]}}, `hub` what
-    it fetches from the hub (or compiles), a peer's entry with the source's own
-    (`peer_entry`: its model root may differ) and where to copy from (`peer`: {name, url},
-    and for a model its `staging_url`). `states` are the hosts still in the play, in the
-    play's order."""
+    it gets from upstream (a hub, a compiler), a peer's entry with the source's own
+    (`peer_entry`: its root may differ) and where to copy from (`peer`: {name, address,
+    port, url}). `states` are the hosts still in the play, in the play's order."""
     plan = {state["host"]: {"hub": [], "peers": []} for state in states}
     last = index >= rounds - 1
     lost = {host for state in states for host in state.get("lost") or []}
@@ -121,8 +100,8 @@ def fleet_round(states, index, rounds, share="models"):
                    and key not in s["held"] and key not in s["got"]]
         if not wanting:
             continue
-        # Nobody has it (or only lost sources): one host fetches it from the hub, the
-        # one with the fewest hub fetches this round so far. In the last round, every
+        # Nobody has it (or only lost sources): one host gets it from upstream, the one
+        # with the fewest upstream fetches this round so far. In the last round, every
         # host that a source cannot serve does.
         if last:
             fetchers = wanting[len(holders):]
@@ -134,51 +113,43 @@ def fleet_round(states, index, rounds, share="models"):
             plan[state["host"]]["hub"].append(state["entries"][key])
         for source, target in zip(holders, wanting, strict=False):
             peer_entry = source["entries"][key]
-            peer = {"name": source["host"],
-                    "url": share_url(source["address"], source["port"], share,
+            peer = {"name": source["host"], "address": source["address"],
+                    "port": source["port"],
+                    "url": share_url(source["address"], source["port"], peer_entry["kind"],
                                      peer_entry["path"])}
-            if share == "models":
-                # A revision staged beside the model: its files in the staging directory.
-                parent, name = posixpath.split(peer_entry["path"])
-                peer["staging_url"] = share_url(source["address"], source["port"], share,
-                                                posixpath.join(parent, f".{name}.partial"))
             plan[target["host"]]["peers"].append({**target["entries"][key],
                                                   "peer_entry": peer_entry, "peer": peer})
     return plan
 
 
-def share_url(address, port, share, path):
-    """rsync URL of a path in a peer's share (`models`: its model root, `builds`: its
-    engine builds' root)."""
-    host = f"[{address}]" if ":" in address else address
-    return f"rsync://{host}:{int(port)}/{SHARES[share]}/{path}"
-
-
-def still_wanted(state):
-    """The entries of the models a host wants and has not got (after the last round: what
-    a lost source left it without), for it to fetch from the hub itself."""
-    return [entry for key, entry in sorted(state["entries"].items())
-            if key not in state["held"] and key not in state["got"]]
-
-
-def got(state, results, kind="models"):
-    """The state with the keys of what this round's downloads and copies (`models`: the
-    registered results of model_download) or builds and copies (`builds`: of ggml_build)
-    brought."""
-    done, entries = set(), dict(state["entries"])
-    for result in results or []:
-        if not isinstance(result, dict) or result.get("failed") or result.get("skipped"):
+def got(state, hub_entries, hub_results, copy_results):
+    """The state with the keys of what this round brought: the upstream fetches of
+    `hub_entries` (their results in the same order) and the copies (registered loop
+    results, each item the entry it copied). An entry whose pin the fetch resolved (a ref
+    compiled for the first time) is kept resolved, for the hosts that copy it next."""
+    pairs = list(zip(hub_entries or [], hub_results or [], strict=False))
+    for result in copy_results or []:
+        if isinstance(result, dict):
+            pairs.append((result.get(result.get("ansible_loop_var") or "item"), result))
+    entries, done = dict(state["entries"]), set(state["got"])
+    for entry, result in pairs:
+        key = entry.get("key") if isinstance(entry, dict) else None
+        if key not in entries:
             continue
-        if kind == "models" and result.get("commit"):
-            done.add(model_key(result["item"]))
-        elif kind == "builds" and result.get("stamp"):
-            # What a build that was not pinned yet became: its stamp, its path.
-            name = (result.get("engine") or result.get("item") or {}).get("name")
-            for key, entry in entries.items():
-                if entry["name"] == name:
-                    entries[key] = _build_entry(entry["engine"], result["stamp"])
-                    done.add(key)
-    return {**state, "entries": entries, "got": sorted(set(state["got"]) | done)}
+        now = artefacts.got(entries[key], result)
+        if now is not None:
+            entries[key] = now
+            done.add(key)
+    return {**state, "entries": entries, "got": sorted(done)}
+
+
+def artefact_results(results):
+    """Registered results of the pipeline's copies as the kind's role reads its own (for
+    the lock): each with the kind's own item, not the pipeline's entry around it."""
+    return [{**result, "item": result["item"]["item"]}
+            if isinstance(result, dict) and isinstance(result.get("item"), dict)
+            and "kind" in result["item"] and "item" in result["item"] else result
+            for result in results or []]
 
 
 def lost(state, results):
@@ -393,8 +364,9 @@ def _is_address(value):
 class FilterModule:
     def filters(self):
         return {
-            "thorfleet_model_holdings": model_holdings,
-            "thorfleet_build_holdings": build_holdings,
+            "thorfleet_artefact_entries": artefact_entries,
+            "thorfleet_artefact_role": artefact_role,
+            "thorfleet_artefact_holdings": holdings,
             "thorfleet_jit_peers": jit_peers,
             "thorfleet_share_peers": share_peers,
             "thorfleet_share_unit": share_unit,
@@ -402,8 +374,8 @@ class FilterModule:
             "thorfleet_fleet_work": fleet_work,
             "thorfleet_fleet_round": fleet_round,
             "thorfleet_fleet_got": got,
+            "thorfleet_artefact_results": artefact_results,
             "thorfleet_fleet_lost": lost,
-            "thorfleet_fleet_still_wanted": still_wanted,
             "thorfleet_fleet_problems": fleet_problems,
             "thorfleet_site_cache_problems": site_cache_problems,
             "thorfleet_bundle_settings_problems": bundle_problems,

@@ -1,14 +1,17 @@
-"""Fetching once per fleet (filter_plugins/fleet.py): one host fetches each model from its
-hub, the hosts that have it double every round, a failed fetcher is replaced, and the
-settings are checked naming the field."""
+"""Fetching once per fleet (filter_plugins/fleet.py, the artefact pipeline's rounds): one
+host fetches each model from its hub, the hosts that have it double every round, a failed
+fetcher is replaced, and the settings are checked naming the field."""
 
 from __future__ import annotations
+
+import importlib
 
 import pytest
 
 from tests.conftest import load
 
 fleet = load("filter_plugins/fleet.py")
+artefacts = importlib.import_module("thorfleet_lib.artefacts")
 
 
 def entry(path="Qwen/Qwen3-8B", root="/models", revision="main"):
@@ -17,11 +20,23 @@ def entry(path="Qwen/Qwen3-8B", root="/models", revision="main"):
             "ignore_patterns": [], "lock_key": f"huggingface:{path}@main"}
 
 
+def held_models(models, held_paths):
+    """The pipeline's entries of `models`, and a read's reports: a manifest for those held."""
+    entries = fleet.artefact_entries(models, "models")
+    return entries, {e["key"]: ({"manifest": {}} if e["path"] in held_paths else None)
+                     for e in entries}
+
+
 def state(host, held=(), wanted=(), root="/models", number=None):
-    models = [entry(p, root) for p in (*held, *wanted)]
-    present = {"missing": [f"{root}/{p}" for p in wanted]}
+    entries, reports = held_models([entry(p, root) for p in (*held, *wanted)], held)
     number = number or int(host[-2:])
-    return fleet.model_holdings(models, present, host, f"10.0.0.{number}", 873)
+    return fleet.holdings(entries, reports, host, f"10.0.0.{number}", 873, "models")
+
+
+def still_wanted(state):
+    """What a host still lacks after the rounds (its own role gets it)."""
+    return [e for k, e in sorted(state["entries"].items())
+            if k not in state["held"] and k not in state["got"]]
 
 
 def run_rounds(states, fail=(), dead=()):
@@ -39,11 +54,11 @@ def run_rounds(states, fail=(), dead=()):
             work = plan[current["host"]]
             if current["host"] in {*fail, *dead} and (work["hub"] or work["peers"]):
                 continue
-            done = [{"item": e, "commit": "c" * 40} for e in work["hub"]]
-            done += [{"item": e, "commit": "c" * 40} if e["peer"]["name"] not in dead
-                     else {"item": e, "failed": True, "msg": "rsync: connection refused"}
-                     for e in work["peers"]]
-            alive.append(fleet.lost(fleet.got(current, done), done))
+            fetched = [{"commit": "c" * 40} for _ in work["hub"]]
+            copied = [{"item": e, "commit": "c" * 40} if e["peer"]["name"] not in dead
+                      else {"item": e, "failed": True, "msg": "rsync: connection refused"}
+                      for e in work["peers"]]
+            alive.append(fleet.lost(fleet.got(current, work["hub"], fetched, copied), copied))
         states = alive
     return plans, states
 
@@ -75,13 +90,23 @@ def test_a_host_that_holds_a_model_is_the_source_and_fetches_nothing():
     plans, _final = run_rounds(hosts)
     assert not any(work["hub"] for plan in plans for work in plan.values())
     (copy,) = [w for plan in plans for w in plan["thor01"]["peers"]]
-    assert copy["peer"] == {"name": "thor02",
-                            "url": "rsync://10.0.0.2:873/thorfleet-models/Qwen/Qwen3-8B",
-                            "staging_url": "rsync://10.0.0.2:873/thorfleet-models/Qwen/"
-                                           ".Qwen3-8B.partial"}
+    assert copy["peer"] == {"name": "thor02", "address": "10.0.0.2", "port": 873,
+                            "url": "rsync://10.0.0.2:873/thorfleet-models/Qwen/Qwen3-8B"}
     # What the copy verifies against is the source's own entry; the copy is the target's.
     assert copy["peer_entry"]["dest"] == "/models/Qwen/Qwen3-8B"
-    assert copy["dest"] == "/models/Qwen/Qwen3-8B" and copy["lock_key"]
+    assert copy["dest"] == "/models/Qwen/Qwen3-8B" and copy["item"]["lock_key"]
+    # The copy module's arguments: the revision's files from the source's model directory
+    # and from the one it stages a new revision in, checked against its manifest.
+    module, args = artefacts.copy_call(copy, {"manifest": {"commit": "c" * 40},
+                                              "fetched": ["a.bin"]})
+    assert module == "model_download" and args["stage"] is True
+    assert args["peer"] == {
+        "name": "thor02", "url": "rsync://10.0.0.2:873/thorfleet-models/Qwen/Qwen3-8B",
+        "staging_url": "rsync://10.0.0.2:873/thorfleet-models/Qwen/.Qwen3-8B.partial",
+        "manifest": {"commit": "c" * 40}, "fetched": ["a.bin"]}
+    # The source is read with its own entry, over Ansible's connection to it.
+    assert artefacts.source_read_call(copy) == (
+        "model_manifests", {"models": [copy["peer_entry"]["item"]], "report": True})
 
 
 def test_model_roots_may_differ_between_hosts():
@@ -97,8 +122,9 @@ def test_model_roots_may_differ_between_hosts():
 def test_another_revision_or_hub_is_another_model():
     mine = entry()
     other = {**entry(), "revision": "b" * 40}
-    held = fleet.model_holdings([other], {"missing": []}, "thor01", "10.0.0.1", 873)
-    wants = fleet.model_holdings([mine], {"missing": [mine["dest"]]}, "thor02", "10.0.0.2", 873)
+    held = fleet.holdings(*held_models([other], [other["path"]]), "thor01", "10.0.0.1", 873,
+                          "models")
+    wants = fleet.holdings(*held_models([mine], []), "thor02", "10.0.0.2", 873, "models")
     plans, _final = run_rounds([held, wants])
     assert [h for plan in plans for h, work in plan.items() if work["hub"]] == ["thor02"]
     assert not fleet.fleet_work([held, wants])["copies"]
@@ -116,7 +142,7 @@ def test_a_fetcher_that_fails_is_replaced_and_the_last_round_leaves_nothing_want
     fetched = [h for plan in plans for h, work in plan.items() if work["hub"]]
     assert fetched == ["thor01", "thor02"]
     assert [s["host"] for s in final] == ["thor02", "thor03", "thor04"]
-    assert all(s["got"] and not fleet.still_wanted(s) for s in final)
+    assert all(s["got"] and not still_wanted(s) for s in final)
 
 
 def test_in_the_last_round_a_host_no_source_can_serve_fetches_from_the_hub():
@@ -128,7 +154,7 @@ def test_in_the_last_round_a_host_no_source_can_serve_fetches_from_the_hub():
         ("thor02", "thor01")]
     assert [h for h, work in last.items() if work["hub"]] == ["thor03", "thor04"]
     # What a lost source left a host without, after the rounds, it fetches itself.
-    assert [e["dest"] for e in fleet.still_wanted(hosts[2])] == ["/models/Qwen/Qwen3-8B"]
+    assert [e["dest"] for e in still_wanted(hosts[2])] == ["/models/Qwen/Qwen3-8B"]
 
 
 def test_ipv6_addresses_are_bracketed_in_the_share_url():
@@ -163,37 +189,63 @@ def test_a_bad_fleet_setting_is_refused_naming_its_field(settings, field):
     assert len(found) == 1 and found[0].startswith(f"thor01: {field}: "), found
 
 
-def build_state(host, engines, ready=(), stamp="s1"):
-    plan = [{"name": name, "ref": "b1", "lock_key": f"{name}@b1", "pin": "c" * 40}
-            for name in engines]
-    checks = {"results": [{"engine": engine, "stamp": stamp, "ready": engine["name"] in ready}
-                          for engine in plan]}
-    return fleet.build_holdings(plan, checks, host, f"10.0.0.{host[-1]}", 873, "/opt/thorfleet")
+def build_entries(engines, pin="c" * 40):
+    return fleet.artefact_entries(
+        [{"engine": {"name": name, "ref": "b1", "lock_key": f"{name}@b1", "pin": pin},
+          "args": {"name": name, "source": f"/opt/thorfleet/{name}/src", "commit": pin,
+                   "build_root": f"/opt/thorfleet/{name}", "cmake_flags": ["-DGGML_CUDA=OFF"],
+                   "targets": ["llama-server"], "cuda_version": "", "ccache_dir": None,
+                   "jobs": 0, "keep": 2}}
+         for name in engines], "builds")
+
+
+def build_state(host, engines, ready=(), pin="c" * 40):
+    entries = build_entries(engines, pin)
+    reports = {e["key"]: ({"stamp": "s1", "ready": True, "files": {}}
+                          if e["item"]["engine"]["name"] in ready else None) for e in entries}
+    return fleet.holdings(entries, reports, host, f"10.0.0.{host[-1]}", 873, "builds")
 
 
 def test_a_build_is_copied_from_the_host_that_holds_it_at_its_stamp():
     hosts = [build_state("thor01", ["llama.cpp"], ready=["llama.cpp"]),
              build_state("thor02", ["llama.cpp"])]
-    plan = fleet.fleet_round(hosts, 0, fleet.fleet_work(hosts)["rounds"], "builds")
+    plan = fleet.fleet_round(hosts, 0, fleet.fleet_work(hosts)["rounds"])
     (copy,) = plan["thor02"]["peers"]
-    assert copy["peer"] == {"name": "thor01",
+    assert copy["peer"] == {"name": "thor01", "address": "10.0.0.1", "port": 873,
                             "url": "rsync://10.0.0.1:873/thorfleet-builds/llama.cpp"}
-    assert copy["engine"]["name"] == "llama.cpp" and not plan["thor01"]["hub"]
+    assert copy["item"]["engine"]["name"] == "llama.cpp" and not plan["thor01"]["hub"]
+    # The source is asked for this host's own build (its flags and stamp), and the copy
+    # is the build module's, from the source's build of that stamp, checked against the
+    # files the source reported.
+    module, read = artefacts.source_read_call(copy)
+    assert module == "ggml_build" and read["report"] is True
+    assert read["cmake_flags"] == ["-DGGML_CUDA=OFF"] and "ccache_dir" not in read
+    module, args = artefacts.copy_call(copy, {"stamp": "s1", "ready": True,
+                                              "files": {"bin/llama-server": {}}})
+    assert module == "ggml_build" and args["commit"] == "c" * 40
+    assert args["peer"] == {"name": "thor01", "stamp": "s1",
+                            "url": "rsync://10.0.0.1:873/thorfleet-builds/llama.cpp/build-s1",
+                            "files": {"bin/llama-server": {}}}
 
 
-def test_a_build_nobody_holds_is_compiled_by_one_host_and_its_stamp_learnt():
-    hosts = [build_state(f"thor0{n}", ["whisper.cpp"], stamp="") for n in (1, 2, 3)]
+def test_a_build_nobody_holds_is_compiled_by_one_host_and_its_pin_learnt():
+    hosts = [build_state(f"thor0{n}", ["whisper.cpp"], pin="") for n in (1, 2, 3)]
     rounds = fleet.fleet_work(hosts)["rounds"]
-    first = fleet.fleet_round(hosts, 0, rounds, "builds")
+    first = fleet.fleet_round(hosts, 0, rounds)
     assert [h for h, work in first.items() if work["hub"]] == ["thor01"]
-    # The compile pinned the ref and made build-s9: thor01 holds it, under that stamp.
-    built = [{"engine": first["thor01"]["hub"][0]["engine"], "stamp": "s9"}]
-    hosts[0] = fleet.got(hosts[0], built, "builds")
+    # The compile resolved the ref to its commit and made build-s9: thor01 holds it.
+    built = [{"engine": first["thor01"]["hub"][0]["item"]["engine"], "stamp": "s9",
+              "commit": "d" * 40}]
+    hosts[0] = fleet.got(hosts[0], first["thor01"]["hub"], built, [])
     (entry,) = hosts[0]["entries"].values()
-    assert entry["stamp"] == "s9" and hosts[0]["got"]
-    second = fleet.fleet_round(hosts, 1, rounds, "builds")
-    assert [w["peer"]["name"] for w in second["thor02"]["peers"]] == ["thor01"]
+    assert entry["pin"] == "d" * 40 and hosts[0]["got"]
+    second = fleet.fleet_round(hosts, 1, rounds)
+    (copy,) = second["thor02"]["peers"]
+    assert copy["peer"]["name"] == "thor01"
     assert not any(work["hub"] for work in second.values())
+    # thor02 planned it unpinned: it asks for, and copies, the commit thor01 built.
+    assert artefacts.source_read_call(copy)[1]["commit"] == "d" * 40
+    assert artefacts.copy_call(copy, {"stamp": "s9", "files": {}})[1]["commit"] == "d" * 40
 
 
 # --- compile caches in a rollout ------------------------------------------------------
@@ -259,16 +311,13 @@ def test_a_host_name_is_taken_up_to_its_limits(address, taken):
 
 
 @pytest.mark.parametrize("check", [
-    {"stamp": "s1", "ready": True, "failed": True},  # the check itself failed
+    {"stamp": "s1", "ready": False},  # another build, or an incomplete one
     {"stamp": "", "ready": True},  # no stamp: the ref is not pinned yet
-    "not a check result"])
-def test_a_build_is_held_only_on_a_check_that_passed_with_a_stamp(check):
-    plan = [{"name": "llama.cpp", "ref": "b1", "lock_key": "llama.cpp@b1", "pin": ""}]
-    results = [{**check, "engine": plan[0]} if isinstance(check, dict) else check]
-    held = fleet.build_holdings(plan, {"results": results}, "thor01", "10.0.0.1", 873, "/opt")
-    assert held["held"] == []
-    (entry,) = held["entries"].values()
-    assert entry["stamp"] == ""
+    None, "not a check result"])
+def test_a_build_is_held_only_where_the_check_found_it_ready_with_a_stamp(check):
+    (entry,) = build_entries(["llama.cpp"], pin="")
+    assert artefacts.report(entry, check if isinstance(check, dict) else None) is None
+    assert artefacts.report(entry, {"stamp": "s1", "ready": True})["stamp"] == "s1"
 
 
 def test_a_failed_or_skipped_copy_is_not_counted_as_got():
@@ -277,23 +326,27 @@ def test_a_failed_or_skipped_copy_is_not_counted_as_got():
     results = [{"item": model, "commit": "c" * 40, "failed": True},
                {"item": other, "commit": "c" * 40, "skipped": True},
                "not a result", {"item": model, "stamp": "s1"}]  # a build's, not a model's
-    after = fleet.got(wants, results)
-    assert after["got"] == [] and len(fleet.still_wanted(after)) == 2
-    done = fleet.got(wants, [{"item": model, "commit": "c" * 40}])
-    assert [e["path"] for e in fleet.still_wanted(done)] == [other["path"]]
+    after = fleet.got(wants, [model], [{"commit": "c" * 40, "unreachable": True}], results)
+    assert after["got"] == [] and len(still_wanted(after)) == 2
+    done = fleet.got(wants, [], [], [{"item": model, "commit": "c" * 40}])
+    assert [e["path"] for e in still_wanted(done)] == [other["path"]]
+    fetched = fleet.got(wants, [other], [{"commit": "c" * 40}], [])
+    assert [e["path"] for e in still_wanted(fetched)] == [model["path"]]
 
 
-def test_a_build_is_got_only_from_a_result_with_a_stamp_under_the_engines_name():
-    (wants,) = [build_state("thor02", ["llama.cpp", "whisper.cpp"], stamp="")]
-    llama = next(e["engine"] for e in wants["entries"].values() if e["name"] == "llama.cpp")
-    assert fleet.got(wants, [{"engine": llama, "commit": "c" * 40}], "builds")["got"] == []
-    assert fleet.got(wants, [{"item": llama, "stamp": "s2", "failed": True}],
-                     "builds")["got"] == []
-    for named in ({"engine": llama}, {"item": llama}):
-        after = fleet.got(wants, [{**named, "stamp": "s2"}], "builds")
+def test_a_build_is_got_only_from_a_result_with_a_stamp():
+    wants = build_state("thor02", ["llama.cpp", "whisper.cpp"], pin="")
+    llama = next(e for e in wants["entries"].values()
+                 if e["item"]["engine"]["name"] == "llama.cpp")
+    assert fleet.got(wants, [llama], [{"commit": "c" * 40}], [])["got"] == []
+    assert fleet.got(wants, [llama], [{"stamp": "s2", "failed": True}], [])["got"] == []
+    for how in ((([llama], [{"stamp": "s2", "commit": "e" * 40}], [])),
+                ([], [], [{"item": {**llama, "peer": {"name": "thor01"}}, "stamp": "s2",
+                           "commit": "e" * 40}])):
+        after = fleet.got(wants, *how)
         (key,) = after["got"]
-        assert after["entries"][key]["name"] == "llama.cpp"
-        assert after["entries"][key]["stamp"] == "s2"
+        assert after["entries"][key]["item"]["engine"]["name"] == "llama.cpp"
+        assert after["entries"][key]["pin"] == "e" * 40
 
 
 @pytest.mark.parametrize(("fetch", "on"), [
@@ -372,7 +425,7 @@ def test_a_source_that_dies_is_lost_and_its_copier_gets_the_model_elsewhere():
     assert hub_fetches(plans) == []
     done = {s["host"]: s for s in final}
     assert done["thor03"]["got"] and done["thor03"]["lost"] == ["thor01"]
-    assert not fleet.still_wanted(done["thor03"]) and not fleet.still_wanted(done["thor04"])
+    assert not still_wanted(done["thor03"]) and not still_wanted(done["thor04"])
 
 
 def test_when_every_source_is_lost_one_host_fetches_from_the_hub_and_the_rest_copy():
@@ -381,7 +434,7 @@ def test_when_every_source_is_lost_one_host_fetches_from_the_hub_and_the_rest_co
     plans, final = run_rounds(hosts, dead={"thor01"})
     assert hub_fetches(plans) == ["thor02"]  # once, after thor01 was lost
     assert [s["host"] for s in final] == ["thor01", "thor02", "thor03", "thor04", "thor05"]
-    assert not any(fleet.still_wanted(s) for s in final)
+    assert not any(still_wanted(s) for s in final)
     sources = {w["peer"]["name"] for plan in plans[1:] for work in plan.values()
                for w in work["peers"]}
     assert "thor01" not in sources
@@ -400,7 +453,7 @@ def test_sixty_hosts_with_two_failed_hub_fetches_fetch_three_times_not_thirty():
     hosts = [state(f"thor{n:02d}", wanted=["Qwen/Qwen3-8B"]) for n in range(1, 61)]
     plans, final = run_rounds(hosts, fail={"thor01", "thor02"})
     assert hub_fetches(plans) == ["thor01", "thor02", "thor03"]
-    assert len(final) == 58 and not any(fleet.still_wanted(s) for s in final)
+    assert len(final) == 58 and not any(still_wanted(s) for s in final)
     # No round plans more copies from a host than it has: each source serves one host.
     for plan in plans:
         sources = [w["peer"]["name"] for work in plan.values() for w in work["peers"]]
@@ -449,3 +502,37 @@ def test_a_share_is_a_transient_unit_that_drops_other_addresses_and_runs_as_no_o
         assert wanted in argv, wanted
     # No address given admits none (an empty IPAddressAllow= clears the list).
     assert "--property=IPAddressAllow=" in fleet.share_unit("u", [], "", 1)
+
+
+# --- the pipeline's table of kinds --------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["images", "", None, ["models"]])
+def test_a_kind_the_table_lacks_is_refused_naming_the_setting(kind):
+    with pytest.raises(artefacts.ArtefactError, match="artefacts_kind: .* is not one of "
+                                                      "builds, models"):
+        fleet.artefact_entries([entry()], kind)
+
+
+@pytest.mark.parametrize("path", ["/etc", "../etc", "Qwen/../../etc", None])
+def test_an_entry_whose_share_path_leaves_the_share_is_refused(path):
+    (model,) = fleet.artefact_entries([entry()], "models")
+    with pytest.raises(artefacts.ArtefactError, match="is not a path inside the share"):
+        fleet.holdings([{**model, "path": path}], {}, "thor01", "10.0.0.1", 873, "models")
+
+
+def test_entries_of_one_shape_and_one_kind_per_phase():
+    (model,) = fleet.artefact_entries([entry()], "models")
+    assert sorted(model) == sorted(artefacts.ENTRY_FIELDS)
+    with pytest.raises(artefacts.ArtefactError, match="an entry of another kind than builds"):
+        fleet.holdings([model], {}, "thor01", "10.0.0.1", 873, "builds")
+    with pytest.raises(artefacts.ArtefactError, match="an artefact entry needs kind, key"):
+        fleet.holdings([{"kind": "models"}], {}, "thor01", "10.0.0.1", 873, "models")
+
+
+def test_the_results_a_kinds_role_gets_back_carry_its_own_items():
+    (model,) = fleet.artefact_entries([entry()], "models")
+    copied = {"item": {**model, "peer": {"name": "thor01"}}, "commit": "c" * 40}
+    fetched = {"item": entry(), "commit": "c" * 40}  # the role's own upstream fetch
+    assert fleet.artefact_results([copied, fetched, "not a result"]) == [
+        {"item": entry(), "commit": "c" * 40}, fetched, "not a result"]

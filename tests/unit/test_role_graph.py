@@ -5,9 +5,14 @@ needs by including four roles that depend on it)."""
 
 from __future__ import annotations
 
+import importlib
+
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, load
+
+load("filter_plugins/fleet.py")  # puts plugin_utils on the path
+KINDS = importlib.import_module("thorfleet_lib.artefacts").KINDS
 
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "meta/main.yml").exists())
 
@@ -30,7 +35,10 @@ def uses(role: str) -> set[str]:
             for action in ("ansible.builtin.include_role", "ansible.builtin.import_role",
                            "include_role", "import_role"):
                 if isinstance(task.get(action), dict):
-                    used.add(task[action]["name"])
+                    name = task[action]["name"]
+                    # The pipeline's include of a kind's role names it from the table.
+                    used |= ({kind["role"] for kind in KINDS.values()}
+                             if "thorfleet_artefact_role" in name else {name})
     return used - {role}
 
 
@@ -65,6 +73,15 @@ def test_no_role_uses_a_role_that_uses_it():
 def test_the_base_role_includes_no_other_role():
     assert uses("thorfleet") == set()
     assert all("thorfleet" in uses(role) for role in ROLES if role != "thorfleet")
+
+
+def test_the_artefact_pipeline_is_called_by_playbooks_only_and_uses_the_kinds_roles():
+    # It runs between a kind's plan and its role (playbooks/models.yml, engines.yml): no
+    # role includes it, and it depends on the base role alone.
+    assert [role for role in ROLES if "artefacts" in uses(role)] == []
+    meta = yaml.safe_load((ROOT / "roles/artefacts/meta/main.yml").read_text())
+    assert [d["role"] for d in meta["dependencies"]] == ["thorfleet"]
+    assert uses("artefacts") == {"thorfleet", "model_store", "ggml_build"}
 
 
 def test_a_cycle_is_found(monkeypatch):

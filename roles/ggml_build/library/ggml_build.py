@@ -117,6 +117,10 @@ stamp:
   returned: always
   type: str
   sample: 3f9a1c0d2b7e4a61
+commit:
+  description: The commit the build is of (O(commit)), for the hosts that copy it.
+  returned: always
+  type: str
 previous:
   description: The stamp C(current) pointed to before, if any.
   returned: always
@@ -252,7 +256,8 @@ class Builder:
         current_record = read_record(current) if current else None
         previous = stamp_of(current_record) if current_record else ""
         is_ready = ready(build_dir, stamp)
-        result = {"stamp": stamp, "previous": previous, "build_dir": build_dir,
+        result = {"stamp": stamp, "commit": p["commit"], "previous": previous,
+                  "build_dir": build_dir,
                   "binaries": {t: os.path.join(self.current, "bin", t) for t in p["targets"]},
                   "compiled": False, "ready": is_ready,
                   "up_to_date": current == build_dir and current_record is not None}

@@ -1,0 +1,225 @@
+"""The artefact pipeline's table of kinds (roles/artefacts).
+
+A role that needs artefacts plans them: one entry per artefact a host needs, all of one
+shape, `{kind, key, pin, dest, path, platform, item}`:
+
+- `kind`: a key of KINDS;
+- `key`: what makes two hosts' artefacts the same copy (the fleet copies it host to
+  host; a bundle carries it once);
+- `pin`: what the lock pins it to ("" while nothing is pinned yet);
+- `dest`: where it lands on the host;
+- `path`: where it lies in the host's share of its kind (rsync's module);
+- `platform`: what the host must match for another host's copy to serve it ("" when any
+  copy serves);
+- `item`: the planning role's own entry, as its modules take it.
+
+The pipeline (roles/artefacts) moves every kind the same way: it reads what each host
+holds with the kind's `read` module (over Ansible's connection), gives what nobody holds
+to one host to get from upstream (the kind's role, `tasks_from: upstream`), and copies
+from the hosts that hold it with the kind's `copy` module, which checks every byte
+against what the source reported before anything is moved in. This module says, per
+kind, which modules those are and how an entry becomes their arguments; adding a kind is
+an entry in KINDS and a planner (see the README, "Adding an artefact kind").
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+from thorfleet_lib.models import model_key
+
+SHARES = {"models": "thorfleet-models", "builds": "thorfleet-builds", "jit": "thorfleet-jit"}
+
+
+class ArtefactError(ValueError):
+    """An entry or a kind the pipeline cannot take."""
+
+
+def share_url(address, port, share, path):
+    """rsync URL of a path in a host's share (`models`: its model root, `builds`: its
+    engine builds' root, `jit`: its compile caches)."""
+    host = f"[{address}]" if ":" in str(address) else str(address)
+    return f"rsync://{host}:{int(port)}/{SHARES[share]}/{path}"
+
+
+# --- models: model_store plans them, model_manifests reads them, model_download copies.
+
+def _model_entry(item, platform=""):
+    return {"kind": "models", "key": model_key(item), "pin": item.get("manifest_digest") or "",
+            "dest": item["dest"], "path": item["path"], "platform": platform, "item": item}
+
+
+def _model_read_args(entry):
+    return {"models": [entry["item"]], "report": True}
+
+
+def _model_source_read_args(entry):
+    # The source's own entry: its model root may differ from this host's.
+    return _model_read_args(entry["peer_entry"])
+
+
+def _model_report(entry, result):
+    """What the source holds of the model: its manifest and the files staged beside it,
+    or None when it does not hold the revision."""
+    held = [r for r in (result or {}).get("results") or []
+            if isinstance(r, dict) and r.get("manifest")]
+    return held[0] if held else None
+
+
+def _model_copy_args(entry, peer, report):
+    item = entry["item"]
+    parent, name = posixpath.split(entry["peer_entry"]["path"])
+    staging = share_url(peer["address"], peer["port"], "models",
+                        posixpath.join(parent, f".{name}.partial"))
+    args = {"source": item["source"], "repo_id": item["repo_id"], "revision": item["revision"],
+            "dest": item["dest"], "manifest_digest": item.get("manifest_digest") or "",
+            "stage": True,
+            "peer": {"name": peer["name"], "url": peer["url"], "staging_url": staging,
+                     "manifest": report["manifest"], "fetched": report.get("fetched") or []}}
+    for patterns in ("allow_patterns", "ignore_patterns"):
+        if item.get(patterns):
+            args[patterns] = item[patterns]
+    return args
+
+
+def _model_got(entry, result):
+    return entry if result.get("commit") else None
+
+
+# --- builds: ggml_build plans them and its module reads, compiles and copies them.
+
+def _build_entry(item, platform=""):
+    engine = item["engine"]
+    return {"kind": "builds",
+            "key": json.dumps([engine["name"], engine["ref"], item["args"]["build_root"]]),
+            "pin": engine.get("pin") or "", "dest": item["args"]["build_root"],
+            "path": engine["name"], "platform": platform, "item": item}
+
+
+def _build_args(entry, commit=None):
+    args = dict(entry["item"]["args"])
+    args["commit"] = commit or entry["pin"] or args.get("commit") or ""
+    return {key: value for key, value in args.items() if value is not None}
+
+
+def _build_read_args(entry):
+    return {**_build_args(entry), "report": True}
+
+
+def _build_source_read_args(entry):
+    # This host's own build (its flags, its stamp) asked of the source: a source whose
+    # build has another stamp (another GPU, another compiler) does not hold it.
+    return {**_build_args(entry, entry["pin"] or entry["peer_entry"]["pin"]), "report": True}
+
+
+def _build_report(entry, result):
+    """The source's build with the stamp its pin asks for, when it holds it complete."""
+    result = result or {}
+    return result if result.get("ready") and result.get("stamp") else None
+
+
+def _build_copy_args(entry, peer, report):
+    # A build that was not pinned when this host planned it: the commit its source built.
+    commit = entry["pin"] or entry["peer_entry"]["pin"]
+    return {**_build_args(entry, commit),
+            "peer": {"name": peer["name"], "url": f"{peer['url']}/build-{report['stamp']}",
+                     "stamp": report["stamp"], "files": report["files"]}}
+
+
+def _build_got(entry, result):
+    """The entry as the build left it: a ref resolved by the compile is pinned now."""
+    if not result.get("stamp"):
+        return None
+    commit = result.get("commit") or entry["pin"]
+    item = {**entry["item"], "engine": {**entry["item"]["engine"], "pin": commit}}
+    return {**entry, "pin": commit, "item": item}
+
+
+# The table of kinds: per kind, the role that plans it and gets it from upstream
+# (`role`, its tasks/upstream.yml), the module that reads what a host holds (`read`, run
+# in check mode: it changes nothing; on the host itself with `read_args`, on a source a
+# round paired it with, delegated there, with `source_read_args`), the one that copies it
+# from that source (`copy`), and how an entry becomes their arguments.
+KINDS = {
+    "models": {
+        "role": "model_store",
+        "read": "model_manifests", "copy": "model_download",
+        "entry": _model_entry, "read_args": _model_read_args,
+        "source_read_args": _model_source_read_args, "report": _model_report,
+        "copy_args": _model_copy_args, "got": _model_got,
+    },
+    "builds": {
+        "role": "ggml_build",
+        "read": "ggml_build", "copy": "ggml_build",
+        "entry": _build_entry, "read_args": _build_read_args,
+        "source_read_args": _build_source_read_args, "report": _build_report,
+        "copy_args": _build_copy_args, "got": _build_got,
+    },
+}
+
+ENTRY_FIELDS = ("kind", "key", "pin", "dest", "path", "platform", "item")
+
+
+def kind_of(name):
+    """The table's entry of a kind, or an error naming the kinds there are."""
+    if not isinstance(name, str) or name not in KINDS:
+        raise ArtefactError(f"artefacts_kind: {str(name)[:40]!r} is not one of "
+                            f"{', '.join(sorted(KINDS))}")
+    return KINDS[name]
+
+
+def entries(kind, items, platform=""):
+    """The pipeline's entries of a planner's own items."""
+    make = kind_of(kind)["entry"]
+    return [make(item, platform) for item in items or []]
+
+
+def check_entry(entry):
+    """An entry as the pipeline takes it, or an error naming what is wrong."""
+    if not isinstance(entry, dict) or set(ENTRY_FIELDS) - set(entry):
+        raise ArtefactError(f"an artefact entry needs {', '.join(ENTRY_FIELDS)}: got "
+                            f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}")
+    kind_of(entry["kind"])
+    path = entry["path"]
+    if not isinstance(path, str) or path.startswith("/") or ".." in path.split("/"):
+        raise ArtefactError(f"{entry['kind']} {entry['key']}: path {str(path)[:80]!r} is not "
+                            "a path inside the share")
+    return entry
+
+
+def read_call(entry):
+    """(module, arguments) that read what a host holds of `entry`."""
+    kind = kind_of(check_entry(entry)["kind"])
+    return kind["read"], kind["read_args"](entry)
+
+
+def source_read_call(entry):
+    """(module, arguments) that read, on the source a round paired `entry` with (its
+    `peer_entry`), whether it holds what this host wants."""
+    kind = kind_of(check_entry(entry)["kind"])
+    return kind["read"], kind["source_read_args"](entry)
+
+
+def report(entry, result):
+    """What a host's read (read_call's module's result) says it holds of `entry`: the
+    kind's report of it, or None when it does not hold it."""
+    return kind_of(entry["kind"])["report"](entry, result)
+
+
+def copy_call(entry, held):
+    """(module, arguments) that copy `entry` from the host a round paired it with
+    (`entry.peer`: {name, address, port, url}; `entry.peer_entry`: the source's own
+    entry) and check it against `held`, the source's report read over Ansible's
+    connection."""
+    kind = kind_of(check_entry(entry)["kind"])
+    return kind["copy"], kind["copy_args"](entry, entry["peer"], held)
+
+
+def got(entry, result):
+    """The entry as a copy or upstream fetch left it (pin resolved), or None when the
+    result brought nothing."""
+    if not isinstance(result, dict) or result.get("failed") or result.get("skipped") \
+            or result.get("unreachable"):
+        return None
+    return kind_of(entry["kind"])["got"](entry, result)

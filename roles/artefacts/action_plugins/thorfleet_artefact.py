@@ -1,0 +1,94 @@
+"""Action plugin: one step of the artefact pipeline for one kind of artefact.
+
+    thorfleet_artefact:
+      step: read            # what this host holds of `entries` (check mode: a read)
+      entries: [...]        # the pipeline's entries (plugin_utils/thorfleet_lib/artefacts.py)
+
+    thorfleet_artefact:
+      step: read_source     # delegated to the source a round paired `entry` with: what it
+      entry: {...}          # holds of it (check mode), as `held`
+
+    thorfleet_artefact:
+      step: copy            # copy `entry` from the host a round paired it with
+      entry: {...}          # with `peer` and `peer_entry`
+      held: {...}           # the source's report, read over Ansible's connection
+
+The table of kinds names the module that does the step for each kind; this plugin turns
+an entry into that module's arguments and runs it on the task's host (delegated, the
+source's). The modules stay their roles' own: the planning role's library is loaded with
+the play that plans the artefacts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+_UTILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), *([os.pardir] * 3),
+                      "plugin_utils")
+if os.path.normpath(_UTILS) not in sys.path:
+    sys.path.append(os.path.normpath(_UTILS))
+
+from thorfleet_lib import artefacts  # noqa: E402
+
+
+class ActionModule(ActionBase):
+    _VALID_ARGS = frozenset(("step", "entries", "entry", "held"))
+    _supports_check_mode = True
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        step = self._task.args.get("step")
+        try:
+            if step == "read":
+                return {**result, **self._read(task_vars)}
+            if step == "read_source":
+                return {**result, **self._read_source(task_vars)}
+            if step == "copy":
+                return {**result, **self._copy(task_vars)}
+        except artefacts.ArtefactError as error:
+            raise AnsibleActionFail(str(error)) from None
+        raise AnsibleActionFail(f"step: {str(step)[:20]!r} is not read, read_source or copy")
+
+    def _run(self, module, args, task_vars):
+        return self._execute_module(module_name=module, module_args=args, task_vars=task_vars)
+
+    def _reading(self):
+        if not self._task.check_mode:
+            raise AnsibleActionFail("the read steps run in check mode (check_mode: true): "
+                                    "they only read")
+
+    def _read(self, task_vars):
+        """{reports: {key: the kind's report, or None where the host lacks it}}."""
+        self._reading()
+        reports = {}
+        for entry in self._task.args.get("entries") or []:
+            module, args = artefacts.read_call(entry)
+            answer = self._run(module, args, task_vars)
+            if answer.get("failed"):
+                return {"failed": True, "reports": reports,
+                        "msg": f"{entry['kind']} {entry['dest']}: {module}: "
+                               f"{answer.get('msg', 'failed')}"}
+            reports[entry["key"]] = artefacts.report(entry, answer)
+        return {"changed": False, "reports": reports}
+
+    def _read_source(self, task_vars):
+        """{held: the kind's report of what the source holds, or None}."""
+        self._reading()
+        entry = self._task.args.get("entry")
+        module, args = artefacts.source_read_call(entry)
+        answer = self._run(module, args, task_vars)
+        if answer.get("failed") or answer.get("unreachable"):
+            return {**answer, "held": None}
+        return {"changed": False, "held": artefacts.report(entry, answer)}
+
+    def _copy(self, task_vars):
+        entry, held = self._task.args.get("entry"), self._task.args.get("held")
+        if not isinstance(held, dict):
+            raise AnsibleActionFail("held: the source's report of the artefact, as step read "
+                                    "gave it")
+        module, args = artefacts.copy_call(entry, held)
+        return self._run(module, args, task_vars)
