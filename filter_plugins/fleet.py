@@ -63,8 +63,14 @@ def artefact_entries(items, kind, platform=""):
 
 
 def artefact_role(kind):
-    """The role that plans `kind` and gets it from upstream (its tasks/upstream.yml)."""
-    return artefacts.kind_of(kind)["role"]
+    """The role that plans `kind` and gets it from upstream (its tasks/upstream.yml), for
+    the rounds; a kind nothing upstream makes has none."""
+    found = artefacts.kind_of(kind)
+    if not found["upstream"]:
+        raise artefacts.ArtefactError(f"artefacts_kind: {kind}: nothing upstream makes it, "
+                                      "so it goes through no rounds: it is copied from the "
+                                      "hosts that made it (roles/artefacts, tasks/copy.yml)")
+    return found["role"]
 
 
 def fleet_work(states):
@@ -166,34 +172,6 @@ def lost(state, results):
         if isinstance(peer, dict) and isinstance(peer.get("name"), str):
             names.add(peer["name"])
     return {**state, "lost": sorted(names)}
-
-
-def jit_peers(mounts, holders, host, port):
-    """Where a host copies the compile caches of its container services' images from, in a
-    rollout (thorfleet_fleet_fetch): for each image digest its services mount caches of
-    (thorfleet_jit_mounts), one other host of the rollout holding that digest's caches
-    (holders: each host's {host, address, held: [digest, ...], manifests: {digest: sha256
-    of its manifest}}, read over Ansible's connection before the rollout and again once
-    its switch passed). The hosts of a batch spread over the holders by their place in
-    the fleet. [{digest, name, url, manifest}]: the copy is checked against that manifest
-    (jit_caches). A digest the host holds itself, or that nobody holds with a manifest,
-    is left out (its engine compiles)."""
-    holders = sorted((h for h in holders or [] if isinstance(h, dict) and h.get("host")),
-                     key=lambda h: h["host"])
-    names = [h["host"] for h in holders]
-    place = names.index(host) if host in names else len(names)
-    mine = set(holders[place].get("held") or []) if host in names else set()
-    peers = []
-    for digest in sorted({mount["digest"] for mount in mounts or []} - mine):
-        donors = [h for h in holders if h["host"] != host and digest in (h.get("held") or [])
-                  and (h.get("manifests") or {}).get(digest)]
-        if donors:
-            donor = donors[place % len(donors)]
-            peers.append({"digest": digest, "name": donor["host"],
-                          "url": share_url(donor["address"], int(port), "jit",
-                                           digest.replace(":", "-")),
-                          "manifest": donor["manifests"][digest]})
-    return peers
 
 
 BOOLEANS = {"true": True, "yes": True, "on": True, "1": True,
@@ -330,8 +308,9 @@ def share_peers(hosts, resolved=None):
 
 def share_unit(unit, allow, capabilities, max_seconds):
     """systemd-run's argv up to the daemon's own, for a share the fleet opens (rsync's and
-    git's daemons: roles/thorfleet and roles/site_cache, tasks/share.yml): a transient unit
-    that leaves nothing behind once stopped and stops itself after `max_seconds`, whose
+    git's daemons: roles/artefacts, tasks/open_share.yml, and roles/site_cache,
+    tasks/share.yml): a transient unit that leaves nothing behind once stopped and stops
+    itself after `max_seconds`, whose
     packets from any address but `allow`'s are dropped before the daemon sees them, run
     as a user of its own for as long as it runs (the file system read-only to it), with
     `capabilities` (space-separated) as all it may do besides."""
@@ -367,7 +346,7 @@ class FilterModule:
             "thorfleet_artefact_entries": artefact_entries,
             "thorfleet_artefact_role": artefact_role,
             "thorfleet_artefact_holdings": holdings,
-            "thorfleet_jit_peers": jit_peers,
+            "thorfleet_artefact_sources": artefacts.sources,
             "thorfleet_share_peers": share_peers,
             "thorfleet_share_unit": share_unit,
             "thorfleet_certificate_names": certificate_names,

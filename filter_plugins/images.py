@@ -281,6 +281,13 @@ def jit_mounts(specs, images, root):
     return mounts
 
 
+def jit_items(mounts, root):
+    """The compile caches a host's services mount (jit_mounts), one per image digest, as
+    the artefact pipeline's items of the kind `jit` ({digest, root})."""
+    return [{"digest": digest, "root": root}
+            for digest in sorted({mount["digest"] for mount in mounts or []})]
+
+
 def jit_caches_to_prune(found, keep):
     """Cache directories (find results under the cache root) of images no longer kept:
     keep is {repository: [digest, ...]}, what the host may still run."""
@@ -318,5 +325,6 @@ class FilterModule:
             "thorfleet_image_history": image_history,
             "thorfleet_images_to_prune": images_to_prune,
             "thorfleet_jit_mounts": jit_mounts,
+            "thorfleet_jit_items": jit_items,
             "thorfleet_jit_caches_to_prune": jit_caches_to_prune,
         }

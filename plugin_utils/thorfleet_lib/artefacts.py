@@ -136,25 +136,70 @@ def _build_got(entry, result):
     return {**entry, "pin": commit, "item": item}
 
 
+# --- jit: the engines' compile caches, one per image digest; inference_services plans
+# them (the images its services run), jit_caches reads and copies them. Nothing upstream
+# makes them: a host's engines compile them on a first start, and the switch marks them
+# complete (their manifest) once the host passed verify, for the rollout's later hosts.
+
+def _jit_entry(item, platform=""):
+    name = item["digest"].replace(":", "-")
+    return {"kind": "jit", "key": item["digest"], "pin": item["digest"],
+            "dest": posixpath.join(item["root"], name), "path": name, "platform": platform,
+            "item": item}
+
+
+def _jit_read_args(entry):
+    return {"root": entry["item"]["root"]}
+
+
+def _jit_source_read_args(entry):
+    return _jit_read_args(entry["peer_entry"])
+
+
+def _jit_report(entry, result):
+    """The sha256 of the source's manifest of the cache, when it holds it complete."""
+    manifest = ((result or {}).get("manifests") or {}).get(entry["key"])
+    return {"manifest": manifest} if isinstance(manifest, str) and manifest else None
+
+
+def _jit_copy_args(entry, peer, report):
+    return {"root": entry["item"]["root"],
+            "peers": [{"digest": entry["key"], "name": peer["name"], "url": peer["url"],
+                       "manifest": report["manifest"]}]}
+
+
+def _jit_got(entry, result):
+    return entry if entry["key"] in (result.get("copied") or []) else None
+
+
 # The table of kinds: per kind, the role that plans it and gets it from upstream
-# (`role`, its tasks/upstream.yml), the module that reads what a host holds (`read`, run
-# in check mode: it changes nothing; on the host itself with `read_args`, on a source a
-# round paired it with, delegated there, with `source_read_args`), the one that copies it
-# from that source (`copy`), and how an entry becomes their arguments.
+# (`role`, its tasks/upstream.yml; `upstream`: whether there is one to get it from, else
+# it is only ever copied from a host that made it), the module that reads what a host
+# holds (`read`, run in check mode: it changes nothing; on the host itself with
+# `read_args`, on a source paired with it, delegated there, with `source_read_args`),
+# the one that copies it from that source (`copy`), and how an entry becomes their
+# arguments.
 KINDS = {
     "models": {
-        "role": "model_store",
+        "role": "model_store", "upstream": True,
         "read": "model_manifests", "copy": "model_download",
         "entry": _model_entry, "read_args": _model_read_args,
         "source_read_args": _model_source_read_args, "report": _model_report,
         "copy_args": _model_copy_args, "got": _model_got,
     },
     "builds": {
-        "role": "ggml_build",
+        "role": "ggml_build", "upstream": True,
         "read": "ggml_build", "copy": "ggml_build",
         "entry": _build_entry, "read_args": _build_read_args,
         "source_read_args": _build_source_read_args, "report": _build_report,
         "copy_args": _build_copy_args, "got": _build_got,
+    },
+    "jit": {
+        "role": "inference_services", "upstream": False,
+        "read": "jit_caches", "copy": "jit_caches",
+        "entry": _jit_entry, "read_args": _jit_read_args,
+        "source_read_args": _jit_source_read_args, "report": _jit_report,
+        "copy_args": _jit_copy_args, "got": _jit_got,
     },
 }
 
@@ -173,6 +218,37 @@ def entries(kind, items, platform=""):
     """The pipeline's entries of a planner's own items."""
     make = kind_of(kind)["entry"]
     return [make(item, platform) for item in items or []]
+
+
+def sources(states, host):
+    """Where `host` copies what it lacks from, outside the rounds (a rollout's compile
+    caches: a host copies, as its switch starts, from the hosts that hold a thing by
+    then): for each key of its state neither held nor got, one other host holding it,
+    the hosts that want it spread over those holding it by their place in the fleet.
+    Its entries with `peer_entry` and `peer`, as a round's (fleet_round)."""
+    states = sorted((s for s in states or [] if isinstance(s, dict) and s.get("host")),
+                    key=lambda s: s["host"])
+    names = [s["host"] for s in states]
+    if host not in names:
+        return []
+    place = names.index(host)
+    mine = states[place]
+    copies = []
+    for key, entry in sorted(mine["entries"].items()):
+        if key in mine["held"] or key in mine.get("got", []):
+            continue
+        holders = [s for s in states if s["host"] != host and key in s["entries"]
+                   and key in s["held"]]
+        if not holders:
+            continue
+        source = holders[place % len(holders)]
+        peer_entry = source["entries"][key]
+        copies.append({**entry, "peer_entry": peer_entry,
+                       "peer": {"name": source["host"], "address": source["address"],
+                                "port": source["port"],
+                                "url": share_url(source["address"], source["port"],
+                                                 entry["kind"], peer_entry["path"])}})
+    return copies
 
 
 def check_entry(entry):

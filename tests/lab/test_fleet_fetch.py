@@ -348,8 +348,9 @@ def test_a_rollouts_later_hosts_start_with_the_compile_caches_the_canary_made(la
         assert standin(hosts["thor04"])["jit_cache"] == "found"
         # thor04 holds the canary's file itself (rsync kept its time), not one of its own.
         assert hosts["thor04"].file(marker).mtime == hosts["thor03"].file(marker).mtime
-        assert re.search(r"TASK \[inference_services : Copy the compile caches[^\n]*\n"
-                         r"changed: \[thor04\]", run.output), run
+        # Copied through the artefact pipeline, from the canary, named by where it lands.
+        assert re.search(rf"changed: \[thor04\] => \(item=/var/cache/thorfleet/jit/"
+                         rf"{digest.replace(':', '-')} <- thor03\)", run.output), run
         assert share_closed(hosts["thor03"]) and share_closed(hosts["thor04"])
         # Both passed verify on the image: each marked its cache complete, to offer on.
         complete = f"/var/cache/thorfleet/jit/{digest.replace(':', '-')}/.thorfleet-complete"

@@ -253,34 +253,63 @@ def test_a_build_nobody_holds_is_compiled_by_one_host_and_its_pin_learnt():
 OLD_IMAGE, NEW_IMAGE = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 
 
-def mounts(*digests):
-    return [{"service": "chat", "digest": d, "container": c, "host": f"/c/{d}{c}"}
-            for d in digests for c in ("/root/.cache/vllm", "/root/.triton")]
-
-
-def holder(host, *held):
-    return {"host": host, "address": f"10.0.0.{int(host[-2:])}", "held": list(held),
-            "manifests": {digest: digest[-1] * 64 for digest in held}}
+def jit_state(host, wanted=(), held=()):
+    """A host of a rollout: the caches of the images its services run (`wanted`, and
+    `held`, which it holds complete: its jit_caches read gave their manifests' sums)."""
+    items = [{"digest": d, "root": "/var/cache/thorfleet/jit"} for d in (*held, *wanted)]
+    entries = fleet.artefact_entries(items, "jit")
+    reports = {e["key"]: artefacts.report(e, {"manifests": {d: d[-1] * 64 for d in held}})
+               for e in entries}
+    return fleet.holdings(entries, reports, host, f"10.0.0.{int(host[-2:])}", 873, "jit")
 
 
 def test_a_hosts_missing_caches_come_from_a_host_that_holds_them():
-    holders = [holder("thor01", OLD_IMAGE, NEW_IMAGE), holder("thor02", OLD_IMAGE)]
-    peers = fleet.jit_peers(mounts(OLD_IMAGE, NEW_IMAGE), holders, "thor02", 873)
-    # One copy per image digest (not per mount), only of what thor02 lacks.
-    assert peers == [{"digest": NEW_IMAGE, "name": "thor01",
-                      "url": "rsync://10.0.0.1:873/thorfleet-jit/sha256-" + "b" * 64,
-                      "manifest": "b" * 64}]  # the sha256 of thor01's manifest of it
+    hosts = [jit_state("thor01", held=[OLD_IMAGE, NEW_IMAGE]),
+             jit_state("thor02", held=[OLD_IMAGE], wanted=[NEW_IMAGE])]
+    # One copy per image digest, only of what thor02 lacks.
+    (copy,) = artefacts.sources(hosts, "thor02")
+    assert copy["key"] == NEW_IMAGE and copy["peer"]["name"] == "thor01"
+    assert copy["peer"]["url"] == "rsync://10.0.0.1:873/thorfleet-jit/sha256-" + "b" * 64
+    # Checked against the sum of thor01's manifest, read over Ansible's connection to it
+    # (the report of step read_source), not against anything the share sends.
+    module, args = artefacts.copy_call(copy, {"manifest": "b" * 64})
+    assert module == "jit_caches" and args == {
+        "root": "/var/cache/thorfleet/jit",
+        "peers": [{"digest": NEW_IMAGE, "name": "thor01", "manifest": "b" * 64,
+                   "url": "rsync://10.0.0.1:873/thorfleet-jit/sha256-" + "b" * 64}]}
+    assert artefacts.source_read_call(copy) == ("jit_caches",
+                                                {"root": "/var/cache/thorfleet/jit"})
     # The holder itself copies nothing; a digest nobody else holds is compiled.
-    assert fleet.jit_peers(mounts(NEW_IMAGE), holders, "thor01", 873) == []
-    assert fleet.jit_peers(mounts("sha256:" + "c" * 64), holders, "thor02", 873) == []
+    assert artefacts.sources(hosts, "thor01") == []
+    alone = [jit_state("thor01", wanted=["sha256:" + "c" * 64]), hosts[1]]
+    assert artefacts.sources(alone, "thor01") == []
 
 
 def test_a_batchs_hosts_spread_over_the_hosts_that_hold_a_cache():
-    holders = [holder("thor01", NEW_IMAGE), holder("thor02", NEW_IMAGE)] + [
-        holder(f"thor{n:02d}") for n in range(3, 9)]
-    sources = [fleet.jit_peers(mounts(NEW_IMAGE), holders, f"thor{n:02d}", 873)[0]["name"]
+    hosts = [jit_state("thor01", held=[NEW_IMAGE]), jit_state("thor02", held=[NEW_IMAGE])] + [
+        jit_state(f"thor{n:02d}", wanted=[NEW_IMAGE]) for n in range(3, 9)]
+    sources = [artefacts.sources(hosts, f"thor{n:02d}")[0]["peer"]["name"]
                for n in range(3, 9)]
     assert sources.count("thor01") == sources.count("thor02") == 3
+
+
+def test_a_cache_is_held_only_with_its_manifests_sum():
+    (entry,) = fleet.artefact_entries([{"digest": NEW_IMAGE, "root": "/c"}], "jit")
+    assert entry["dest"] == "/c/sha256-" + "b" * 64
+    for read in ({"manifests": {}}, {"manifests": {NEW_IMAGE: ""}}, {}, None,
+                 {"manifests": {OLD_IMAGE: "a" * 64}}):
+        assert artefacts.report(entry, read) is None
+    # A copy is got only when the module says it copied that digest.
+    assert artefacts.got(entry, {"copied": [NEW_IMAGE]}) == entry
+    assert artefacts.got(entry, {"copied": [], "not_copied": [{"digest": NEW_IMAGE}]}) is None
+
+
+def test_caches_go_through_no_rounds():
+    # Nothing upstream makes them: the rounds would ask an upstream for what only a
+    # host's engines make.
+    with pytest.raises(artefacts.ArtefactError, match="nothing upstream makes it"):
+        fleet.artefact_role("jit")
+    assert fleet.artefact_role("models") == "model_store"
 
 
 # --- at the edges -----------------------------------------------------------------------
@@ -364,17 +393,6 @@ def test_the_fleet_switch_reads_each_word_ansible_reads(fetch, on):
 def test_a_port_is_taken_from_1_to_65535(port, taken):
     assert (fleet.fleet_problems(True, "10.0.0.1", port, "thor01") == []) is taken
     assert (fleet.bundle_problems("/srv/bundle", ["thor03"], port, 9418) == []) is taken
-
-
-def test_a_holder_without_a_host_name_is_no_source_of_caches():
-    holders = [{"address": "10.0.0.1", "held": [NEW_IMAGE]}, holder("thor02")]
-    assert fleet.jit_peers(mounts(NEW_IMAGE), holders, "thor02", 873) == []
-
-
-def test_a_holder_without_a_manifest_of_a_cache_is_no_source_of_it():
-    # Nothing to check a copy against: the host compiles rather than trust the network.
-    holders = [{**holder("thor01", NEW_IMAGE), "manifests": {}}, holder("thor02")]
-    assert fleet.jit_peers(mounts(NEW_IMAGE), holders, "thor02", 873) == []
 
 
 # What `openssl x509 -noout -ext subjectAltName` prints for each (OpenSSL 3).
@@ -510,7 +528,7 @@ def test_a_share_is_a_transient_unit_that_drops_other_addresses_and_runs_as_no_o
 @pytest.mark.parametrize("kind", ["images", "", None, ["models"]])
 def test_a_kind_the_table_lacks_is_refused_naming_the_setting(kind):
     with pytest.raises(artefacts.ArtefactError, match="artefacts_kind: .* is not one of "
-                                                      "builds, models"):
+                                                      "builds, jit, models"):
         fleet.artefact_entries([entry()], kind)
 
 

@@ -36,9 +36,10 @@ def uses(role: str) -> set[str]:
                            "include_role", "import_role"):
                 if isinstance(task.get(action), dict):
                     name = task[action]["name"]
-                    # The pipeline's include of a kind's role names it from the table.
-                    used |= ({kind["role"] for kind in KINDS.values()}
-                             if "thorfleet_artefact_role" in name else {name})
+                    # The pipeline's include of a kind's role (its upstream) names it
+                    # from the table.
+                    used |= ({kind["role"] for kind in KINDS.values() if kind["upstream"]}
+                             if "{{" in name else {name})
     return used - {role}
 
 
