@@ -29,18 +29,18 @@ import posixpath
 
 from thorfleet_lib.models import model_key
 
-SHARES = {"models": "thorfleet-models", "builds": "thorfleet-builds", "jit": "thorfleet-jit"}
-
 
 class ArtefactError(ValueError):
     """An entry or a kind the pipeline cannot take."""
 
 
-def share_url(address, port, share, path):
-    """rsync URL of a path in a host's share (`models`: its model root, `builds`: its
-    engine builds' root, `jit`: its compile caches)."""
+def share_url(address, port, kind, path):
+    """rsync URL of a path in a host's share of `kind` (its module thorfleet-<kind>:
+    `models`, its model root; `builds`, its engine builds' root; `jit`, its compile
+    caches: roles/artefacts/templates/fleet-share.conf.j2)."""
+    kind_of(kind)
     host = f"[{address}]" if ":" in str(address) else str(address)
-    return f"rsync://{host}:{int(port)}/{SHARES[share]}/{path}"
+    return f"rsync://{host}:{int(port)}/thorfleet-{kind}/{path}"
 
 
 # --- models: model_store plans them, model_manifests reads them, model_download copies.
