@@ -347,6 +347,8 @@ class FilterModule:
             "thorfleet_artefact_role": artefact_role,
             "thorfleet_artefact_holdings": holdings,
             "thorfleet_artefact_sources": artefacts.sources,
+            "thorfleet_artefact_bundle": artefacts.bundle_writes,
+            "thorfleet_artefact_bundle_locks": artefacts.bundle_lock_writes,
             "thorfleet_share_peers": share_peers,
             "thorfleet_share_unit": share_unit,
             "thorfleet_certificate_names": certificate_names,

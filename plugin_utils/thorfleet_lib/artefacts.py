@@ -172,6 +172,56 @@ def _jit_got(entry, result):
     return entry if entry["key"] in (result.get("copied") or []) else None
 
 
+# --- The bundle for a site with no internet (playbooks/bundle.yml; roles/artefacts,
+# tasks/bundle.yml): each thing the inventory's hosts need, once (filter
+# thorfleet_bundle_contents gathers it from the same plans as above), written from its
+# upstream into the bundle's directory on the controller, at the lock's pin. Per kind,
+# the module that writes one thing and its arguments; `settings` are the run's
+# (`endpoints` and `tokens` of the hubs, skopeo's `authfile`, the lock's
+# `image_platforms`, a copy's `timeout`). Each writes nothing that is already there.
+
+def _model_bundle(item, directory, settings):
+    args = {"source": item["source"], "repo_id": item["repo_id"], "revision": item["revision"],
+            "dest": posixpath.join(directory, "models", item["id"]),
+            "endpoint": (settings.get("endpoints") or {}).get(item["source"]),
+            "token": (settings.get("tokens") or {}).get(item["source"]),
+            "sha256s": item.get("sha256s"),
+            "allow_patterns": item.get("allow_patterns"),
+            "ignore_patterns": item.get("ignore_patterns")}
+    return "model_download", args, \
+        f"models/{item['id']} <- {item['source']}:{item['repo_id']}@{item['revision']}"
+
+
+def _file_bundle(item, directory, settings):
+    return "url_file", {"url": item["url"], "sha256": item["sha256"], "mode": "0644",
+                        "dest": posixpath.join(directory, "files", item["name"])}, \
+        f"files/{item['name']} <- {item['url']}"
+
+
+def _source_bundle(item, directory, settings):
+    # The engine's source at its commit, fetched alone (depth 1) into the bundle's bare
+    # repository of it (its layout: playbooks/bundle.yml), under refs/thorfleet/<commit>:
+    # the site cache serves it with git's daemon as the hosts' source mirror. (A git
+    # bundle file cannot carry a shallow history.)
+    repository = posixpath.join(directory, "sources", f"{item['name']}.git")
+    return "ansible.legacy.command", {
+        "argv": ["git", "-C", repository, "fetch", "--quiet", "--depth", "1", item["repo"],
+                 f"+{item['pin']}:refs/thorfleet/{item['pin']}"],
+        "creates": posixpath.join(repository, "refs", "thorfleet", item["pin"])}, \
+        f"sources/{item['name']}.git {item['ref']} = {item['pin'][:12]}"
+
+
+def _image_bundle(item, directory, settings):
+    # An OCI archive of the hosts' platform's image, by the digest the lock pins
+    # (images/<platform digest>.tar), copied with skopeo as the site cache copies; the
+    # platforms' images it finds are recorded in the lock (bundle_lock_writes).
+    return "site_cache_fill", {"images": [item], "platforms": settings.get("image_platforms") or {},
+                               "archive_dir": posixpath.join(directory, "images"),
+                               "authfile": settings.get("authfile"),
+                               "timeout": settings.get("timeout")}, \
+        f"images/ <- {item['ref']} ({item['platform']})"
+
+
 # The table of kinds: per kind, the role that plans it and gets it from upstream
 # (`role`, its tasks/upstream.yml; `upstream`: whether there is one to get it from, else
 # it is only ever copied from a host that made it), the module that reads what a host
@@ -181,37 +231,108 @@ def _jit_got(entry, result):
 # arguments.
 KINDS = {
     "models": {
-        "role": "model_store", "upstream": True,
+        "role": "model_store", "upstream": True, "fleet": True,
         "read": "model_manifests", "copy": "model_download",
         "entry": _model_entry, "read_args": _model_read_args,
         "source_read_args": _model_source_read_args, "report": _model_report,
         "copy_args": _model_copy_args, "got": _model_got,
+        "bundle": _model_bundle,
     },
     "builds": {
-        "role": "ggml_build", "upstream": True,
+        "role": "ggml_build", "upstream": True, "fleet": True,
         "read": "ggml_build", "copy": "ggml_build",
         "entry": _build_entry, "read_args": _build_read_args,
         "source_read_args": _build_source_read_args, "report": _build_report,
         "copy_args": _build_copy_args, "got": _build_got,
+        # A bundle carries a build's source (the bundle's `sources`): a site's hosts
+        # compile it for their own GPU, or copy the build host to host.
+        "bundle": _source_bundle,
     },
     "jit": {
-        "role": "inference_services", "upstream": False,
+        "role": "inference_services", "upstream": False, "fleet": True,
         "read": "jit_caches", "copy": "jit_caches",
         "entry": _jit_entry, "read_args": _jit_read_args,
         "source_read_args": _jit_source_read_args, "report": _jit_report,
         "copy_args": _jit_copy_args, "got": _jit_got,
+        # Nothing upstream makes it, so no bundle carries it: a site's first host
+        # compiles it, the rollout copies it on.
+        "bundle": None,
+    },
+    # Files by URL (model_store: the chat templates) go no host to host: they are small,
+    # and each host fetches its own by URL (through the site's proxy) or reads it from
+    # the bundle over Ansible's connection.
+    "files": {
+        "role": "model_store", "upstream": True, "fleet": False,
+        "bundle": _file_bundle,
+    },
+    # Images (ngc_images plans them) go through a registry, not rsync: the site cache
+    # (roles/site_cache), a pull-through copy of the upstream registries, is their one
+    # fetch per fleet; its module site_cache_fill copies from upstream, into the cache
+    # or into a bundle's archives, and each host pulls by digest, which Docker checks.
+    "images": {
+        "role": "site_cache", "upstream": True, "fleet": False,
+        "bundle": _image_bundle,
     },
 }
+
+# Where a bundle holds each kind (its index's sections: filter_plugins/bundle.py).
+BUNDLE_SECTIONS = {"models": "models", "files": "files", "images": "images",
+                   "sources": "builds"}
 
 ENTRY_FIELDS = ("kind", "key", "pin", "dest", "path", "platform", "item")
 
 
-def kind_of(name):
-    """The table's entry of a kind, or an error naming the kinds there are."""
-    if not isinstance(name, str) or name not in KINDS:
+def kind_of(name, fleet=True):
+    """The table's entry of a kind (with `fleet`: one that goes host to host), or an error
+    naming the kinds there are."""
+    kinds = sorted(k for k, v in KINDS.items() if v["fleet"] or not fleet)
+    if not isinstance(name, str) or name not in kinds:
         raise ArtefactError(f"artefacts_kind: {str(name)[:40]!r} is not one of "
-                            f"{', '.join(sorted(KINDS))}")
+                            f"{', '.join(kinds)}")
     return KINDS[name]
+
+
+def bundle_writes(contents):
+    """What `thorfleet bundle create` writes, from the bundle's contents (filter
+    thorfleet_bundle_contents: each thing once): [{section, item, label}], section by
+    section, in the contents' order."""
+    writes = []
+    for section, kind in BUNDLE_SECTIONS.items():
+        write = kind_of(kind, fleet=False)["bundle"]
+        for item in (contents or {}).get(section) or []:
+            writes.append({"section": section, "item": item,
+                           "label": write(item, "", {})[2]})
+    return writes
+
+
+def bundle_call(section, item, directory, settings):
+    """(module, arguments) that write one thing of a bundle's `section` into `directory`,
+    the bundle's, from its upstream; arguments with no value are left to the module's
+    defaults."""
+    if section not in BUNDLE_SECTIONS:
+        raise ArtefactError(f"section: {str(section)[:40]!r} is not one of "
+                            f"{', '.join(BUNDLE_SECTIONS)}")
+    if not isinstance(directory, str) or not directory.startswith("/"):
+        raise ArtefactError("directory: the bundle's directory, as an absolute path")
+    module, args, _label = kind_of(BUNDLE_SECTIONS[section], fleet=False)["bundle"](
+        item, directory, settings or {})
+    return module, {key: value for key, value in args.items() if value not in (None, "", [])}
+
+
+def bundle_lock_writes(results, known):
+    """The lock's writes of what the bundle's copies learned: the platforms' images
+    site_cache_fill found in multi-platform lists ({section: image_platforms, entries}),
+    with what the lock (`known`, its image_platforms) had for each list."""
+    learned = {}
+    for result in results or []:
+        for listed, found in ((result or {}).get("platforms") or {}).items():
+            learned.setdefault(listed, {}).update(found)
+    entries = {}
+    for listed, found in learned.items():
+        before = (known or {}).get(listed) or {}
+        if {**before, **found} != before:
+            entries[listed] = {**before, **found}
+    return [{"section": "image_platforms", "entries": entries}]
 
 
 def entries(kind, items, platform=""):

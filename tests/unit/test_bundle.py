@@ -138,6 +138,75 @@ def test_no_bundle_and_a_good_one_pass():
                                          {"thor01": "10.0.0.1", "thor02": ""}) == []
 
 
+artefacts = __import__("thorfleet_lib.artefacts").artefacts  # on the path: fleet.py above
+
+
+def test_one_loop_writes_every_kind_of_the_bundle_with_the_kinds_own_module():
+    # `thorfleet bundle create` writes the contents with one loop (roles/artefacts,
+    # tasks/bundle.yml): each thing once, by the module of its kind in the table.
+    contents = bundle_filters.bundle_contents([
+        need("thor01", models=[model()], files=[FILE], images=[IMAGE],
+             engines=[{**ENGINE, "repo": "https://github.com/ggml-org/whisper.cpp"}]),
+        need("thor02", models=[model()], files=[FILE], images=[IMAGE])])
+    writes = artefacts.bundle_writes(contents)
+    assert [w["section"] for w in writes] == ["models", "files", "images", "sources"]
+    settings = {"endpoints": {"huggingface": "http://mirror:8080", "modelscope": ""},
+                "tokens": {"huggingface": "hf_secret", "modelscope": "ms_other"},
+                "authfile": "/tmp/login.json", "image_platforms": {}, "timeout": None}
+    calls = {w["section"]: artefacts.bundle_call(w["section"], w["item"], "/srv/bundle",
+                                                 settings) for w in writes}
+    module, args = calls["models"]
+    assert module == "model_download"
+    assert args["dest"] == f"/srv/bundle/models/{contents['models'][0]['id']}"
+    assert (args["endpoint"], args["token"]) == ("http://mirror:8080", "hf_secret")
+    # No value, no argument: the module's own default holds (no patterns).
+    assert not {"allow_patterns", "ignore_patterns"} & set(args)
+    assert calls["files"] == ("url_file", {"url": FILE["url"], "sha256": FILE["sha256"],
+                                           "mode": "0644",
+                                           "dest": "/srv/bundle/files/qwen3_nonthinking.jinja"})
+    module, args = calls["images"]
+    assert module == "site_cache_fill" and "timeout" not in args
+    assert (args["archive_dir"], args["authfile"], args["images"]) == (
+        "/srv/bundle/images", "/tmp/login.json", [IMAGE])
+    module, args = calls["sources"]
+    assert module == "ansible.legacy.command"
+    assert args["argv"][:4] == ["git", "-C", "/srv/bundle/sources/whisper.cpp.git", "fetch"]
+    assert args["argv"][-2:] == ["https://github.com/ggml-org/whisper.cpp",
+                                 f"+{'e' * 40}:refs/thorfleet/{'e' * 40}"]
+    # A commit the bundle holds is not fetched again.
+    assert args["creates"] == f"/srv/bundle/sources/whisper.cpp.git/refs/thorfleet/{'e' * 40}"
+    assert [w["label"] for w in writes][-1] == f"sources/whisper.cpp.git v1.8.5 = {'e' * 12}"
+
+
+@pytest.mark.parametrize(("section", "directory", "named"), [
+    ("jit", "/srv/bundle", "section"), ("builds", "/srv/bundle", "section"),
+    ("models", "bundle", "directory"), ("models", None, "directory")])
+def test_a_bundle_write_of_no_section_or_outside_an_absolute_directory_is_refused(
+        section, directory, named):
+    with pytest.raises(artefacts.ArtefactError, match=f"^{named}: "):
+        artefacts.bundle_call(section, model(), directory, {})
+
+
+def test_what_the_bundles_image_copies_found_goes_into_the_lock_over_what_it_had():
+    other = "sha256:" + "f" * 64
+    known = {LISTED: {"linux/amd64": other}}
+    results = [{"platforms": {LISTED: {"linux/arm64": PLATFORM}}}, {"skipped": True},
+               {"changed": False}]
+    assert artefacts.bundle_lock_writes(results, known) == [
+        {"section": "image_platforms",
+         "entries": {LISTED: {"linux/amd64": other, "linux/arm64": PLATFORM}}}]
+    # Nothing new: nothing to write.
+    assert artefacts.bundle_lock_writes([{"platforms": known}], known)[0]["entries"] == {}
+
+
+def test_a_kind_that_goes_no_host_to_host_is_refused_for_the_fleet():
+    # Files and images are bundled, but the rounds copy neither: a file is read over
+    # Ansible's connection, an image comes through the site cache's registry.
+    for kind in ("files", "images"):
+        with pytest.raises(artefacts.ArtefactError, match="artefacts_kind"):
+            artefacts.entries(kind, [])
+        assert artefacts.kind_of(kind, fleet=False)["bundle"]
+
 def fill(monkeypatch, **options):
     entry = {**IMAGE, "locked": digest(LISTING)}
     return run_module(site_cache_fill, {"images": [entry], "platforms": {},

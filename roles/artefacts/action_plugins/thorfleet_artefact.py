@@ -13,6 +13,13 @@
       entry: {...}          # with `peer` and `peer_entry`
       held: {...}           # the source's report, read over Ansible's connection
 
+    thorfleet_artefact:
+      step: bundle          # write one thing of a bundle from its upstream (on the
+      section: models       # controller, where the bundle is written)
+      item: {...}           # as filter thorfleet_bundle_contents gives it
+      directory: /srv/bundle
+      settings: {...}       # the hubs' endpoints and tokens, skopeo's login, ...
+
 The table of kinds names the module that does the step for each kind; this plugin turns
 an entry into that module's arguments and runs it on the task's host (delegated, the
 source's). The modules stay their roles' own: the planning role's library is loaded with
@@ -36,7 +43,8 @@ from thorfleet_lib import artefacts  # noqa: E402
 
 
 class ActionModule(ActionBase):
-    _VALID_ARGS = frozenset(("step", "entries", "entry", "held"))
+    _VALID_ARGS = frozenset(("step", "entries", "entry", "held", "section", "item",
+                             "directory", "settings"))
     _supports_check_mode = True
 
     def run(self, tmp=None, task_vars=None):
@@ -49,9 +57,12 @@ class ActionModule(ActionBase):
                 return {**result, **self._read_source(task_vars)}
             if step == "copy":
                 return {**result, **self._copy(task_vars)}
+            if step == "bundle":
+                return {**result, **self._bundle(task_vars)}
         except artefacts.ArtefactError as error:
             raise AnsibleActionFail(str(error)) from None
-        raise AnsibleActionFail(f"step: {str(step)[:20]!r} is not read, read_source or copy")
+        raise AnsibleActionFail(f"step: {str(step)[:20]!r} is not read, read_source, copy "
+                                "or bundle")
 
     def _run(self, module, args, task_vars):
         return self._execute_module(module_name=module, module_args=args, task_vars=task_vars)
@@ -92,3 +103,10 @@ class ActionModule(ActionBase):
                                     "gave it")
         module, args = artefacts.copy_call(entry, held)
         return self._run(module, args, task_vars)
+
+    def _bundle(self, task_vars):
+        args = self._task.args
+        module, module_args = artefacts.bundle_call(args.get("section"), args.get("item"),
+                                                    args.get("directory"),
+                                                    args.get("settings"))
+        return self._run(module, module_args, task_vars)
