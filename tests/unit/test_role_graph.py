@@ -72,8 +72,12 @@ def test_no_role_uses_a_role_that_uses_it():
     assert cycle() == []
 
 
-def test_the_base_role_includes_no_other_role():
+def test_the_base_role_holds_settings_only_and_the_shared_tasks_include_no_other_role():
+    # Settings only (defaults, vars, the lock's lookup): the tasks the roles share are
+    # thorfleet_common's, which depends on it and includes nothing more.
+    assert not (ROOT / "roles/thorfleet/tasks").exists()
     assert uses("thorfleet") == set()
+    assert uses("thorfleet_common") == {"thorfleet"}
     assert all("thorfleet" in uses(role) for role in ROLES if role != "thorfleet")
 
 
@@ -84,7 +88,8 @@ def test_the_artefact_pipeline_is_called_by_playbooks_only_and_uses_the_kinds_ro
     meta = yaml.safe_load((ROOT / "roles/artefacts/meta/main.yml").read_text())
     assert [d["role"] for d in meta["dependencies"]] == ["thorfleet"]
     # site_cache: a bundle's images are copied by its module, with its login.
-    assert uses("artefacts") == {"thorfleet", "model_store", "ggml_build", "site_cache"}
+    assert uses("artefacts") == {"thorfleet", "thorfleet_common", "model_store", "ggml_build",
+                                 "site_cache"}
 
 
 def test_a_cycle_is_found(monkeypatch):
