@@ -11,7 +11,6 @@ source by its commit.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -25,7 +24,7 @@ if _UTILS not in sys.path:
     sys.path.append(_UTILS)
 
 from thorfleet_lib.formats import COMMIT, is_commit  # noqa: E402
-from thorfleet_lib.models import model_key  # noqa: E402
+from thorfleet_lib.models import bundle_model_id  # noqa: E402
 
 BUNDLE_FORMAT = 1
 INDEX = "bundle.json"
@@ -42,7 +41,7 @@ def model_id(entry):
     """The directory of a model request in the bundle (models/<id>): one per model_key
     (path, hub, repository, revision and patterns), as two hosts asking alike share one
     copy, as when fetching once per fleet."""
-    return hashlib.sha256(model_key(entry).encode()).hexdigest()[:20]
+    return bundle_model_id(entry)
 
 
 def _model_name(entry):

@@ -348,6 +348,8 @@ class FilterModule:
             "thorfleet_artefact_holdings": holdings,
             "thorfleet_artefact_sources": artefacts.sources,
             "thorfleet_artefact_bundle": artefacts.bundle_writes,
+            "thorfleet_artefact_bundle_sources": artefacts.bundle_sources,
+            "thorfleet_artefact_bundle_share": artefacts.bundle_share,
             "thorfleet_artefact_bundle_locks": artefacts.bundle_lock_writes,
             "thorfleet_share_peers": share_peers,
             "thorfleet_share_unit": share_unit,

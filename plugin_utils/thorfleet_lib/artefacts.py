@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import posixpath
 
-from thorfleet_lib.models import model_key
+from thorfleet_lib.models import bundle_model_id, model_key
 
 
 class ArtefactError(ValueError):
@@ -67,11 +67,24 @@ def _model_report(entry, result):
     return held[0] if held else None
 
 
+def _model_refusal(entry, report):
+    """Why a source's copy of the model cannot be the one the lock pins: its manifest's
+    digest is another (whoever could change a file in the source could write the
+    manifest again to match it; model_download checks it again)."""
+    pin, found = entry["pin"], report.get("manifest_digest")
+    if pin and found != pin:
+        return (f"{entry['item']['repo_id']} ({entry['dest']}): {entry['peer']['name']}'s "
+                f"manifest has digest {found}, not the {pin} the lock pins "
+                "(model_manifests): refused, nothing copied")
+    return None
+
+
 def _model_copy_args(entry, peer, report):
     item = entry["item"]
     parent, name = posixpath.split(entry["peer_entry"]["path"])
-    staging = share_url(peer["address"], peer["port"], "models",
-                        posixpath.join(parent, f".{name}.partial"))
+    # A bundle's models wait in place (no partial copy beside them): the peer says where.
+    staging = peer.get("staging_url") or share_url(
+        peer["address"], peer["port"], "models", posixpath.join(parent, f".{name}.partial"))
     args = {"source": item["source"], "repo_id": item["repo_id"], "revision": item["revision"],
             "dest": item["dest"], "manifest_digest": item.get("manifest_digest") or "",
             "stage": True,
@@ -85,6 +98,13 @@ def _model_copy_args(entry, peer, report):
 
 def _model_got(entry, result):
     return entry if result.get("commit") else None
+
+
+def _model_bundle_entry(entry, directory):
+    """The bundle's own entry of the model (models/<id>, _model_bundle): its dest there."""
+    path = f"models/{bundle_model_id(entry['item'])}"
+    item = {**entry["item"], "dest": posixpath.join(directory, path)}
+    return {**entry, "dest": item["dest"], "path": path, "item": item}
 
 
 # --- builds: ggml_build plans them and its module reads, compiles and copies them.
@@ -236,7 +256,10 @@ KINDS = {
         "entry": _model_entry, "read_args": _model_read_args,
         "source_read_args": _model_source_read_args, "report": _model_report,
         "copy_args": _model_copy_args, "got": _model_got,
-        "bundle": _model_bundle,
+        "refusal": _model_refusal,
+        # A bundle carries the model; a site's hosts copy it from the bundle (its rsync
+        # share on the site cache), as from a fleet peer.
+        "bundle": _model_bundle, "bundle_entry": _model_bundle_entry, "bundle_share": "rsync",
     },
     "builds": {
         "role": "ggml_build", "upstream": True, "fleet": True,
@@ -245,8 +268,9 @@ KINDS = {
         "source_read_args": _build_source_read_args, "report": _build_report,
         "copy_args": _build_copy_args, "got": _build_got,
         # A bundle carries a build's source (the bundle's `sources`): a site's hosts
-        # compile it for their own GPU, or copy the build host to host.
-        "bundle": _source_bundle,
+        # compile it (the kind's upstream) from the bundle's git share, their source
+        # mirror, or copy the build host to host.
+        "bundle": _source_bundle, "bundle_share": "git",
     },
     "jit": {
         "role": "inference_services", "upstream": False, "fleet": True,
@@ -256,7 +280,7 @@ KINDS = {
         "copy_args": _jit_copy_args, "got": _jit_got,
         # Nothing upstream makes it, so no bundle carries it: a site's first host
         # compiles it, the rollout copies it on.
-        "bundle": None,
+        "bundle": None, "bundle_share": None,
     },
     # Files by URL (model_store: the chat templates) go no host to host: they are small,
     # and each host fetches its own by URL (through the site's proxy) or reads it from
@@ -402,6 +426,42 @@ def report(entry, result):
     """What a host's read (read_call's module's result) says it holds of `entry`: the
     kind's report of it, or None when it does not hold it."""
     return kind_of(entry["kind"])["report"](entry, result)
+
+
+def bundle_share(kind):
+    """Which of the site cache's shares of a bundle a kind comes through: `rsync` (copied
+    from the bundle), `git` (made by the kind's role from the bundle's sources), or None
+    (no bundle carries it)."""
+    return kind_of(kind)["bundle_share"]
+
+
+def bundle_sources(state, site_cache, directory, url):
+    """For a site provisioned from a bundle (thorfleet_bundle): what this host (`state`,
+    as holdings gives it) lacks of a kind a bundle carries. A kind copied from the bundle
+    (its `bundle_entry`): each paired, as a round pairs it with a fleet peer, with the
+    bundle on the site cache (`site_cache`, the inventory host serving it from `directory`,
+    at the rsync URL `url` while a phase copies). A kind its role makes from the bundle's
+    sources: the entry alone, for the role's upstream."""
+    copies = []
+    for key, entry in sorted((state or {}).get("entries", {}).items()):
+        kind = kind_of(entry["kind"])
+        if key in state["held"] or not kind.get("bundle_share"):
+            continue
+        if not kind.get("bundle_entry"):
+            copies.append(entry)
+            continue
+        peer_entry = kind["bundle_entry"](entry, directory)
+        at = f"{url.rstrip('/')}/{peer_entry['path']}"
+        copies.append({**entry, "peer_entry": peer_entry,
+                       "peer": {"name": site_cache, "url": at, "staging_url": at}})
+    return copies
+
+
+def refusal(entry, held):
+    """Why what the source reported (`held`) cannot be copied for `entry` (it is not what
+    the lock pins), or None."""
+    check = kind_of(entry["kind"]).get("refusal")
+    return check(entry, held) if check else None
 
 
 def copy_call(entry, held):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import posixpath
 
@@ -25,6 +26,12 @@ def model_key(entry):
     path, hub, repository, revision and patterns (a host's own model root may differ)."""
     return json.dumps([entry["path"], entry["source"], entry["repo_id"], entry["revision"],
                        entry.get("allow_patterns") or [], entry.get("ignore_patterns") or []])
+
+
+def bundle_model_id(entry):
+    """The directory of a model request in a bundle (models/<id>): one per model_key, as
+    two hosts asking alike share one copy, as when fetching once per fleet."""
+    return hashlib.sha256(model_key(entry).encode()).hexdigest()[:20]
 
 
 def lock_key(source, repo, revision):

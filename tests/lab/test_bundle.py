@@ -222,7 +222,7 @@ def test_a_fresh_host_provisions_from_a_bundle_with_no_route_out(lab, hosts, tho
         # machine get no connection at all. Cost: about 4 s each, while the run waits.
         seen = {}
         run = Playbook(*converge, env=defaults, at=[
-            ("Copy each model from the bundle, verified against its manifest]",
+            ("Copy each thing from the bundle, verified against its report and the lock's pin]",
              lambda: seen.update(rsync=reached(lab, 8873))),
             ("Check out each engine at the commit its ref is pinned to]",
              lambda: seen.update(git=reached(lab, 9418)))])

@@ -554,3 +554,56 @@ def test_the_results_a_kinds_role_gets_back_carry_its_own_items():
     fetched = {"item": entry(), "commit": "c" * 40}  # the role's own upstream fetch
     assert fleet.artefact_results([copied, fetched, "not a result"]) == [
         {"item": entry(), "commit": "c" * 40}, fetched, "not a result"]
+
+
+BUNDLE_RSYNC = "rsync://10.0.0.3:8873/thorfleet-bundle"
+
+
+def test_on_a_site_with_a_bundle_a_host_copies_what_it_lacks_from_the_bundle_as_from_a_peer():
+    # The bundle is the source (roles/artefacts, tasks/from_bundle.yml): its own entry
+    # lies where `thorfleet bundle create` wrote it (models/<id>), read there over
+    # Ansible's connection to the site cache, copied over the cache's rsync share.
+    mine = state("thor04", held=["whisper.cpp/models"], wanted=["Qwen/Qwen3-8B"])
+    (copy,) = artefacts.bundle_sources(mine, "thor03", "/srv/bundle", BUNDLE_RSYNC + "/")
+    item = mine["entries"][copy["key"]]["item"]
+    place = f"models/{load('filter_plugins/bundle.py').model_id(item)}"
+    assert copy["peer_entry"]["path"] == place
+    assert copy["peer_entry"]["item"]["dest"] == f"/srv/bundle/{place}"
+    assert copy["peer"] == {"name": "thor03", "url": f"{BUNDLE_RSYNC}/{place}",
+                            "staging_url": f"{BUNDLE_RSYNC}/{place}"}
+    module, args = artefacts.source_read_call(copy)
+    assert (module, args["models"][0]["dest"]) == ("model_manifests", f"/srv/bundle/{place}")
+    module, args = artefacts.copy_call(copy, {"manifest": {"files": {}}, "fetched": []})
+    assert module == "model_download" and args["dest"] == "/models/Qwen/Qwen3-8B"
+    # The bundle's models wait in place: no partial copy beside them in the bundle.
+    assert args["peer"]["staging_url"] == args["peer"]["url"] == f"{BUNDLE_RSYNC}/{place}"
+    # An engine build is made from the bundle's sources by its role (over the git
+    # share): the entry alone, with no peer to copy from.
+    build = fleet.artefact_entries([{"engine": {"name": "whisper.cpp", "ref": "v1.8.5",
+                                                "pin": "e" * 40},
+                                     "args": {"build_root": "/opt/thorfleet/whisper.cpp"}}],
+                                   "builds")
+    builds = fleet.holdings(build, {}, "thor04", "10.0.0.4", 873, "builds")
+    assert artefacts.bundle_sources(builds, "thor03", "/srv/bundle", BUNDLE_RSYNC) == build
+    assert [artefacts.bundle_share(k) for k in ("models", "builds", "jit")] == \
+        ["rsync", "git", None]
+    # Nothing to copy for a host holding all it needs.
+    assert artefacts.bundle_sources(state("thor04", held=["a/b"]), "thor03", "/srv/bundle",
+                                    BUNDLE_RSYNC) == []
+
+
+def test_a_source_whose_manifest_is_not_the_one_the_lock_pins_is_refused_before_a_copy():
+    # A file changed in the bundle (or on a fleet peer) and its manifest written again to
+    # match: the manifest's digest is not the lock's pin.
+    pinned = {**entry(), "manifest_digest": "sha256:" + "a" * 64}
+    (mine,) = fleet.artefact_entries([pinned], "models")
+    copy = {**mine, "peer": {"name": "thor03"}}
+    refused = artefacts.refusal(copy, {"manifest_digest": "sha256:" + "b" * 64})
+    assert refused.startswith("Qwen/Qwen3-8B (/models/Qwen/Qwen3-8B): thor03's manifest has "
+                              f"digest sha256:{'b' * 64}, not the sha256:{'a' * 64} the lock "
+                              "pins (model_manifests): refused, nothing copied")
+    assert artefacts.refusal(copy, {"manifest_digest": "sha256:" + "a" * 64}) is None
+    # Nothing pinned yet (a first fetch): the source's manifest is the one to pin.
+    (unpinned,) = fleet.artefact_entries([entry()], "models")
+    assert artefacts.refusal({**unpinned, "peer": {"name": "thor03"}},
+                             {"manifest_digest": "sha256:" + "b" * 64}) is None

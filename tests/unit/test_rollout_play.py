@@ -88,8 +88,10 @@ def switch(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     (tmp_path / "ansible.cfg").write_text("[defaults]\n")  # ansible-core's defaults
-    # The real run lock (roles/thorfleet), each host's in a file of its own.
+    # The real run lock (roles/thorfleet_common, with the settings of roles/thorfleet),
+    # each host's in a file of its own.
     (roles / "thorfleet").symlink_to(ROOT / "roles/thorfleet")
+    (roles / "thorfleet_common").symlink_to(ROOT / "roles/thorfleet_common")
     locks = tmp_path / "locks"
     locks.mkdir()
     # A first play that reaches every host and locks it, as preflight does in site.yml
@@ -99,7 +101,7 @@ def switch(tmp_path):
         {"name": "Preflight", "hosts": "thor", "gather_facts": False, "tags": ["always"],
          "tasks": [{"name": "Reach the host", "ansible.builtin.ping": {}},
                    {"name": "Lock the run's hosts",
-                    "ansible.builtin.include_role": {"name": "thorfleet",
+                    "ansible.builtin.include_role": {"name": "thorfleet_common",
                                                      "tasks_from": "run_lock"},
                     "when": "not ansible_check_mode"}]},
         {"name": "Staging", "hosts": "thor", "gather_facts": False,

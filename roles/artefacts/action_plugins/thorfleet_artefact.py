@@ -94,13 +94,22 @@ class ActionModule(ActionBase):
         answer = self._run(module, args, task_vars)
         if answer.get("failed") or answer.get("unreachable"):
             return {**answer, "held": None}
-        return {"changed": False, "held": artefacts.report(entry, answer)}
+        held = artefacts.report(entry, answer)
+        # What the source holds that is not what the lock pins is refused here, before
+        # this host copies anything.
+        refused = artefacts.refusal(entry, held) if held is not None else None
+        if refused:
+            return {"failed": True, "changed": False, "held": None, "msg": refused}
+        return {"changed": False, "held": held}
 
     def _copy(self, task_vars):
         entry, held = self._task.args.get("entry"), self._task.args.get("held")
         if not isinstance(held, dict):
             raise AnsibleActionFail("held: the source's report of the artefact, as step read "
                                     "gave it")
+        refused = artefacts.refusal(entry, held)
+        if refused:
+            return {"failed": True, "changed": False, "msg": refused}
         module, args = artefacts.copy_call(entry, held)
         return self._run(module, args, task_vars)
 
