@@ -5,10 +5,15 @@ fetcher is replaced, and the settings are checked naming the field."""
 from __future__ import annotations
 
 import importlib
+import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import load
+from tests.conftest import ROOT, load
+from thorfleet import bounded
 
 fleet = load("filter_plugins/fleet.py")
 artefacts = importlib.import_module("thorfleet_lib.artefacts")
@@ -607,3 +612,38 @@ def test_a_source_whose_manifest_is_not_the_one_the_lock_pins_is_refused_before_
     (unpinned,) = fleet.artefact_entries([entry()], "models")
     assert artefacts.refusal({**unpinned, "peer": {"name": "thor03"}},
                              {"manifest_digest": "sha256:" + "b" * 64}) is None
+
+
+def test_the_pipelines_action_refuses_a_read_that_could_change_and_a_bundle_write_out_of_place(
+        tmp_path):
+    # The action plugin itself (roles/artefacts/action_plugins), on this machine through
+    # ansible-playbook: a read step outside check mode is refused before any module runs
+    # (a read must not change a host), and so is a bundle write of a section that is no
+    # kind's or into a relative directory, naming the field. Cost: one local run, about 2 s.
+    (mine,) = fleet.artefact_entries([entry()], "models")
+    tasks = [
+        {"name": "read", "thorfleet_artefact": {"step": "read", "entries": [mine]},
+         "ignore_errors": True, "register": "read"},
+        {"name": "bundle_section", "thorfleet_artefact": {
+            "step": "bundle", "section": "jit", "item": {}, "directory": "/srv/b"},
+         "ignore_errors": True, "register": "section"},
+        {"name": "bundle_directory", "thorfleet_artefact": {
+            "step": "bundle", "section": "files", "item": {}, "directory": "b"},
+         "ignore_errors": True, "register": "directory"},
+        {"name": "say", "ansible.builtin.copy": {
+            "content": "{{ [read.msg, section.msg, directory.msg] | to_json }}",
+            "dest": str(tmp_path / "said.json"), "mode": "0644"}}]
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
+                                      "tasks": tasks}]))
+    done = bounded.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,",
+         "-c", "local", str(playbook)], 120, cwd=tmp_path,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1",
+             "ANSIBLE_ACTION_PLUGINS": str(ROOT / "roles/artefacts/action_plugins"),
+             "ANSIBLE_PYTHON_INTERPRETER": sys.executable})
+    assert done.returncode == 0, done.stdout + done.stderr
+    read, section, directory = json.loads((tmp_path / "said.json").read_text())
+    assert read.startswith("the read steps run in check mode"), read
+    assert section.startswith("section: 'jit' is not one of models, files, images, sources")
+    assert directory == "directory: the bundle's directory, as an absolute path"
