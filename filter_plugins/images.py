@@ -16,6 +16,7 @@ _UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 if _UTILS not in sys.path:
     sys.path.append(_UTILS)
 
+from thorfleet_lib.artefacts import image_platforms_update  # noqa: E402
 from thorfleet_lib.rules import CONTROL, HOSTNAME, CatalogueError  # noqa: E402
 
 
@@ -211,17 +212,6 @@ def cache_kept(wanted, before=None):
         previous = [d for d in kept.get(path, []) if d not in digests][:1]
         kept[path] = list(digests) + previous
     return kept
-
-
-def image_platforms_update(known, learned):
-    """The lock's image_platforms entries to write: each list digest the cache learned a
-    platform's image of, with the platforms the lock already had for it."""
-    updates = {}
-    for listed, found in (learned or {}).items():
-        before = (known or {}).get(listed) or {}
-        if {**before, **found} != before:
-            updates[listed] = {**before, **found}
-    return updates
 
 
 def _split_reference(ref):

@@ -343,6 +343,17 @@ def bundle_call(section, item, directory, settings):
     return module, {key: value for key, value in args.items() if value not in (None, "", [])}
 
 
+def image_platforms_update(known, learned):
+    """The lock's image_platforms entries to write: each list digest a copy learned a
+    platform's image of, with the platforms the lock already had for it."""
+    updates = {}
+    for listed, found in (learned or {}).items():
+        before = (known or {}).get(listed) or {}
+        if {**before, **found} != before:
+            updates[listed] = {**before, **found}
+    return updates
+
+
 def bundle_lock_writes(results, known):
     """The lock's writes of what the bundle's copies learned: the platforms' images
     site_cache_fill found in multi-platform lists ({section: image_platforms, entries}),
@@ -351,12 +362,7 @@ def bundle_lock_writes(results, known):
     for result in results or []:
         for listed, found in ((result or {}).get("platforms") or {}).items():
             learned.setdefault(listed, {}).update(found)
-    entries = {}
-    for listed, found in learned.items():
-        before = (known or {}).get(listed) or {}
-        if {**before, **found} != before:
-            entries[listed] = {**before, **found}
-    return [{"section": "image_platforms", "entries": entries}]
+    return [{"section": "image_platforms", "entries": image_platforms_update(known, learned)}]
 
 
 def entries(kind, items, platform=""):
