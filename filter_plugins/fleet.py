@@ -66,6 +66,9 @@ def artefact_role(kind):
     """The role that plans `kind` and gets it from upstream (its tasks/upstream.yml), for
     the rounds; a kind nothing upstream makes has none."""
     found = artefacts.kind_of(kind)
+    if found["via"] != "share":
+        raise artefacts.ArtefactError(f"artefacts_kind: {kind} goes through the site cache, "
+                                      "not the rounds (roles/artefacts, tasks/registry.yml)")
     if not found["upstream"]:
         raise artefacts.ArtefactError(f"artefacts_kind: {kind}: nothing upstream makes it, "
                                       "so it goes through no rounds: it is copied from the "
@@ -350,6 +353,9 @@ class FilterModule:
             "thorfleet_artefact_bundle": artefacts.bundle_writes,
             "thorfleet_artefact_bundle_sources": artefacts.bundle_sources,
             "thorfleet_artefact_bundle_share": artefacts.bundle_share,
+            "thorfleet_artefact_via": artefacts.via,
+            "thorfleet_artefact_registry_fill": artefacts.registry_fill,
+            "thorfleet_artefact_registry_sources": artefacts.registry_sources,
             "thorfleet_artefact_bundle_locks": artefacts.bundle_lock_writes,
             "thorfleet_share_peers": share_peers,
             "thorfleet_share_unit": share_unit,

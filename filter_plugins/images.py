@@ -16,7 +16,7 @@ _UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 if _UTILS not in sys.path:
     sys.path.append(_UTILS)
 
-from thorfleet_lib.artefacts import image_platforms_update  # noqa: E402
+from thorfleet_lib.artefacts import image_in_cache, image_platforms_update  # noqa: E402
 from thorfleet_lib.rules import CONTROL, HOSTNAME, CatalogueError  # noqa: E402
 
 
@@ -64,8 +64,7 @@ def image_plan(specs, lock_images=None, registry_mirror="", refresh=False, cache
             cached = bool(cache)
             if cached:
                 repository = _moved(path, cache)
-                digest = str(((platforms or {}).get(locked) or {}).get(platform) or "") \
-                    if locked else ""
+                digest = image_in_cache(platforms, locked, platform)
             entry = plan[ref] = {
                 "ref": ref, "registry": registry, "upstream": upstream,
                 "repository": repository, "tag": tag, "locked": locked, "digest": digest,
@@ -184,22 +183,6 @@ def image_platform(architecture):
     return f"linux/{arch}"
 
 
-def images_to_cache(plans):
-    """What the site cache copies for the hosts: from each host's images to fetch (a list
-    of plan entries per host), each (image, platform) once that comes through the cache:
-    {ref, upstream, path, tag, locked, platform}."""
-    wanted = {}
-    for entries in plans or []:
-        for entry in entries or []:
-            if not entry.get("cached"):
-                continue
-            key = (entry["ref"], entry["platform"])
-            wanted.setdefault(key, {field: entry[field] for field in
-                                    ("ref", "upstream", "path", "tag", "locked",
-                                     "platform")})
-    return [wanted[key] for key in sorted(wanted)]
-
-
 def cache_kept(wanted, before=None):
     """What the site cache keeps, {path: [digest, ...]}, newest first: for each repository
     path a run asked the cache for (`wanted`, the fill's), the digests asked for, then the
@@ -308,7 +291,6 @@ class FilterModule:
             "thorfleet_registry_logins": registry_logins,
             "thorfleet_registry_auth": registry_auth,
             "thorfleet_registry_credentials_problems": registry_credentials_problems,
-            "thorfleet_images_to_cache": images_to_cache,
             "thorfleet_image_platforms_update": image_platforms_update,
             "thorfleet_cache_kept": cache_kept,
             "thorfleet_image_digests": image_digests,

@@ -242,16 +242,85 @@ def _image_bundle(item, directory, settings):
         f"images/ <- {item['ref']} ({item['platform']})"
 
 
+
+# --- images: ngc_images plans them (the images a host's services run, through the site
+# cache when the inventory has one), Docker holds them. They go through a registry, not a
+# share: the site cache copies in, once for the run's hosts, what any host lacks (from
+# upstream, or a site's bundle: site_cache, tasks/fill.yml) and records in the lock the
+# digest of each platform's image it copied; a host pulls by that digest, which Docker
+# checks every layer against.
+
+def image_in_cache(platforms, listed, platform):
+    """The digest of `platform`'s image of the list digest `listed` (the lock's
+    image_platforms: {list digest: {platform: image digest}}), "" when none is known: what
+    a host pulls from the site cache, which holds that platform's image alone."""
+    if not listed:
+        return ""
+    return str(((platforms or {}).get(listed) or {}).get(platform) or "")
+
+
+def _image_entry(item, platform=""):
+    return {"kind": "images", "key": json.dumps([item["ref"], item["platform"]]),
+            "pin": item["locked"], "dest": item["repository"], "path": item["path"],
+            "platform": item["platform"], "item": item}
+
+
+def _image_read_args(entry):
+    # An image with no digest yet (a tag the cache has not copied) is held nowhere.
+    item = entry["item"]
+    return {"name": [item["image"]]} if item["digest"] else None
+
+
+def _image_report(entry, result):
+    """The image's digest, when Docker on the host holds it by that digest."""
+    item = entry["item"]
+    for image in (result or {}).get("images") or []:
+        if item["image"] in ((image or {}).get("RepoDigests") or []):
+            return {"digest": item["digest"]}
+    return None
+
+
+def _image_registry_report(entry, lock):
+    """What the site cache holds of the image for the entry's platform, as its copy
+    recorded it in the lock (`lock`: its images and image_platforms), or None."""
+    item = entry["item"]
+    listed = item["locked"] or str(((lock or {}).get("images") or {}).get(item["ref"]) or "")
+    digest = image_in_cache((lock or {}).get("image_platforms"), listed, item["platform"])
+    return {"digest": digest} if digest.startswith("sha256:") else None
+
+
+def _image_copy_args(entry, peer, report):
+    return {"name": f"{entry['item']['repository']}@{report['digest']}", "pull": "not_present"}
+
+
+def _image_got(entry, result):
+    return entry
+
+
+def image_fill(items):
+    """What the site cache copies for the hosts (site_cache_images): of the images the
+    hosts lack, each (image, platform) once: {ref, upstream, path, tag, locked,
+    platform}."""
+    wanted = {}
+    for item in items or []:
+        key = (item["ref"], item["platform"])
+        wanted.setdefault(key, {field: item[field] for field in
+                                ("ref", "upstream", "path", "tag", "locked", "platform")})
+    return [wanted[key] for key in sorted(wanted)]
+
+
 # The table of kinds: per kind, the role that plans it and gets it from upstream
 # (`role`, its tasks/upstream.yml; `upstream`: whether there is one to get it from, else
-# it is only ever copied from a host that made it), the module that reads what a host
-# holds (`read`, run in check mode: it changes nothing; on the host itself with
-# `read_args`, on a source paired with it, delegated there, with `source_read_args`),
-# the one that copies it from that source (`copy`), and how an entry becomes their
-# arguments.
+# it is only ever copied from a host that made it), how it goes from host to host
+# (`via`: `share`, a fleet peer's or the bundle's rsync share, round by round;
+# `registry`, the site cache; None: not moved by the pipeline), the module that reads
+# what a host holds (`read`, run in check mode: it changes nothing; on the host itself
+# with `read_args`, on a source paired with it, delegated there, with
+# `source_read_args`), the one that copies it from that source (`copy`), and how an
+# entry becomes their arguments.
 KINDS = {
     "models": {
-        "role": "model_store", "upstream": True, "fleet": True,
+        "role": "model_store", "upstream": True, "via": "share",
         "read": "model_manifests", "copy": "model_download",
         "entry": _model_entry, "read_args": _model_read_args,
         "source_read_args": _model_source_read_args, "report": _model_report,
@@ -262,7 +331,7 @@ KINDS = {
         "bundle": _model_bundle, "bundle_entry": _model_bundle_entry, "bundle_share": "rsync",
     },
     "builds": {
-        "role": "ggml_build", "upstream": True, "fleet": True,
+        "role": "ggml_build", "upstream": True, "via": "share",
         "read": "ggml_build", "copy": "ggml_build",
         "entry": _build_entry, "read_args": _build_read_args,
         "source_read_args": _build_source_read_args, "report": _build_report,
@@ -273,7 +342,7 @@ KINDS = {
         "bundle": _source_bundle, "bundle_share": "git",
     },
     "jit": {
-        "role": "inference_services", "upstream": False, "fleet": True,
+        "role": "inference_services", "upstream": False, "via": "share",
         "read": "jit_caches", "copy": "jit_caches",
         "entry": _jit_entry, "read_args": _jit_read_args,
         "source_read_args": _jit_source_read_args, "report": _jit_report,
@@ -286,16 +355,23 @@ KINDS = {
     # and each host fetches its own by URL (through the site's proxy) or reads it from
     # the bundle over Ansible's connection.
     "files": {
-        "role": "model_store", "upstream": True, "fleet": False,
+        "role": "model_store", "upstream": True, "via": None,
         "bundle": _file_bundle,
     },
-    # Images (ngc_images plans them) go through a registry, not rsync: the site cache
-    # (roles/site_cache), a pull-through copy of the upstream registries, is their one
-    # fetch per fleet; its module site_cache_fill copies from upstream, into the cache
-    # or into a bundle's archives, and each host pulls by digest, which Docker checks.
+    # Images go through a registry (via: registry; roles/artefacts, tasks/registry.yml):
+    # the site cache, a copy of the upstream registries, is their one fetch per fleet
+    # (`fill`: what it copies for the hosts' lacks); each host reads what Docker holds
+    # (`read`), and pulls from the cache (`copy`) by the digest the cache's copy recorded
+    # in the lock (`registry_report`), which Docker checks. Without a site cache each host
+    # pulls its own (ngc_images). A bundle carries the platforms' images as OCI archives,
+    # the site cache's source on a site.
     "images": {
-        "role": "site_cache", "upstream": True, "fleet": False,
-        "bundle": _image_bundle,
+        "role": "ngc_images", "upstream": True, "via": "registry",
+        "read": "community.docker.docker_image_info", "copy": "community.docker.docker_image_pull",
+        "entry": _image_entry, "read_args": _image_read_args, "report": _image_report,
+        "registry_report": _image_registry_report, "fill": image_fill,
+        "copy_args": _image_copy_args, "got": _image_got,
+        "bundle": _image_bundle, "bundle_share": None,
     },
 }
 
@@ -306,10 +382,10 @@ BUNDLE_SECTIONS = {"models": "models", "files": "files", "images": "images",
 ENTRY_FIELDS = ("kind", "key", "pin", "dest", "path", "platform", "item")
 
 
-def kind_of(name, fleet=True):
-    """The table's entry of a kind (with `fleet`: one that goes host to host), or an error
-    naming the kinds there are."""
-    kinds = sorted(k for k, v in KINDS.items() if v["fleet"] or not fleet)
+def kind_of(name, moved=True):
+    """The table's entry of a kind (with `moved`: one the pipeline moves to the hosts), or
+    an error naming the kinds there are."""
+    kinds = sorted(k for k, v in KINDS.items() if v["via"] or not moved)
     if not isinstance(name, str) or name not in kinds:
         raise ArtefactError(f"artefacts_kind: {str(name)[:40]!r} is not one of "
                             f"{', '.join(kinds)}")
@@ -322,7 +398,7 @@ def bundle_writes(contents):
     section, in the contents' order."""
     writes = []
     for section, kind in BUNDLE_SECTIONS.items():
-        write = kind_of(kind, fleet=False)["bundle"]
+        write = kind_of(kind, moved=False)["bundle"]
         for item in (contents or {}).get(section) or []:
             writes.append({"section": section, "item": item,
                            "label": write(item, "", {})[2]})
@@ -338,7 +414,7 @@ def bundle_call(section, item, directory, settings):
                             f"{', '.join(BUNDLE_SECTIONS)}")
     if not isinstance(directory, str) or not directory.startswith("/"):
         raise ArtefactError("directory: the bundle's directory, as an absolute path")
-    module, args, _label = kind_of(BUNDLE_SECTIONS[section], fleet=False)["bundle"](
+    module, args, _label = kind_of(BUNDLE_SECTIONS[section], moved=False)["bundle"](
         item, directory, settings or {})
     return module, {key: value for key, value in args.items() if value not in (None, "", [])}
 
@@ -416,7 +492,8 @@ def check_entry(entry):
 
 
 def read_call(entry):
-    """(module, arguments) that read what a host holds of `entry`."""
+    """(module, arguments) that read what a host holds of `entry`; arguments None where
+    there is nothing to ask (the host holds it nowhere yet)."""
     kind = kind_of(check_entry(entry)["kind"])
     return kind["read"], kind["read_args"](entry)
 
@@ -432,6 +509,37 @@ def report(entry, result):
     """What a host's read (read_call's module's result) says it holds of `entry`: the
     kind's report of it, or None when it does not hold it."""
     return kind_of(entry["kind"])["report"](entry, result)
+
+
+def via(kind):
+    """How the pipeline moves `kind` to the hosts: `share` or `registry`."""
+    return kind_of(kind)["via"]
+
+
+def registry_fill(states):
+    """What the site cache copies, once for the run's hosts, of a kind that goes through
+    it (`via: registry`): from what each host (`states`, as holdings gives them) lacks, the
+    kind's `fill` of it."""
+    lacking, fill = [], None
+    for state in states or []:
+        kind = kind_of(state["kind"])
+        if kind["via"] != "registry":
+            raise ArtefactError(f"artefacts_kind: {state['kind']} goes through no registry")
+        fill = kind["fill"]
+        lacking += [entry["item"] for key, entry in sorted(state["entries"].items())
+                    if key not in state["held"]]
+    return fill(lacking) if fill else []
+
+
+def registry_sources(state, lock):
+    """What this host (`state`) lacks of a kind that goes through the site cache, each
+    with what the cache holds of it (`held`: the kind's `registry_report`, from the lock
+    its copy wrote), None where the cache did not copy it."""
+    kind = kind_of((state or {}).get("kind"))
+    if kind["via"] != "registry":
+        raise ArtefactError(f"artefacts_kind: {state['kind']} goes through no registry")
+    return [{**entry, "held": kind["registry_report"](entry, lock)}
+            for key, entry in sorted(state["entries"].items()) if key not in state["held"]]
 
 
 def bundle_share(kind):
@@ -474,9 +582,10 @@ def copy_call(entry, held):
     """(module, arguments) that copy `entry` from the host a round paired it with
     (`entry.peer`: {name, address, port, url}; `entry.peer_entry`: the source's own
     entry) and check it against `held`, the source's report read over Ansible's
-    connection."""
+    connection (through a registry, the site cache: no peer, and `held` its report from
+    the lock)."""
     kind = kind_of(check_entry(entry)["kind"])
-    return kind["copy"], kind["copy_args"](entry, entry["peer"], held)
+    return kind["copy"], kind["copy_args"](entry, entry.get("peer"), held)
 
 
 def got(entry, result):

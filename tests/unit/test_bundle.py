@@ -199,13 +199,18 @@ def test_what_the_bundles_image_copies_found_goes_into_the_lock_over_what_it_had
     assert artefacts.bundle_lock_writes([{"platforms": known}], known)[0]["entries"] == {}
 
 
-def test_a_kind_that_goes_no_host_to_host_is_refused_for_the_fleet():
+def test_a_kind_that_goes_no_host_to_host_is_refused_for_the_rounds():
     # Files and images are bundled, but the rounds copy neither: a file is read over
-    # Ansible's connection, an image comes through the site cache's registry.
+    # Ansible's connection, not moved by the pipeline; an image comes through the site
+    # cache's registry.
+    with pytest.raises(artefacts.ArtefactError, match="artefacts_kind"):
+        artefacts.entries("files", [])
+    with pytest.raises(artefacts.ArtefactError, match="artefacts_kind: images goes through "
+                                                      "the site cache"):
+        fleet_filters.artefact_role("images")
     for kind in ("files", "images"):
-        with pytest.raises(artefacts.ArtefactError, match="artefacts_kind"):
-            artefacts.entries(kind, [])
-        assert artefacts.kind_of(kind, fleet=False)["bundle"]
+        assert artefacts.kind_of(kind, moved=False)["bundle"]
+
 
 def fill(monkeypatch, **options):
     entry = {**IMAGE, "locked": digest(LISTING)}

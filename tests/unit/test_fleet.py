@@ -530,10 +530,11 @@ def test_a_share_is_a_transient_unit_that_drops_other_addresses_and_runs_as_no_o
 # --- the pipeline's table of kinds --------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["images", "", None, ["models"]])
+@pytest.mark.parametrize("kind", ["files", "", None, ["models"]])
 def test_a_kind_the_table_lacks_is_refused_naming_the_setting(kind):
+    # Files by URL are bundled but not moved by the pipeline.
     with pytest.raises(artefacts.ArtefactError, match="artefacts_kind: .* is not one of "
-                                                      "builds, jit, models"):
+                                                      "builds, images, jit, models"):
         fleet.artefact_entries([entry()], kind)
 
 

@@ -36,10 +36,10 @@ def uses(role: str) -> set[str]:
                            "include_role", "import_role"):
                 if isinstance(task.get(action), dict):
                     name = task[action]["name"]
-                    # The pipeline's include of a kind's role (its upstream) names it
-                    # from the table.
+                    # The pipeline's include of a kind's role (its upstream, in the
+                    # rounds) names it from the table.
                     used |= ({kind["role"] for kind in KINDS.values()
-                              if kind["upstream"] and kind["fleet"]}
+                              if kind["upstream"] and kind["via"] == "share"}
                              if "{{" in name else {name})
     return used - {role}
 
@@ -82,12 +82,14 @@ def test_the_base_role_holds_settings_only_and_the_shared_tasks_include_no_other
 
 
 def test_the_artefact_pipeline_is_called_by_playbooks_only_and_uses_the_kinds_roles():
-    # It runs between a kind's plan and its role (playbooks/models.yml, engines.yml): no
+    # It runs between a kind's plan and its role (playbooks/models.yml, engines.yml,
+    # images.yml): no
     # role includes it, and it depends on the base role alone.
     assert [role for role in ROLES if "artefacts" in uses(role)] == []
     meta = yaml.safe_load((ROOT / "roles/artefacts/meta/main.yml").read_text())
     assert [d["role"] for d in meta["dependencies"]] == ["thorfleet"]
-    # site_cache: a bundle's images are copied by its module, with its login.
+    # site_cache: the images' one fetch per fleet (a bundle's images are copied by its
+    # module, with its login).
     assert uses("artefacts") == {"thorfleet", "thorfleet_common", "model_store", "ggml_build",
                                  "site_cache"}
 

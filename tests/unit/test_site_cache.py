@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import importlib
 import json
 import os
 import stat
@@ -18,6 +19,7 @@ from tests.conftest import load, loopback_server, run_module
 
 image_filters = load("filter_plugins/images.py")
 fleet_filters = load("filter_plugins/fleet.py")
+artefacts = importlib.import_module("thorfleet_lib.artefacts")
 site_cache_fill = load("roles/site_cache/library/site_cache_fill.py")
 
 VLLM = "nvcr.io/nvidia/vllm:25.10-py3"
@@ -255,15 +257,52 @@ def test_through_the_cache_hosts_pull_and_run_their_platforms_image_from_it():
     assert unknown[0]["digest"] == "" and unknown[0]["locked"] == listed
 
 
-def test_the_cache_copies_each_image_and_platform_once_for_all_hosts():
-    def entry(ref, platform, cached=True):
-        return {"ref": ref, "upstream": "u", "path": "p", "tag": "t", "locked": "",
-                "platform": platform, "cached": cached, "digest": ""}
-    wanted = image_filters.images_to_cache([
-        [entry(VLLM, "linux/arm64"), entry("docker.io/x:1", "linux/arm64", cached=False)],
-        [entry(VLLM, "linux/arm64")], None, [entry(VLLM, "linux/amd64")]])
+def test_the_cache_copies_each_image_and_platform_once_and_each_host_pulls_its_own():
+    # Through the pipeline's images kind (via: registry), from the plans of three hosts:
+    # two arm64 hosts lacking the same image, one amd64 host, and one host holding it.
+    listed, arm64 = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    sglang = "nvcr.io/nvidia/sglang:25.10-py3"
+
+    def state(host, platform, images, held=()):
+        plan = image_filters.image_plan([spec(f"s{i}", image) for i, image in enumerate(images)],
+                                        {VLLM: listed}, cache=CACHE,
+                                        platforms={listed: {"linux/arm64": arm64}},
+                                        platform=platform)
+        entries = fleet_filters.artefact_entries(plan, "images")
+        reports = {e["key"]: {"digest": e["item"]["digest"]} for e in entries
+                   if e["item"]["ref"] in held}
+        return fleet_filters.holdings(entries, reports, host, "10.0.0.9", 873, "images")
+
+    states = [state("thor01", "linux/arm64", [VLLM, sglang]),
+              state("thor03", "linux/arm64", [VLLM]),
+              state("thor04", "linux/amd64", [VLLM]),
+              state("thor05", "linux/arm64", [VLLM], held=[VLLM])]
+    wanted = fleet_filters.FilterModule().filters()["thorfleet_artefact_registry_fill"](states)
     assert [(w["ref"], w["platform"]) for w in wanted] == [
-        (VLLM, "linux/amd64"), (VLLM, "linux/arm64")]
+        (sglang, "linux/arm64"), (VLLM, "linux/amd64"), (VLLM, "linux/arm64")]
+    assert wanted[-1] == {"ref": VLLM, "upstream": "nvcr.io/nvidia/vllm", "path": "nvidia/vllm",
+                          "tag": "25.10-py3", "locked": listed, "platform": "linux/arm64"}
+
+    # Once the cache copied, each host pulls what it lacks by the digest its copy
+    # recorded in the lock: sglang's tag resolved now, amd64's image not copied.
+    sglang_listed, sglang_arm64 = "sha256:" + "3" * 64, "sha256:" + "4" * 64
+    lock = {"images": {VLLM: listed, sglang: sglang_listed},
+            "image_platforms": {listed: {"linux/arm64": arm64},
+                                sglang_listed: {"linux/arm64": sglang_arm64}}}
+    sources = fleet_filters.FilterModule().filters()["thorfleet_artefact_registry_sources"]
+    pulls = {e["item"]["ref"]: e["held"] for e in sources(states[0], lock)}
+    assert pulls == {VLLM: {"digest": arm64}, sglang: {"digest": sglang_arm64}}
+    module, args = artefacts.copy_call(sources(states[0], lock)[0], pulls[sglang])
+    assert (module, args) == ("community.docker.docker_image_pull",
+                              {"name": f"{CACHE}/nvidia/sglang@{sglang_arm64}",
+                               "pull": "not_present"})
+    assert [e["held"] for e in sources(states[2], lock)] == [None]
+    assert sources(states[3], lock) == []
+    # The hosts read Docker only for an image with a digest to ask about.
+    assert artefacts.read_call(states[3]["entries"][next(iter(states[3]["entries"]))]) == (
+        "community.docker.docker_image_info", {"name": [f"{CACHE}/nvidia/vllm@{arm64}"]})
+    assert artefacts.read_call(states[0]["entries"][json.dumps([sglang, "linux/arm64"])])[1] \
+        is None
 
 
 def test_a_hosts_platform_comes_from_its_architecture():
@@ -384,7 +423,7 @@ def test_with_nothing_known_the_plan_and_the_lock_fall_back_to_their_defaults():
     (entry,) = image_filters.image_plan([spec("chat", VLLM)], {VLLM: listed}, cache=CACHE,
                                         platforms=None, platform="linux/arm64")
     assert entry["digest"] == "" and entry["image"] == f"{CACHE}/nvidia/vllm:25.10-py3"
-    assert image_filters.images_to_cache(None) == []
+    assert artefacts.registry_fill(None) == []
     assert image_filters.image_platforms_update(None, None) == {}
     learned = {listed: {"linux/arm64": "sha256:" + "2" * 64}}
     assert image_filters.image_platforms_update(None, learned) == learned

@@ -10,7 +10,7 @@
 
     thorfleet_artefact:
       step: copy            # copy `entry` from the host a round paired it with
-      entry: {...}          # with `peer` and `peer_entry`
+      entry: {...}          # with `peer` and `peer_entry` (none from the site cache)
       held: {...}           # the source's report, read over Ansible's connection
 
     thorfleet_artefact:
@@ -78,6 +78,9 @@ class ActionModule(ActionBase):
         reports = {}
         for entry in self._task.args.get("entries") or []:
             module, args = artefacts.read_call(entry)
+            if args is None:  # nothing to ask: held nowhere yet
+                reports[entry["key"]] = None
+                continue
             answer = self._run(module, args, task_vars)
             if answer.get("failed"):
                 return {"failed": True, "reports": reports,
