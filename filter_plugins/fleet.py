@@ -66,9 +66,13 @@ def artefact_role(kind):
     """The role that plans `kind` and gets it from upstream (its tasks/upstream.yml), for
     the rounds; a kind nothing upstream makes has none."""
     found = artefacts.kind_of(kind)
-    if found["via"] != "share":
+    if found["via"] == "registry":
         raise artefacts.ArtefactError(f"artefacts_kind: {kind} goes through the site cache, "
                                       "not the rounds (roles/artefacts, tasks/registry.yml)")
+    if found["via"] != "share":
+        raise artefacts.ArtefactError(f"artefacts_kind: {kind} goes no host to host: only "
+                                      "from a site's bundle (roles/artefacts, "
+                                      "tasks/from_bundle.yml)")
     if not found["upstream"]:
         raise artefacts.ArtefactError(f"artefacts_kind: {kind}: nothing upstream makes it, "
                                       "so it goes through no rounds: it is copied from the "

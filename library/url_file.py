@@ -16,6 +16,9 @@ description:
   - The file is fetched to a temporary file beside O(dest) and moved into place only when
     its sum is right. A mismatch fails, naming the URL and both sums, and leaves O(dest)
     as it was.
+  - With O(content), the file's bytes read elsewhere (a site's bundle, over Ansible's
+    connection to the host that holds it) are written instead of fetching O(url), which
+    then only names the file; they are checked against O(sha256) the same way.
   - Check mode reports whether the file would be fetched; diff mode shows old and new sum.
 options:
   url:
@@ -34,6 +37,10 @@ options:
     description: Seconds to wait for the server.
     type: int
     default: 30
+  content:
+    description: The file's bytes, base64-encoded (as M(ansible.builtin.slurp) returns
+      them), written instead of fetching O(url); needs O(sha256).
+    type: str
 extends_documentation_fragment:
   - ansible.builtin.files
 author:
@@ -62,6 +69,8 @@ fetched:
   type: bool
 """
 
+import base64  # noqa: E402
+import binascii  # noqa: E402
 import hashlib  # noqa: E402
 import os  # noqa: E402
 import tempfile  # noqa: E402
@@ -93,6 +102,18 @@ def fetch(module, url, directory):
     return tmp, digest.hexdigest()
 
 
+def written(module, content, directory):
+    """The given bytes (base64) in a temporary file in directory, and their sha256."""
+    try:
+        data = base64.b64decode(content, validate=True)
+    except (binascii.Error, ValueError):
+        module.fail_json(msg=f"content: {module.params['dest']}: not base64")
+    handle, tmp = tempfile.mkstemp(dir=directory, prefix=".url_file.")
+    with os.fdopen(handle, "wb") as out:
+        out.write(data)
+    return tmp, hashlib.sha256(data).hexdigest()
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
@@ -100,12 +121,15 @@ def main():
             "dest": {"type": "path", "required": True},
             "sha256": {"type": "str", "default": ""},
             "timeout": {"type": "int", "default": 30},
+            "content": {"type": "str"},
         },
         add_file_common_args=True,
         supports_check_mode=True,
     )
     url, dest = module.params["url"], module.params["dest"]
     expected = module.params["sha256"].lower()
+    if module.params["content"] is not None and not expected:
+        module.fail_json(msg=f"sha256: {dest}: the sum its content must have, with content")
     current = sha256_of(dest) if os.path.isfile(dest) else ""
     result = {"changed": False, "url": url, "dest": dest, "sha256": current, "fetched": False}
 
@@ -117,7 +141,10 @@ def main():
             module.exit_json(**{**result, "changed": True})
         directory = os.path.dirname(dest)
         os.makedirs(directory, mode=0o755, exist_ok=True)
-        tmp, fetched = fetch(module, url, directory)
+        if module.params["content"] is not None:
+            tmp, fetched = written(module, module.params["content"], directory)
+        else:
+            tmp, fetched = fetch(module, url, directory)
         if expected and fetched != expected:
             os.unlink(tmp)
             module.fail_json(msg=f"{url}: sha256 mismatch: expected {expected}, got {fetched}; "

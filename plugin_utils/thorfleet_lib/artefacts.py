@@ -24,6 +24,9 @@ an entry in KINDS and a planner (see the README, "Adding an artefact kind").
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import posixpath
 
@@ -192,6 +195,71 @@ def _jit_got(entry, result):
     return entry if entry["key"] in (result.get("copied") or []) else None
 
 
+# --- files by URL: model_store plans them (the chat templates), url_file fetches each.
+# They go no host to host (small: each host fetches its own by URL, through the site's
+# proxy); on a site provisioned from a bundle, each is read in the bundle over Ansible's
+# connection to the site cache (slurp) and written only with the sum the lock pins.
+
+def _file_entry(item, platform=""):
+    return {"kind": "files", "key": json.dumps([item["name"], item["sha256"]]),
+            "pin": item["sha256"], "dest": item["dest"], "path": item["name"],
+            "platform": platform, "item": item}
+
+
+def _file_read_args(entry):
+    return {"models": [], "files": [entry["item"]]}
+
+
+def _file_report(entry, result):
+    """The file's sum, when the host holds it as url_file leaves it."""
+    result = result or {}
+    missing = result.get("files_missing")
+    if not isinstance(missing, list) or entry["dest"] in missing:
+        return None
+    return {"sha256": entry["pin"]}
+
+
+def _file_source_read_args(entry):
+    return {"src": entry["peer_entry"]["dest"]}
+
+
+def _file_source_report(entry, result):
+    """The bytes the source holds (slurp's base64) and their sum."""
+    content = (result or {}).get("content")
+    if not isinstance(content, str):
+        return None
+    try:
+        data = base64.b64decode(content, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return {"sha256": hashlib.sha256(data).hexdigest(), "content": content}
+
+
+def _file_refusal(entry, report):
+    pin, found = entry["pin"], report.get("sha256")
+    if found != pin:
+        return (f"files {entry['item']['name']} ({entry['dest']}): {entry['peer']['name']}'s "
+                f"{entry['peer_entry']['dest']} has sha256 {found}, not the {pin or '(none)'} "
+                "the lock pins: refused, nothing written (thorfleet bundle verify)")
+    return None
+
+
+def _file_copy_args(entry, peer, report):
+    item = entry["item"]
+    return {"url": item["url"], "dest": item["dest"], "sha256": entry["pin"],
+            "content": report["content"], "owner": "root", "group": "root", "mode": "0644"}
+
+
+def _file_got(entry, result):
+    return entry
+
+
+def _file_bundle_entry(entry, directory):
+    """The bundle's own entry of the file (files/<name>): its dest there."""
+    path = f"files/{entry['item']['name']}"
+    return {**entry, "dest": posixpath.join(directory, path), "path": path}
+
+
 # --- The bundle for a site with no internet (playbooks/bundle.yml; roles/artefacts,
 # tasks/bundle.yml): each thing the inventory's hosts need, once (filter
 # thorfleet_bundle_contents gathers it from the same plans as above), written from its
@@ -351,12 +419,19 @@ KINDS = {
         # compiles it, the rollout copies it on.
         "bundle": None, "bundle_share": None,
     },
-    # Files by URL (model_store: the chat templates) go no host to host: they are small,
-    # and each host fetches its own by URL (through the site's proxy) or reads it from
-    # the bundle over Ansible's connection.
+    # Files by URL (model_store: the chat templates) go no host to host (via: none):
+    # they are small, and each host fetches its own by URL (through the site's proxy). A
+    # bundle carries them; a site's hosts read each in the bundle over Ansible's
+    # connection to the site cache (bundle_share: ansible, no daemon), refused unless it
+    # has the sum the lock pins, and write it with that sum checked again.
     "files": {
         "role": "model_store", "upstream": True, "via": None,
-        "bundle": _file_bundle,
+        "read": "model_manifests", "copy": "url_file",
+        "entry": _file_entry, "read_args": _file_read_args, "report": _file_report,
+        "source_read": "ansible.legacy.slurp", "source_read_args": _file_source_read_args,
+        "source_report": _file_source_report, "refusal": _file_refusal,
+        "copy_args": _file_copy_args, "got": _file_got,
+        "bundle": _file_bundle, "bundle_entry": _file_bundle_entry, "bundle_share": "ansible",
     },
     # Images go through a registry (via: registry; roles/artefacts, tasks/registry.yml):
     # the site cache, a copy of the upstream registries, is their one fetch per fleet
@@ -383,9 +458,11 @@ ENTRY_FIELDS = ("kind", "key", "pin", "dest", "path", "platform", "item")
 
 
 def kind_of(name, moved=True):
-    """The table's entry of a kind (with `moved`: one the pipeline moves to the hosts), or
-    an error naming the kinds there are."""
-    kinds = sorted(k for k, v in KINDS.items() if v["via"] or not moved)
+    """The table's entry of a kind (with `moved`: one the pipeline moves to the hosts, from
+    host to host, through the site cache or from a site's bundle), or an error naming the
+    kinds there are."""
+    kinds = sorted(k for k, v in KINDS.items()
+                   if v["via"] or v.get("bundle_share") or not moved)
     if not isinstance(name, str) or name not in kinds:
         raise ArtefactError(f"artefacts_kind: {str(name)[:40]!r} is not one of "
                             f"{', '.join(kinds)}")
@@ -500,9 +577,10 @@ def read_call(entry):
 
 def source_read_call(entry):
     """(module, arguments) that read, on the source a round paired `entry` with (its
-    `peer_entry`), whether it holds what this host wants."""
+    `peer_entry`), whether it holds what this host wants (the kind's `source_read`
+    module where a source is read otherwise than a host: a bundle's files)."""
     kind = kind_of(check_entry(entry)["kind"])
-    return kind["read"], kind["source_read_args"](entry)
+    return kind.get("source_read") or kind["read"], kind["source_read_args"](entry)
 
 
 def report(entry, result):
@@ -511,8 +589,16 @@ def report(entry, result):
     return kind_of(entry["kind"])["report"](entry, result)
 
 
+def source_report(entry, result):
+    """What a source's read (source_read_call's module's result) says it holds of
+    `entry`, as report() for a host, or the kind's `source_report`."""
+    kind = kind_of(entry["kind"])
+    return (kind.get("source_report") or kind["report"])(entry, result)
+
+
 def via(kind):
-    """How the pipeline moves `kind` to the hosts: `share` or `registry`."""
+    """How the pipeline moves `kind` to the hosts: `share` or `registry`, or None (only
+    from a site's bundle: files by URL)."""
     return kind_of(kind)["via"]
 
 
@@ -544,8 +630,9 @@ def registry_sources(state, lock):
 
 def bundle_share(kind):
     """Which of the site cache's shares of a bundle a kind comes through: `rsync` (copied
-    from the bundle), `git` (made by the kind's role from the bundle's sources), or None
-    (no bundle carries it)."""
+    from the bundle), `git` (made by the kind's role from the bundle's sources), `ansible`
+    (read in the bundle over Ansible's connection to the cache: no daemon), or None (no
+    bundle carries it)."""
     return kind_of(kind)["bundle_share"]
 
 

@@ -200,11 +200,11 @@ def test_what_the_bundles_image_copies_found_goes_into_the_lock_over_what_it_had
 
 
 def test_a_kind_that_goes_no_host_to_host_is_refused_for_the_rounds():
-    # Files and images are bundled, but the rounds copy neither: a file is read over
-    # Ansible's connection, not moved by the pipeline; an image comes through the site
-    # cache's registry.
-    with pytest.raises(artefacts.ArtefactError, match="artefacts_kind"):
-        artefacts.entries("files", [])
+    # Files and images are bundled, but the rounds copy neither: a file is read in the
+    # bundle over Ansible's connection; an image comes through the site cache's registry.
+    with pytest.raises(artefacts.ArtefactError, match="artefacts_kind: files goes no host "
+                                                      "to host"):
+        fleet_filters.artefact_role("files")
     with pytest.raises(artefacts.ArtefactError, match="artefacts_kind: images goes through "
                                                       "the site cache"):
         fleet_filters.artefact_role("images")

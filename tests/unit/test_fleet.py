@@ -4,6 +4,7 @@ fetcher is replaced, and the settings are checked naming the field."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -530,11 +531,10 @@ def test_a_share_is_a_transient_unit_that_drops_other_addresses_and_runs_as_no_o
 # --- the pipeline's table of kinds --------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["files", "", None, ["models"]])
+@pytest.mark.parametrize("kind", ["bundles", "", None, ["models"]])
 def test_a_kind_the_table_lacks_is_refused_naming_the_setting(kind):
-    # Files by URL are bundled but not moved by the pipeline.
     with pytest.raises(artefacts.ArtefactError, match="artefacts_kind: .* is not one of "
-                                                      "builds, images, jit, models"):
+                                                      "builds, files, images, jit, models"):
         fleet.artefact_entries([entry()], kind)
 
 
@@ -648,3 +648,50 @@ def test_the_pipelines_action_refuses_a_read_that_could_change_and_a_bundle_writ
     assert read.startswith("the read steps run in check mode"), read
     assert section.startswith("section: 'jit' is not one of models, files, images, sources")
     assert directory == "directory: the bundle's directory, as an absolute path"
+
+
+def test_a_file_read_in_a_bundle_is_written_only_with_the_sum_the_lock_pins(tmp_path):
+    # A site's bundle, through the action plugin on this machine (the cache and the host
+    # both localhost): a file of the bundle changed there is refused as its read comes
+    # back, naming it, and the host's file is left as it was; the bundle's own file is
+    # written with its sum checked. Cost: one local run, about 3 s.
+    template = b"<|im_start|>assistant\n<think>\n\n</think>\n\n"  # no Jinja: the play mends
+    pin = hashlib.sha256(template).hexdigest()
+    bundle, dest = tmp_path / "bundle", tmp_path / "models" / "templates" / "t.jinja"
+    (bundle / "files").mkdir(parents=True)
+    (bundle / "files" / "t.jinja").write_bytes(template + b"changed in the bundle\n")
+    item = {"name": "t.jinja", "url": "https://example.invalid/t.jinja", "sha256": pin,
+            "dest": str(dest)}
+    (mine,) = fleet.artefact_entries([item], "files")
+    state = fleet.holdings([mine], {}, "localhost", "127.0.0.1", 873, "files")
+    (copy,) = artefacts.bundle_sources(state, "localhost", str(bundle), "rsync://x/b")
+    assert copy["peer_entry"]["dest"] == str(bundle / "files" / "t.jinja")
+    tasks = [
+        {"name": "read", "thorfleet_artefact": {"step": "read_source", "entry": copy},
+         "check_mode": True, "ignore_errors": True, "register": "tampered"},
+        {"name": "mend", "ansible.builtin.copy": {
+            "content": template.decode(), "dest": str(bundle / "files" / "t.jinja"),
+            "mode": "0644"}},
+        {"name": "read again", "thorfleet_artefact": {"step": "read_source", "entry": copy},
+         "check_mode": True, "register": "good"},
+        {"name": "write", "thorfleet_artefact": {"step": "copy", "entry": copy,
+                                                 "held": "{{ good.held }}"}},
+        {"name": "say", "ansible.builtin.copy": {
+            "content": "{{ [tampered.msg, tampered.held] | to_json }}",
+            "dest": str(tmp_path / "said.json"), "mode": "0644"}}]
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
+                                      "tasks": tasks}]))
+    done = bounded.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,",
+         "-c", "local", str(playbook)], 120, cwd=tmp_path,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1",
+             "ANSIBLE_ACTION_PLUGINS": str(ROOT / "roles/artefacts/action_plugins"),
+             "ANSIBLE_LIBRARY": f"{ROOT / 'library'}:{ROOT / 'roles/model_store/library'}",
+             "ANSIBLE_PYTHON_INTERPRETER": sys.executable})
+    assert done.returncode == 0, done.stdout + done.stderr
+    message, held = json.loads((tmp_path / "said.json").read_text())
+    assert message.startswith(f"files t.jinja ({dest}): localhost's {bundle}/files/t.jinja has "
+                              f"sha256 "), message
+    assert f"not the {pin} the lock pins: refused, nothing written" in message and held is None
+    assert dest.read_bytes() == template and oct(dest.stat().st_mode & 0o777) == "0o644"

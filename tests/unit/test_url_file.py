@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
 from functools import partial
@@ -92,3 +93,23 @@ def test_a_missing_url_fails_naming_it(server, fetch):
     done = fetch(f"{base}/nope.jinja")
     assert done.failed and done.result["msg"].startswith(f"{base}/nope.jinja: cannot fetch (404")
     assert not fetch.dest.exists()
+
+
+def test_bytes_read_elsewhere_are_written_only_with_the_pinned_sum(fetch, monkeypatch):
+    # A site's bundle: the bytes were read over Ansible's connection; nothing is fetched
+    # (the URL answers nothing here), and bytes of another sum leave dest as it was.
+    def given(content, sha256=SUM):
+        args = {"url": "http://127.0.0.1:9/t.jinja", "dest": str(fetch.dest), "sha256": sha256,
+                "mode": "0644", "content": base64.b64encode(content).decode()}
+        return run_module(url_file, args, monkeypatch)
+
+    done = given(TEMPLATE)
+    assert not done.failed and done.result["changed"] and fetch.dest.read_bytes() == TEMPLATE
+    assert given(TEMPLATE).result["changed"] is False
+    fetch.dest.write_bytes(b"edited on the host\n")
+    wrong = given(TEMPLATE + b"changed in the bundle\n")
+    assert wrong.failed and f"sha256 mismatch: expected {SUM}" in wrong.result["msg"]
+    assert fetch.dest.read_bytes() == b"edited on the host\n"
+    unpinned = given(TEMPLATE, sha256="")
+    assert unpinned.failed and unpinned.result["msg"].startswith("sha256: ")
+    assert fetch.dest.read_bytes() == b"edited on the host\n"

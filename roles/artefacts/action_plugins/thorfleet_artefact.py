@@ -97,7 +97,7 @@ class ActionModule(ActionBase):
         answer = self._run(module, args, task_vars)
         if answer.get("failed") or answer.get("unreachable"):
             return {**answer, "held": None}
-        held = artefacts.report(entry, answer)
+        held = artefacts.source_report(entry, answer)
         # What the source holds that is not what the lock pins is refused here, before
         # this host copies anything.
         refused = artefacts.refusal(entry, held) if held is not None else None
