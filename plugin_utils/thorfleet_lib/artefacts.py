@@ -70,16 +70,23 @@ def _model_report(entry, result):
     return held[0] if held else None
 
 
+def _pin_refusal(entry, label, what, found, unpinned_ok, checker=""):
+    """Why a source's `what` (its `found` value) is not what the lock pins (the entry's
+    pin), or None; with `unpinned_ok`, nothing pinned yet refuses nothing."""
+    pin = entry["pin"]
+    if found == pin or (unpinned_ok and not pin):
+        return None
+    return (f"{label} ({entry['dest']}): {entry['peer']['name']}'s {what} {found}, not the "
+            f"{pin or '(none)'} the lock pins{checker}: refused, nothing copied")
+
+
 def _model_refusal(entry, report):
     """Why a source's copy of the model cannot be the one the lock pins: its manifest's
     digest is another (whoever could change a file in the source could write the
-    manifest again to match it; model_download checks it again)."""
-    pin, found = entry["pin"], report.get("manifest_digest")
-    if pin and found != pin:
-        return (f"{entry['item']['repo_id']} ({entry['dest']}): {entry['peer']['name']}'s "
-                f"manifest has digest {found}, not the {pin} the lock pins "
-                "(model_manifests): refused, nothing copied")
-    return None
+    manifest again to match it; model_download checks it again). A model nothing pins
+    yet (a first fetch) takes the source's."""
+    return _pin_refusal(entry, entry["item"]["repo_id"], "manifest has digest",
+                        report.get("manifest_digest"), True, " (model_manifests)")
 
 
 def _model_copy_args(entry, peer, report):
@@ -236,12 +243,10 @@ def _file_source_report(entry, result):
 
 
 def _file_refusal(entry, report):
-    pin, found = entry["pin"], report.get("sha256")
-    if found != pin:
-        return (f"files {entry['item']['name']} ({entry['dest']}): {entry['peer']['name']}'s "
-                f"{entry['peer_entry']['dest']} has sha256 {found}, not the {pin or '(none)'} "
-                "the lock pins: refused, nothing written (thorfleet bundle verify)")
-    return None
+    """Why the source's bytes are not the file the lock pins (a file on a site always has
+    a pin: its bundle carries it at one)."""
+    return _pin_refusal(entry, f"files {entry['item']['name']}",
+                        f"{entry['peer_entry']['dest']} has sha256", report.get("sha256"), False)
 
 
 def _file_copy_args(entry, peer, report):

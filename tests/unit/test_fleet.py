@@ -615,6 +615,23 @@ def test_a_source_whose_manifest_is_not_the_one_the_lock_pins_is_refused_before_
                              {"manifest_digest": "sha256:" + "b" * 64}) is None
 
 
+def play_locally(tmp_path, tasks):
+    """Runs `tasks` on this machine through ansible-playbook, with the pipeline's action
+    plugin and the project's modules; what the last task wrote to said.json."""
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
+                                      "tasks": tasks}]))
+    done = bounded.run(
+        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,",
+         "-c", "local", str(playbook)], 120, cwd=tmp_path,
+        env={**os.environ, "ANSIBLE_NOCOLOR": "1",
+             "ANSIBLE_ACTION_PLUGINS": str(ROOT / "roles/artefacts/action_plugins"),
+             "ANSIBLE_LIBRARY": f"{ROOT / 'library'}:{ROOT / 'roles/model_store/library'}",
+             "ANSIBLE_PYTHON_INTERPRETER": sys.executable})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads((tmp_path / "said.json").read_text())
+
+
 def test_the_pipelines_action_refuses_a_read_that_could_change_and_a_bundle_write_out_of_place(
         tmp_path):
     # The action plugin itself (roles/artefacts/action_plugins), on this machine through
@@ -634,17 +651,7 @@ def test_the_pipelines_action_refuses_a_read_that_could_change_and_a_bundle_writ
         {"name": "say", "ansible.builtin.copy": {
             "content": "{{ [read.msg, section.msg, directory.msg] | to_json }}",
             "dest": str(tmp_path / "said.json"), "mode": "0644"}}]
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
-                                      "tasks": tasks}]))
-    done = bounded.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,",
-         "-c", "local", str(playbook)], 120, cwd=tmp_path,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1",
-             "ANSIBLE_ACTION_PLUGINS": str(ROOT / "roles/artefacts/action_plugins"),
-             "ANSIBLE_PYTHON_INTERPRETER": sys.executable})
-    assert done.returncode == 0, done.stdout + done.stderr
-    read, section, directory = json.loads((tmp_path / "said.json").read_text())
+    read, section, directory = play_locally(tmp_path, tasks)
     assert read.startswith("the read steps run in check mode"), read
     assert section.startswith("section: 'jit' is not one of models, files, images, sources")
     assert directory == "directory: the bundle's directory, as an absolute path"
@@ -679,19 +686,8 @@ def test_a_file_read_in_a_bundle_is_written_only_with_the_sum_the_lock_pins(tmp_
         {"name": "say", "ansible.builtin.copy": {
             "content": "{{ [tampered.msg, tampered.held] | to_json }}",
             "dest": str(tmp_path / "said.json"), "mode": "0644"}}]
-    playbook = tmp_path / "play.yml"
-    playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
-                                      "tasks": tasks}]))
-    done = bounded.run(
-        [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,",
-         "-c", "local", str(playbook)], 120, cwd=tmp_path,
-        env={**os.environ, "ANSIBLE_NOCOLOR": "1",
-             "ANSIBLE_ACTION_PLUGINS": str(ROOT / "roles/artefacts/action_plugins"),
-             "ANSIBLE_LIBRARY": f"{ROOT / 'library'}:{ROOT / 'roles/model_store/library'}",
-             "ANSIBLE_PYTHON_INTERPRETER": sys.executable})
-    assert done.returncode == 0, done.stdout + done.stderr
-    message, held = json.loads((tmp_path / "said.json").read_text())
+    message, held = play_locally(tmp_path, tasks)
     assert message.startswith(f"files t.jinja ({dest}): localhost's {bundle}/files/t.jinja has "
                               f"sha256 "), message
-    assert f"not the {pin} the lock pins: refused, nothing written" in message and held is None
+    assert f"not the {pin} the lock pins: refused, nothing copied" in message and held is None
     assert dest.read_bytes() == template and oct(dest.stat().st_mode & 0o777) == "0o644"
