@@ -5,6 +5,7 @@ fetcher is replaced, and the settings are checked naming the field."""
 from __future__ import annotations
 
 import hashlib
+import http.server
 import importlib
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, load
+from tests.conftest import ROOT, load, loopback_server
 from thorfleet import bounded
 
 fleet = load("filter_plugins/fleet.py")
@@ -615,21 +616,25 @@ def test_a_source_whose_manifest_is_not_the_one_the_lock_pins_is_refused_before_
                              {"manifest_digest": "sha256:" + "b" * 64}) is None
 
 
-def play_locally(tmp_path, tasks):
+def play_locally(tmp_path, tasks, *options):
     """Runs `tasks` on this machine through ansible-playbook, with the pipeline's action
-    plugin and the project's modules; what the last task wrote to said.json."""
+    plugin and the project's modules; what the last task wrote to said.json (with
+    `options`, ansible-playbook's, that and its output)."""
     playbook = tmp_path / "play.yml"
     playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False,
                                       "tasks": tasks}]))
     done = bounded.run(
         [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "localhost,",
-         "-c", "local", str(playbook)], 120, cwd=tmp_path,
+         "-c", "local", *options, str(playbook)], 120, cwd=tmp_path,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1",
              "ANSIBLE_ACTION_PLUGINS": str(ROOT / "roles/artefacts/action_plugins"),
              "ANSIBLE_LIBRARY": f"{ROOT / 'library'}:{ROOT / 'roles/model_store/library'}",
+             "ANSIBLE_MODULE_UTILS": ":".join(str(ROOT / "roles" / role / "module_utils")
+                                             for role in ("thorfleet", "model_store")),
              "ANSIBLE_PYTHON_INTERPRETER": sys.executable})
     assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads((tmp_path / "said.json").read_text())
+    said = json.loads((tmp_path / "said.json").read_text())
+    return (said, done.stdout + done.stderr) if options else said
 
 
 def test_the_pipelines_action_refuses_a_read_that_could_change_and_a_bundle_write_out_of_place(
@@ -691,3 +696,43 @@ def test_a_file_read_in_a_bundle_is_written_only_with_the_sum_the_lock_pins(tmp_
                               f"sha256 "), message
     assert f"not the {pin} the lock pins: refused, nothing copied" in message and held is None
     assert dest.read_bytes() == template and oct(dest.stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_hubs_token_reaches_the_hub_and_no_output_of_a_bundle_write(tmp_path):
+    # thorfleet bundle create's one loop (step bundle) with a private hub's token, at full
+    # verbosity, against a hub on loopback that refuses it: the token is sent to the hub,
+    # and neither the output nor the failed result shows it. Cost: one local run, 3 s.
+    token = "hf_" + "Secret7" * 5
+    seen = []
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error": "Invalid credentials"}')
+
+        do_HEAD = do_GET  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    item = {"source": "huggingface", "repo_id": "Qwen/Qwen3-0.6B",
+            "revision": "c1899de289a04d12100db370d81485cdf75e47ca", "id": "qwen3",
+            "sha256s": {}, "allow_patterns": [], "ignore_patterns": []}
+    with loopback_server(Refusing) as port:
+        tasks = [
+            {"name": "bundle", "thorfleet_artefact": {
+                "step": "bundle", "section": "models", "item": item,
+                "directory": str(tmp_path / "bundle"),
+                "settings": {"endpoints": {"huggingface": f"http://127.0.0.1:{port}"},
+                             "tokens": {"huggingface": token}}},
+             "ignore_errors": True, "register": "written"},
+            {"name": "say", "ansible.builtin.copy": {
+                "content": "{{ written | to_json }}", "dest": str(tmp_path / "said.json"),
+                "mode": "0644"}}]
+        written, output = play_locally(tmp_path, tasks, "-vvv")
+    assert written["failed"] and seen and all(token in header for header in seen), written
+    assert "Qwen/Qwen3-0.6B" in output
+    assert token not in output and token not in json.dumps(written)
