@@ -1,8 +1,8 @@
 """Fetching once per fleet on the lab (thorfleet_fleet_fetch): a model revision leaves the
 hub once, for one host, and reaches the others host to host (rsync from a share each host
 opens for the models phase only), each copy verified against the source's manifest; a
-host that holds it fetches nothing, and a copy whose bytes differ is refused and taken
-from another host."""
+host that holds it fetches nothing, and a copy whose bytes differ, or a source whose
+manifest is not the one the lock pins, is refused and taken from another host."""
 
 from __future__ import annotations
 
@@ -200,6 +200,35 @@ def test_a_copy_that_differs_from_the_sources_manifest_is_refused_and_taken_else
     # No host asked the hub, and the hosts that hold it fetched nothing.
     assert model_gets(lab, since) == []
     assert manifest(fleet["thor01"]) == held and manifest(fleet["thor04"]) == held
+    assert all(share_closed(host) for host in fleet.values())
+
+
+def test_a_source_whose_manifest_is_not_the_lock_pin_is_refused_before_a_copy(lab, fleet):
+    # thor01's model file changed and its manifest written again to match (whoever can
+    # write a host's files can): the copy's byte checks would pass, but the manifest's
+    # digest is not the one the lock pins. thor03's read of thor01 is refused before any
+    # copy, naming both digests; thor01 is a lost source, and the next round copies the
+    # model from thor04, not from the hub. Cost: ~20 s (one models run).
+    held = manifest(fleet["thor01"])
+    lab.ssh("thor03", f"rm -rf {MODEL} /models/Qwen/.Qwen3-8B.partial")
+    lab.ssh("thor01", f"cp {MODEL}/thorfleet-manifest.json /root/manifest.kept && {FLIP}")
+    lab.ssh("thor01", "python3 -c " + shlex.quote(
+        "import hashlib, json, sys; path = sys.argv[1]; m = json.load(open(path + "
+        "'/thorfleet-manifest.json')); m['files']['model.safetensors']['sha256'] = "
+        "hashlib.sha256(open(path + '/model.safetensors', 'rb').read()).hexdigest(); "
+        "json.dump(m, open(path + '/thorfleet-manifest.json', 'w'))") + f" {MODEL}")
+    since = len(hub_log(lab))
+    try:
+        run = models(*ON)
+    finally:
+        lab.ssh("thor01", f"{FLIP} && cp /root/manifest.kept {MODEL}/thorfleet-manifest.json")
+    assert run.rc == 0 and run.recap["thor03"]["failed"] == 0, run
+    text = " ".join(run.output.split())
+    assert re.search(r"thor01's manifest has digest (sha256:)?[0-9a-f]{64}, not the "
+                     r"(sha256:)?[0-9a-f]{64} the "
+                     r"lock pins \(model_manifests\): refused, nothing copied", text), run
+    copied_from_thor04(run, fleet["thor03"], held)
+    assert model_gets(lab, since) == []
     assert all(share_closed(host) for host in fleet.values())
 
 
