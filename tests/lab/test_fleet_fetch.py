@@ -184,7 +184,7 @@ def test_a_copy_that_differs_from_the_sources_manifest_is_refused_and_taken_else
     # copy is refused, nothing of it moved in, and thor01 is a lost source. thor03 stays
     # in the run, and the next round copies the model from thor04, not from the hub.
     # Cost: ~20 s (one models run; before, a refused run and a second to heal).
-    held = manifest(fleet["thor01"])
+    held, held04 = manifest(fleet["thor01"]), manifest(fleet["thor04"])
     lab.ssh("thor03", f"rm -rf {MODEL} /models/Qwen/.Qwen3-8B.partial")
     lab.ssh("thor01", FLIP)
     since = len(hub_log(lab))
@@ -199,7 +199,9 @@ def test_a_copy_that_differs_from_the_sources_manifest_is_refused_and_taken_else
     copied_from_thor04(run, fleet["thor03"], held)
     # No host asked the hub, and the hosts that hold it fetched nothing.
     assert model_gets(lab, since) == []
-    assert manifest(fleet["thor01"]) == held and manifest(fleet["thor04"]) == held
+    # The sources are as they were (each host's manifest its own: a host that fetched
+    # after the lock pinned the commit names it as its revision).
+    assert manifest(fleet["thor01"]) == held and manifest(fleet["thor04"]) == held04
     assert all(share_closed(host) for host in fleet.values())
 
 

@@ -5,6 +5,8 @@ renders them (so the sums match what the copy task writes), with `spec` set per 
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 
 import pytest
 from ansible.errors import AnsibleLookupError
@@ -12,7 +14,7 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.plugins.loader import lookup_loader
 from ansible.template import Templar
 
-from tests.conftest import load
+from tests.conftest import ROOT, load
 
 unit_files = load("roles/inference_services/lookup_plugins/thorfleet_unit_files.py")
 
@@ -91,3 +93,38 @@ def test_a_wrong_kind_of_file_or_a_missing_template_is_refused(role):
         ours.run(["units"], variables, specs=SPECS, directory="/e")
     with pytest.raises(AnsibleLookupError, match="no template other.service.j2"):
         ours.run(["unit"], variables, specs=[{**SPECS[0], "kind": "other"}], directory="/e")
+
+
+@pytest.mark.parametrize("managed", [
+    "Ansible managed",
+    # A site's own setting: its placeholders and time codes, as Ansible expands them.
+    "Managed by {uid} on {host} from {file}, changed %Y-%m-%d",
+    None])  # the user's own ansible_managed variable, which the setting never replaces
+def test_ansible_managed_is_what_the_template_lookup_makes_of_the_setting(
+        role, monkeypatch, managed):
+    from ansible import constants
+    real = constants.config.get_config_value
+    monkeypatch.setattr(constants.config, "get_config_value", lambda name, *a, **k: (
+        managed if name == "DEFAULT_MANAGED_STR" and managed else real(name, *a, **k)))
+    ours, builtin, variables = lookups(role)
+    if managed is None:
+        variables["ansible_managed"] = "kept by the site's own tooling"
+    (unit, _) = ours.run(["unit"], variables, specs=SPECS, directory="/e")
+    expected = builtin.run(["container.service.j2"], variables,
+                           template_vars={"spec": SPECS[0]})[0]
+    assert unit["content"] == expected
+    line = unit["content"].splitlines()[1]
+    if managed is None:
+        assert line == "# kept by the site's own tooling"
+    elif managed == "Ansible managed":
+        assert line == "# Ansible managed"
+    else:
+        year = time.localtime((role / "templates/container.service.j2").stat().st_mtime).tm_year
+        assert line.startswith("# Managed by ") and (
+            f" on {os.uname()[1]} from container.service.j2, changed {year}-" in line), line
+
+
+def test_the_lookup_uses_no_private_ansible_core_interface():
+    source = (ROOT / "roles/inference_services/lookup_plugins/thorfleet_unit_files.py"
+              ).read_text()
+    assert "ansible._internal" not in source and "_internal" not in source

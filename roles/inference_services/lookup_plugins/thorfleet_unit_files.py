@@ -6,17 +6,23 @@ ansible_managed), and returns only those whose sha1 differs from the one the hos
 reported (thorfleet_service_state's file_sums): a converged host gets an empty list, so
 the task that writes them runs no module at all. Unlike the template lookup, it layers
 `spec` over the variables instead of copying them all for each file (a deep copy of every
-variable took about 25 ms a file).
+variable took about 25 ms a file). It uses ansible-core's public interfaces only: the
+template variables Ansible adds (template_path and the rest, and `ansible_managed` from
+the DEFAULT_MANAGED_STR setting unless the user set the variable) are made here, as the
+template lookup documents them.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import posixpath
+import pwd
+import time
 from collections import ChainMap
 
-from ansible._internal._templating import _template_vars
+from ansible import constants
 from ansible.errors import AnsibleLookupError
 from ansible.plugins.lookup import LookupBase
 from ansible.template import trust_as_template
@@ -48,6 +54,29 @@ options:
 """
 
 TEMPLATES = {"unit": "{kind}.service.j2", "env": "service.env.j2"}
+
+
+def template_variables(name, path, managed):
+    """The variables Ansible's template lookup and action add for the template `name`
+    found at `path`; with `managed`, `ansible_managed` too: the DEFAULT_MANAGED_STR
+    setting, its {host}, {uid} and {file} as template expressions of those variables
+    (never their values: no template injection), its strftime codes for the template's
+    modification time."""
+    info = os.stat(path)
+    try:
+        owner = pwd.getpwuid(info.st_uid).pw_name
+    except KeyError:
+        owner = info.st_uid
+    found = {"template_host": os.uname()[1], "template_path": name,
+             "template_mtime": datetime.datetime.fromtimestamp(info.st_mtime),
+             "template_uid": owner, "template_run_date": datetime.datetime.now(),
+             "template_destpath": None, "template_fullpath": path}
+    if managed:
+        setting = constants.config.get_config_value("DEFAULT_MANAGED_STR").format(
+            host="{{ template_host }}", uid="{{ template_uid }}", file="{{ template_path }}")
+        found["ansible_managed"] = trust_as_template(
+            time.strftime(setting, time.localtime(info.st_mtime)))
+    return found
 NAMES = {"unit": "{unit}", "env": "{name}.env"}
 
 
@@ -69,9 +98,7 @@ class LookupModule(LookupBase):
         path = self.find_file_in_search_path(variables, "templates", name)
         if not path:
             raise AnsibleLookupError(f"thorfleet_unit_files: no template {name}")
-        template_vars = _template_vars.generate_ansible_template_vars(
-            path=name, fullpath=path,
-            include_ansible_managed="ansible_managed" not in variables)
+        template_vars = template_variables(name, path, "ansible_managed" not in variables)
         templar = self._templar.copy_with_new_env(
             available_variables=ChainMap({"spec": spec}, template_vars, variables),
             searchpath=[os.path.dirname(path)])
