@@ -487,6 +487,20 @@ def test_the_site_cache_copies_the_hosts_image_once_and_the_hosts_run_it_from_th
                                      for name in ("thor03", "thor04")), again
         assert registry_requests(lab, since, BESIDE) == []
 
+        # thor04 loses the image and its trust in the cache (a host replaced), while the
+        # run's first host, thor03, holds everything: thor04 trusts the cache again and
+        # pulls from it, with no restart (its container runs the same image). Cost: the
+        # images phase of the two hosts, about 10 s.
+        certs = f"/etc/docker/certs.d/{cached.split('/')[0]}"
+        lab.ssh("thor04", f"rm -rf {certs} && docker rmi -f {cached} >/dev/null")
+        main_pid = "systemctl show -p MainPID --value thorfleet-chat"
+        pids = {name: hosts[name].check_output(main_pid) for name in ("thor03", "thor04")}
+        refilled = Playbook(*converge[:4], "--tags", "images", *converge[4:])
+        assert refilled.rc == 0, refilled
+        assert hosts["thor04"].file(f"{certs}/ca.crt").exists
+        assert hosts["thor04"].run(f"docker image inspect {cached}").rc == 0
+        assert {name: hosts[name].check_output(main_pid) for name in pids} == pids
+
         # A tag nvcr.io does not have: the cache's copy fails naming the image, the other
         # host stops naming the cache, and the services run what they ran.
         missing = f"nvcr.io/nvidia/vllm:{tag}-missing"
