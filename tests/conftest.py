@@ -27,6 +27,7 @@ from tests.timing import (  # noqa: F401
     pytest_terminal_summary,
     record_phase,
 )
+from thorfleet import catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +53,12 @@ def load(relative: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# The recipe catalogue as every role reads it: the project's catalogue/ folder, read by the
+# roles' lookup (thorfleet.catalogue), with recipes that extend another resolved and every
+# entry checked by the filter the roles use (merge_catalogue).
+CATALOGUE = load("filter_plugins/catalogue.py").merge_catalogue(catalogue.load(ROOT))
 
 
 @pytest.fixture(scope="session")

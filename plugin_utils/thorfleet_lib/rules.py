@@ -244,9 +244,10 @@ def merge_catalogue(catalogue, extra=None):
         if not isinstance(added, dict):
             raise CatalogueError(f"thorfleet_catalogue_extra.{section}: a mapping of entries "
                                  f"by name, not {_kind(added)}")
-        merged[section] = {
-            name: _unset(entry)
-            for name, entry in _merged((catalogue or {}).get(section) or {}, added).items()}
+        entries = _merged((catalogue or {}).get(section) or {}, added)
+        if section == "recipes":
+            entries = _extended(entries, added)
+        merged[section] = {name: _unset(entry) for name, entry in entries.items()}
         for name, entry in merged[section].items():
             in_section, where = _where(section, added, name)
             check_field(in_section, "key", name, KEY_RULES[section])
@@ -261,6 +262,36 @@ def merge_catalogue(catalogue, extra=None):
                                  "catalogue's models")
     _check_places(merged, extra)
     return merged
+
+
+def _extended(recipes, added):
+    """Each recipe with `extends: <recipe>` as that recipe's fields with its own on top, by
+    the merge rule above (so a variant states only what differs: `sampling: {top_p: 0.8}`
+    changes one sampling field, `args` given again replace the list), after the inventory's
+    entries are merged in: a change to a recipe reaches the recipes that extend it."""
+    done = {}
+
+    def resolve(name, chain):
+        if name in done:
+            return done[name]
+        entry = recipes[name]
+        if not isinstance(entry, dict) or entry.get("extends") is None:
+            done[name] = entry
+            return entry
+        base = entry["extends"]
+        _, where = _where("recipes", added, name)
+        if not isinstance(base, str) or base not in recipes:
+            raise CatalogueError(f"{where}: field extends: {base!r} is not in the "
+                                 "catalogue's recipes")
+        if base in chain:
+            loop = " -> ".join([*chain[chain.index(base):], base])
+            raise CatalogueError(f"{where}: field extends: {base!r} leads back to it "
+                                 f"({loop})")
+        own = {field: value for field, value in entry.items() if field != "extends"}
+        done[name] = _merged(resolve(base, [*chain, base]), own)
+        return done[name]
+
+    return {name: resolve(name, [name]) for name in recipes}
 
 
 def _model_places(model):

@@ -10,15 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import BUILDS_ROOT, ROOT, load
+from tests.conftest import BUILDS_ROOT, CATALOGUE, ROOT, load
 from tests.guide import GUIDE
 from tests.guide import model_path as guide_model_path
 
 catalogue_filters = load("filter_plugins/catalogue.py")
 # Resolved with the default builds root, as a fleet whose inventory says nothing.
 service_specs = functools.partial(catalogue_filters.service_specs, builds_root=BUILDS_ROOT)
-CATALOGUE = yaml.safe_load((ROOT / "roles/thorfleet/vars/main.yml").read_text())[
-    "thorfleet_catalogue"]
 TEMPLATE_URL = ("https://qwen.readthedocs.io/en/latest/_downloads/"
                 "c101120b5bebcc2f12ec504fc93a965e/qwen3_nonthinking.jinja")
 # The published template's sum (4148 bytes, CRLF line ends), written here by hand.

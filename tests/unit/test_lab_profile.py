@@ -8,14 +8,12 @@ import hashlib
 
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import CATALOGUE, ROOT
 from thorfleet.lab import config
 from thorfleet.lab import hub as lab_hub
 from thorfleet.lab.inventory import PROFILE
 
 LAB = yaml.safe_load(PROFILE.read_text())
-CATALOGUE = yaml.safe_load((ROOT / "roles/thorfleet/vars/main.yml").read_text())[
-    "thorfleet_catalogue"]
 
 
 def test_the_profile_points_at_the_lab_upstreams_it_runs():

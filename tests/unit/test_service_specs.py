@@ -13,14 +13,12 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import BUILDS_ROOT, ROOT, load
+from tests.conftest import BUILDS_ROOT, CATALOGUE, ROOT, load
 from tests.guide import BINARIES, GUIDE, guide, same_tokens
 
 catalogue_filters = load("filter_plugins/catalogue.py")
 # Resolved with the default builds root, as a fleet whose inventory says nothing.
 service_specs = functools.partial(catalogue_filters.service_specs, builds_root=BUILDS_ROOT)
-CATALOGUE = yaml.safe_load((ROOT / "roles/thorfleet/vars/main.yml").read_text())[
-    "thorfleet_catalogue"]
 def specs(services, **kwargs):
     return service_specs(services, CATALOGUE, host="thor01", **kwargs)
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from thorfleet import catalogue
 from thorfleet.lab import hub as lab_hub
 from thorfleet.lab import images as lab_images
 from thorfleet.lab.config import (
@@ -121,9 +122,8 @@ class Upstreams:
     def container_engines(self) -> dict[str, tuple[str, str]]:
         """{engine: (repository, tag)} of the catalogue's container images, the registry's
         host left out: where the lab registry serves each engine's stand-in."""
-        catalogue = yaml.safe_load((self.project / "roles/thorfleet/vars/main.yml").read_text())
         found = {}
-        for engine, spec in catalogue["thorfleet_catalogue"]["engines"].items():
+        for engine, spec in catalogue.load(self.project)["engines"].items():
             if spec["kind"] == "container":
                 name, tag = spec["image"].rsplit(":", 1)
                 found[engine] = (name.split("/", 1)[1], tag)
