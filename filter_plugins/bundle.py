@@ -59,10 +59,11 @@ def image_archive(platform_digest):
 
 
 def bundle_need(hostvars):
-    """What one host needs (its hostvars, after roles/thorfleet/tasks/bundle_needs.yml)."""
+    """What one host needs (its hostvars, after roles/thor_preflight/tasks/bundle_needs.yml:
+    the role's result, thor_preflight_result.bundle_needs)."""
+    needs = (hostvars.get("thor_preflight_result") or {}).get("bundle_needs") or {}
     return {"host": hostvars["inventory_hostname"],
-            **{part: hostvars.get(f"__thorfleet_bundle_{part}") or []
-               for part in ("models", "files", "images", "engines")}}
+            **{part: needs.get(part) or [] for part in ("models", "files", "images", "engines")}}
 
 
 # Per part of a host's needs: where it goes in the bundle's contents, whether the lock

@@ -1,7 +1,7 @@
 """The services phase's one computation: what each unit runs, from the host's resolved
 services and what the phases found on the host, so that the unit templates only render.
 
-For each service (a spec of __thorfleet_services) the result is the spec with `run`:
+For each service (a spec of thorfleet_services_resolved) the result is the spec with `run`:
   image         the image it runs, by digest (container engines; "" before one is pinned)
   build         the engine build `current` points to (native engines; "not built")
   binary        the binary in that build, by the build's own name, so that the last good

@@ -47,7 +47,7 @@ author:
 EXAMPLES = r"""
 - name: Lock this host for this run
   thorfleet_run_lock:
-    run: "{{ hostvars.localhost.__thorfleet_run }}"
+    run: "{{ hostvars.localhost.thorfleet_common_result.run }}"
   register: lock
 
 - name: Clear a lock left by a run that was killed

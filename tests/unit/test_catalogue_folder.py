@@ -157,7 +157,7 @@ def test_a_folder_that_is_not_a_catalogue_is_refused_naming_the_file(tmp_path, r
 
 def test_a_site_sets_its_own_catalogue_folder_in_the_inventory(tmp_path):
     # The way an Ansible user overrides a role's data: a group variable. The roles' view
-    # of the catalogue (thorfleet's __thorfleet_catalogue) is the site's folder with the
+    # of the catalogue (thorfleet's thorfleet_catalogue_merged) is the site's folder with the
     # inventory's thorfleet_catalogue_extra on top. Cost: one local run, about 2 s.
     site = folder(tmp_path / "site")
     inventory = tmp_path / "inventory"
@@ -172,7 +172,7 @@ def test_a_site_sets_its_own_catalogue_folder_in_the_inventory(tmp_path):
     playbook.write_text(json.dumps([{
         "hosts": "localhost", "gather_facts": False, "roles": ["thorfleet"],
         "tasks": [{"ansible.builtin.copy": {
-            "content": "{{ __thorfleet_catalogue.recipes | to_json }}", "dest": str(said),
+            "content": "{{ thorfleet_catalogue_merged.recipes | to_json }}", "dest": str(said),
             "mode": "0644"}}]}]))
     done = bounded.run(
         [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(inventory),

@@ -10,14 +10,28 @@ import yaml
 
 from tests.conftest import ROOT, SHARED_DEFAULTS
 
-ROLES = sorted(p.parent.parent.name for p in ROOT.glob("roles/*/meta/argument_specs.yml"))
+
+def entry_point(role: str):
+    # The shared settings' entry point is `settings` (checked once, by thor_preflight).
+    return "settings" if role == "thorfleet" else "main"
+
+
+def specs(role: str) -> dict:
+    path = ROOT / "roles" / role / "meta/argument_specs.yml"
+    return yaml.safe_load(path.read_text())["argument_specs"] if path.exists() else {}
+
+
+# The roles with settings: a `main` (or `settings`) entry point in their argument spec
+# (thorfleet_common has only entry points of its own, each with its inputs).
+ROLES = sorted(p.parent.parent.name for p in ROOT.glob("roles/*/meta/argument_specs.yml")
+               if entry_point(p.parent.parent.name) in specs(p.parent.parent.name))
 
 
 def spec_options(role: str) -> dict:
-    spec = yaml.safe_load((ROOT / "roles" / role / "meta/argument_specs.yml").read_text())
-    # The shared settings' entry point is `settings` (checked once, by thor_preflight).
-    entry = "settings" if role == "thorfleet" else "main"
-    return spec["argument_specs"][entry]["options"]
+    """The role's settings: its main options, less the inputs a caller must give (the
+    artefact pipeline's kind and entries), which have no default."""
+    return {name: option for name, option in specs(role)[entry_point(role)]["options"].items()
+            if not option.get("required")}
 
 
 def defaults_of(role: str) -> dict:

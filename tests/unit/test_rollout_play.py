@@ -44,23 +44,23 @@ ROLES = {
   changed_when: false
   failed_when: false
 """,
-    # The real role writes the units before it restarts anything.
+    # The real role writes the units before it restarts anything; each stand-in hands
+    # back its role's result as the role's README documents it.
     "inference_services/tasks/main.yml": """
 - name: Stand in for the units written
   ansible.builtin.set_fact:
-    __inference_services_units: {results: []}
-    __inference_services_restarted: [chat]
+    inference_services_result: {units_written: true, restarted: [chat]}
 """ + RECORD.format(what="services"),
     "inference_services/tasks/keep_last_good.yml": RECORD.format(what="keep"),
     "inference_services/tasks/rollback.yml": RECORD.format(what="rollback") + """
 - name: Stand in for the services put back
   ansible.builtin.set_fact:
-    __inference_services_put_back: [chat]
+    inference_services_result: "{{ inference_services_result | combine({'put_back': ['chat']}) }}"
 """,
     "service_verify/tasks/main.yml": RECORD.format(what="verify") + """
 - name: Stand in for the answers
   ansible.builtin.set_fact:
-    __service_verify: {answers: {results: [1, 2]}}
+    service_verify_result: {checks: 2}
     __verify_asked: "{{ __verify_asked | default(0) | int + 1 }}"
 - name: Fail the check after the soak where asked
   ansible.builtin.fail:
@@ -73,7 +73,7 @@ ROLES = {
     "model_store/tasks/revisions.yml": """
 - name: Stand in for the model revisions
   ansible.builtin.set_fact:
-    __model_store_revisions_done: {dests: []}
+    model_store_result: {switched: []}
 """,
 }
 
