@@ -1,10 +1,11 @@
 """When each phase of a run started, and when the run ended: the bench's per-phase
-breakdown. A phase is a play of site.yml, except in the switch, whose tasks count to
-their role's phase (thorfleet.phases, which `thorfleet deploy` counts by too).
+breakdown. A phase is what a play of site.yml says in its variable thorfleet_phase,
+except in the switch, whose tasks count to their role's phase (thorfleet.phases, which
+`thorfleet deploy` counts by too).
 
 Enabled by bench/noop_rerun.py only, for both arms alike: ANSIBLE_CALLBACK_PLUGINS names
 this directory, ANSIBLE_CALLBACKS_ENABLED names phase_times, and THORFLEET_PHASE_TIMES
-names the JSON file to write ([[play name, seconds since the epoch], ..., ["end", ...]]).
+names the JSON file to write ([[phase, seconds since the epoch], ..., ["end", ...]]).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 from ansible.plugins.callback import CallbackBase
 
-from thorfleet.phases import phase
+from thorfleet.phases import phase, play_phase
 
 DOCUMENTATION = """
 name: phase_times
@@ -45,7 +46,8 @@ class CallbackModule(CallbackBase):
             self.marks.append([name, time.time()])
 
     def v2_playbook_on_play_start(self, play):
-        self.play = play.get_name()
+        # The play's phase by its variable thorfleet_phase, not its name.
+        self.play = play_phase({"vars": play.vars, "name": play.get_name()})
         self._mark(phase(self.play, None))
 
     def v2_playbook_on_task_start(self, task, is_conditional):

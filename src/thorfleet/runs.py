@@ -37,14 +37,25 @@ class Progress:
 
     out: object = field(default_factory=lambda: sys.stdout)
     counts: dict = field(default_factory=dict)
+    # The phase of each play of the playbook, in order (phases.plays; run_playbook reads
+    # them): ansible-runner's events name a play, not its variables.
+    phases: list = field(default_factory=list)
     play: str = ""
+    phase: str = ""
     stats: dict = field(default_factory=dict)  # Ansible's own recap, at the end
+    started: list = field(default_factory=list)  # the plays started, by uuid
 
     def __call__(self, event: dict) -> bool:
         name, data = event.get("event", ""), event.get("event_data") or {}
         if name == "playbook_on_play_start":
             # The switch's play names each batch as it opens it (Open this batch).
             self.play = data.get("play") or data.get("name") or "?"
+            # A play started again (serial, the free strategy) has its uuid with "_N".
+            uuid = str(data.get("play_uuid") or len(self.started)).split("_")[0]
+            if uuid not in self.started:
+                self.started.append(uuid)
+            index = self.started.index(uuid)
+            self.phase = self.phases[index] if index < len(self.phases) else self.play
             self._print(f"== {self.play}")
         elif name == "playbook_on_stats":
             self.stats = data
@@ -60,7 +71,7 @@ class Progress:
 
     def result(self, outcome: str, data: dict) -> None:
         host, res = data.get("host", "?"), data.get("res") or {}
-        where = phases.phase(self.play, data.get("role"))
+        where = phases.phase(self.phase, data.get("role"))
         count = self.counts.setdefault((host, where), dict.fromkeys(COUNTS, 0))
         if outcome == "failed" and data.get("ignore_errors"):
             outcome = "ok"  # as Ansible counts it: ignored, not failed
@@ -70,7 +81,7 @@ class Progress:
             count["changed"] += 1
         if outcome == "skipped" or (outcome == "ok" and data.get("task_action") in INCLUDES):
             return
-        if data.get("task") in SHOWN and self.play in phases.SWITCH_PLAYS and res.get("msg"):
+        if data.get("task") in SHOWN and self.phase == phases.SWITCH and res.get("msg"):
             said = res["msg"]
             self._print("\n".join(f"   {line}" for line in
                                    (said if isinstance(said, list) else [said])))
@@ -150,6 +161,7 @@ def run_playbook(project: Path, playbook: str, progress: Progress, inventory: st
     """ansible-playbook `playbook` (relative to the checkout) through ansible-runner;
     returns its exit status."""
     use_installed_ansible()
+    progress.phases = phases.plays(Path(project) / playbook)
     with tempfile.TemporaryDirectory(prefix="thorfleet-run-") as private:
         run = ansible_runner.run(
             private_data_dir=private, project_dir=str(project), playbook=playbook,

@@ -4,7 +4,10 @@ ansible-runner 2.4 sends them), and a real run of a playbook through ansible-run
 from __future__ import annotations
 
 import io
+import re
 
+from tests.conftest import ROOT
+from thorfleet import phases
 from thorfleet.runs import Progress, run_playbook
 
 
@@ -12,8 +15,9 @@ def event(name, host=None, task="", **data):
     return {"event": name, "event_data": {"host": host, "task": task, **data}}
 
 
-def play(name):
-    return {"event": "playbook_on_play_start", "event_data": {"play": name}}
+def play(name, uuid=None):
+    return {"event": "playbook_on_play_start",
+            "event_data": {"play": name, **({"play_uuid": uuid} if uuid else {})}}
 
 
 def feed(progress, events):
@@ -115,7 +119,7 @@ def test_a_changed_file_shows_its_diff_in_a_loop_too():
 
 def test_the_switch_counts_by_role_and_shows_its_batches_and_summary():
     out = io.StringIO()
-    progress = Progress(out=out)
+    progress = Progress(out=out, phases=["Rollout", "Rollout"])
     feed(progress, [
         play("Switch"),
         event("runner_on_ok", "thor01", "Open this batch", res={"msg": "batch 1: thor01"}),
@@ -142,7 +146,7 @@ def test_the_switch_counts_by_role_and_shows_its_batches_and_summary():
 
 
 def test_a_task_that_only_includes_others_counts_but_prints_no_line():
-    progress = Progress(out=io.StringIO())
+    progress = Progress(out=io.StringIO(), phases=["Rollout"])
     feed(progress, [
         play("Switch"),
         event("runner_on_ok", "thor01", "Switch the canary alone, then each batch",
@@ -154,3 +158,28 @@ def test_a_task_that_only_includes_others_counts_but_prints_no_line():
     assert progress.counts[("thor01", "Rollout")]["ok"] == 2
     assert out.splitlines()[:2] == ["== Switch", "   batch 1: thor01"]
     assert "failed      Switch this batch's hosts" in out and "no such file" in out
+
+
+def test_each_play_of_site_yml_says_its_phase_in_a_variable(tmp_path):
+    # Not by its name: with every play renamed, each counts where it did.
+    expected = ["Preflight", "Models", "Engines", "Images", "Rollout", "Rollout", "Rollout"]
+    assert phases.plays(ROOT / "site.yml") == expected
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "site.yml").write_text((ROOT / "site.yml").read_text())
+    for path in (ROOT / "playbooks").glob("*.yml"):
+        (tmp_path / "playbooks" / path.name).write_text(
+            re.sub(r"(?m)^- name: .*$", "- name: Renamed", path.read_text()))
+    assert phases.plays(tmp_path / "site.yml") == expected
+    progress = Progress(out=io.StringIO(), phases=phases.plays(ROOT / "site.yml"))
+    feed(progress, [
+        play("Check the hosts first", "u1"),
+        event("runner_on_ok", "thor01", "Facts", res={"changed": False}),
+        play("Models and chat templates", "u2"),
+        event("runner_on_ok", "thor01", "Download", res={"changed": True}),
+        # A play started again (serial) keeps its phase; the next one is the engines'.
+        play("Models and chat templates", "u2_1"),
+        event("runner_on_ok", "thor02", "Download", res={"changed": False}),
+        play("Compile", "u3"),
+        event("runner_on_ok", "thor01", "Build", res={"changed": False})])
+    assert list(progress.counts) == [("thor01", "Preflight"), ("thor01", "Models"),
+                                     ("thor02", "Models"), ("thor01", "Engines")]
