@@ -36,6 +36,8 @@ import signal
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -46,22 +48,7 @@ EMPTY_THINK = "<think>\n\n</think>"
 # answers /health, but every /v1 request with a server error (it fails verify only).
 BROKEN = "THORFLEET_STANDIN_BROKEN"
 ANSWERS = "answers"
-# Where each engine compiles kernels on a first start (one of its caches in the catalogue):
-# the stand-in leaves a marker there, and says whether it found one from a start before.
-JIT_CACHE = {"vllm": "~/.cache/vllm", "sglang": "~/.cache/flashinfer"}
 PACE = "THORFLEET_STANDIN_TOKENS_PER_SECOND"
-# Each engine's command inside its image (`vllm` on PATH, the `sglang.launch_server`
-# module), files of the stand-in image that start this module as that engine; the image
-# holds this file as thorfleet_engine_standin.py.
-ENTRY_POINTS = {
-    "usr/local/bin/vllm": "#!/usr/bin/python3\nimport sys\n"
-                          "from thorfleet_engine_standin import main\n"
-                          'main("vllm", ["vllm", *sys.argv[1:]])\n',
-    "usr/local/lib/python3.11/dist-packages/sglang/__init__.py": "",
-    "usr/local/lib/python3.11/dist-packages/sglang/launch_server.py":
-        "import sys\nfrom thorfleet_engine_standin import main\n"
-        'main("sglang", sys.orig_argv)\n',
-}
 
 
 def _json(value: str):
@@ -113,18 +100,52 @@ def sglang_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class Engine:
+    """What the stand-in needs to know of an engine: one entry of ENGINES per engine."""
+
+    parser: Callable[[], argparse.ArgumentParser]  # its flags, with the engine's meaning
+    command: tuple[str, ...]  # the words its command starts with, before the flags
+    model: str  # the parser's field that holds the model's path
+    # Where it compiles kernels on a first start (one of its caches in the catalogue): the
+    # stand-in leaves a marker there, and says whether it found one from a start before.
+    jit_cache: str
+    # Files of the stand-in image that start this module as the engine, by the command
+    # its image has (the image holds this file as thorfleet_engine_standin.py).
+    entry_points: dict[str, str] = field(default_factory=dict)
+    api_key_env: str = ""  # where it reads its API key besides --api-key
+
+
+ENGINES = {
+    "vllm": Engine(
+        vllm_parser, ("vllm", "serve"), "model", "~/.cache/vllm",
+        {"usr/local/bin/vllm": "#!/usr/bin/python3\nimport sys\n"
+                               "from thorfleet_engine_standin import main\n"
+                               'main("vllm", ["vllm", *sys.argv[1:]])\n'},
+        api_key_env="VLLM_API_KEY"),
+    "sglang": Engine(
+        sglang_parser, ("python", "-m", "sglang.launch_server"), "model_path",
+        "~/.cache/flashinfer",
+        {"usr/local/lib/python3.11/dist-packages/sglang/__init__.py": "",
+         "usr/local/lib/python3.11/dist-packages/sglang/launch_server.py":
+             "import sys\nfrom thorfleet_engine_standin import main\n"
+             'main("sglang", sys.orig_argv)\n'}),
+}
+# Every file the stand-in image carries to start it as one of the engines.
+ENTRY_POINTS = {path: text for engine in ENGINES.values()
+                for path, text in engine.entry_points.items()}
+
+
 def configure(engine: str, argv: list[str]) -> dict:
-    """The engine's settings from its command line, or exit 2 as the engine would."""
-    if engine == "vllm":
-        if argv[:1] != ["serve"]:
-            sys.exit("usage: vllm serve <model> [options]")
-        args = vllm_parser().parse_args(argv[1:])
-        model, served = args.model, (args.served_model_name or [args.model])[0]
-        api_key = args.api_key or os.environ.get("VLLM_API_KEY")
-    else:
-        args = sglang_parser().parse_args(argv)
-        model, served = args.model_path, args.served_model_name or args.model_path
-        api_key = args.api_key
+    """The engine's settings from the flags of its command line (the words after its
+    command's own, ENGINES), or exit 2 as the engine would."""
+    spec = ENGINES[engine]
+    args = spec.parser().parse_args(argv)
+    model = getattr(args, spec.model)
+    served = args.served_model_name or model
+    served = served[0] if isinstance(served, list) else served  # vLLM takes several
+    api_key = args.api_key or (os.environ.get(spec.api_key_env) if spec.api_key_env
+                               else None)
     for what, path in (("model", model), ("chat template", args.chat_template)):
         if path and not os.path.exists(path):
             sys.exit(f"{engine}: {what} {path} does not exist")
@@ -315,7 +336,7 @@ def make_handler(settings: dict, command: list[str]):
 def jit_cache(engine: str, served_name: str) -> str:
     """"found" when a start before this one left its marker in the engine's compile cache
     (the cache survived), else "new" (and the marker is left for the next start)."""
-    marker = os.path.join(os.path.expanduser(JIT_CACHE[engine]),
+    marker = os.path.join(os.path.expanduser(ENGINES[engine].jit_cache),
                           "thorfleet-standin-" + served_name.replace("/", "_"))
     if os.path.exists(marker):
         return "found"
@@ -326,9 +347,12 @@ def jit_cache(engine: str, served_name: str) -> str:
 
 
 def main(engine: str, command: list[str]) -> None:
-    """Serve as `engine` ("vllm" or "sglang"), started with `command` (the full argv)."""
-    skip = 1 if engine == "vllm" else 3  # "vllm" | "python -m sglang.launch_server"
-    settings = configure(engine, command[skip:])
+    """Serve as `engine` (a key of ENGINES), started with `command` (the full argv, whose
+    first words are the engine's command: `vllm serve`, `python3 -m sglang.launch_server`)."""
+    words = ENGINES[engine].command
+    if [os.path.basename(word) for word in command[1:len(words)]] != list(words[1:]):
+        sys.exit(f"usage: {' '.join(words)} [options]")
+    settings = configure(engine, command[len(words):])
     if os.environ.get(BROKEN) and os.environ.get(BROKEN) != ANSWERS:
         # An image that cannot serve, as one whose engine cannot load its model: for tests
         # of a rollout that fails.

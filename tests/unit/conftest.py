@@ -120,7 +120,7 @@ def standin(tmp_path):
                str(tmp_path / "media")]
 
     def start(argv):
-        settings = engine_standin.configure("vllm", argv[1:])
+        settings = engine_standin.configure("vllm", argv[2:])
         server = ThreadingHTTPServer(("127.0.0.1", 0),
                                      engine_standin.make_handler(settings, argv))
         threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -56,7 +56,8 @@ def test_hugging_face_ids_differ_where_the_guide_used_modelscope_organisations()
 
 def test_nonthinking_container_recipes_and_only_they_carry_the_template():
     for name, recipe in CATALOGUE["recipes"].items():
-        wants = name.endswith("-nothink") and recipe["engine"] in ("vllm", "sglang")
+        wants = name.endswith("-nothink") \
+            and CATALOGUE["engines"][recipe["engine"]]["kind"] == "container"
         assert (catalogue_filters.recipe_files(recipe) == ["qwen3_nonthinking.jinja"]) == wants, \
             name
     assert CATALOGUE["files"]["qwen3_nonthinking.jinja"] == {

@@ -14,13 +14,19 @@ from tests.guide import guide
 from tests.unit.test_service_specs import CATALOGUE, one
 from thorfleet import engine_standin
 
+CONTAINER_ENGINES = sorted(name for name, engine in CATALOGUE["engines"].items()
+                           if engine["kind"] == "container")
 CONTAINER_RECIPES = sorted(r for r, spec in CATALOGUE["recipes"].items()
-                           if spec["engine"] in ("vllm", "sglang"))
+                           if spec["engine"] in CONTAINER_ENGINES)
 
 
 def parse(engine, argv):
-    skip = 1 if engine == "vllm" else 3
-    return engine_standin.configure(engine, argv[skip:])
+    return engine_standin.configure(engine, argv[len(engine_standin.ENGINES[engine].command):])
+
+
+def test_every_container_engine_of_the_catalogue_has_a_stand_in():
+    # The lab pushes a stand-in under each container engine's image (thorfleet lab up).
+    assert sorted(engine_standin.ENGINES) == CONTAINER_ENGINES == ["sglang", "vllm"]
 
 
 @pytest.fixture
@@ -161,3 +167,10 @@ def test_an_image_built_to_fail_answers_health_but_no_request(standin, monkeypat
         assert response.status == 200
     status, body = chat(base, "hello")
     assert status == 500 and "built to fail" in body["error"]["message"]
+
+
+def test_a_command_that_is_not_the_engines_stops_it(models):
+    # `vllm <model>` without `serve`: the words before the flags are the engine's (ENGINES).
+    with pytest.raises(SystemExit) as refused:
+        engine_standin.main("vllm", ["vllm", "/m", "--port", "0"])
+    assert refused.value.code == "usage: vllm serve [options]"
