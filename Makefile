@@ -38,7 +38,7 @@ test: venv
 	  $(BIN)/python -m tests.suite
 
 lint: venv
-	$(BIN)/ruff check src library filter_plugins plugin_utils roles strategy_plugins tests bench scripts
+	$(BIN)/ruff check src library filter_plugins collections roles strategy_plugins tests bench scripts
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint --profile production
 

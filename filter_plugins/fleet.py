@@ -25,20 +25,14 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 import re
-import sys
 
-# The code the filters share (plugin_utils/thorfleet_lib), as filter_plugins/catalogue.py
-# finds it.
-_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "plugin_utils")
-if _UTILS not in sys.path:
-    sys.path.append(_UTILS)
-
-from thorfleet_lib import artefacts  # noqa: E402
-from thorfleet_lib.artefacts import share_url  # noqa: E402
-from thorfleet_lib.rules import HOSTNAME  # noqa: E402
+# The code the filters and the pipeline's action plugin share: the collection
+# thorfleet.lib beside site.yml (collections/, which Ansible finds next to the playbook
+# and ansible.cfg names), its plugin_utils.
+from ansible_collections.thorfleet.lib.plugins.plugin_utils import artefacts
+from ansible_collections.thorfleet.lib.plugins.plugin_utils.artefacts import share_url
+from ansible_collections.thorfleet.lib.plugins.plugin_utils.rules import HOSTNAME
 
 # Rounds beyond the failure-free count, for failed upstream fetches and lost sources.
 SPARE_ROUNDS = 2

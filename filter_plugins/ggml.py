@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import sys
-
-# The code the filters share (plugin_utils/thorfleet_lib), as filter_plugins/catalogue.py
-# finds it.
-_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "plugin_utils")
-if _UTILS not in sys.path:
-    sys.path.append(_UTILS)
-
-from thorfleet_lib.formats import is_commit  # noqa: E402
+# The code the filters and the pipeline's action plugin share: the collection
+# thorfleet.lib beside site.yml (collections/, which Ansible finds next to the playbook
+# and ansible.cfg names), its plugin_utils.
+from ansible_collections.thorfleet.lib.plugins.plugin_utils.formats import is_commit
 
 # Every build: an optimised, self-contained binary (no shared libraries to go stale
 # when `current` moves to another build).

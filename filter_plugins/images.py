@@ -5,19 +5,19 @@ engines' compile caches kept per image digest."""
 from __future__ import annotations
 
 import base64
-import os
-import sys
 
-# Code the filters share: the package thorfleet_lib in the project's plugin_utils/ (as in
-# an Ansible collection; a directory of its own, so that Ansible does not load it as
-# plugins). Appended, so that it shadows no installed module.
-_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "plugin_utils")
-if _UTILS not in sys.path:
-    sys.path.append(_UTILS)
-
-from thorfleet_lib.artefacts import image_in_cache, image_platforms_update  # noqa: E402
-from thorfleet_lib.rules import CONTROL, HOSTNAME, CatalogueError  # noqa: E402
+# The code the filters and the pipeline's action plugin share: the collection
+# thorfleet.lib beside site.yml (collections/, which Ansible finds next to the playbook
+# and ansible.cfg names), its plugin_utils.
+from ansible_collections.thorfleet.lib.plugins.plugin_utils.artefacts import (
+    image_in_cache,
+    image_platforms_update,
+)
+from ansible_collections.thorfleet.lib.plugins.plugin_utils.rules import (
+    CONTROL,
+    HOSTNAME,
+    CatalogueError,
+)
 
 
 def image_plan(specs, lock_images=None, registry_mirror="", refresh=False, cache="",

@@ -24,19 +24,12 @@ For each service (a spec of thorfleet_services_resolved) the result is the spec 
 
 from __future__ import annotations
 
-import os
 import posixpath
-import sys
 
-# Code the filters share: the package thorfleet_lib in the project's plugin_utils/ (as in
-# an Ansible collection; a directory of its own, so that Ansible does not load it as
-# plugins). Appended, so that it shadows no installed module.
-_UTILS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "plugin_utils")
-if _UTILS not in sys.path:
-    sys.path.append(_UTILS)
-
-from thorfleet_lib.models import manifest_commit  # noqa: E402
+# The code the filters and the pipeline's action plugin share: the collection
+# thorfleet.lib beside site.yml (collections/, which Ansible finds next to the playbook
+# and ansible.cfg names), its plugin_utils.
+from ansible_collections.thorfleet.lib.plugins.plugin_utils.models import manifest_commit
 
 
 def _by_item(registered, value):

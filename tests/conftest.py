@@ -31,6 +31,17 @@ from thorfleet import catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The code the filters and the pipeline's action plugin share, the collection thorfleet.lib
+# (collections/ beside site.yml, where ansible-playbook finds it): importable here too.
+if str(ROOT / "collections") not in sys.path:
+    sys.path.append(str(ROOT / "collections"))
+PLUGIN_UTILS = "ansible_collections.thorfleet.lib.plugins.plugin_utils"
+
+
+def plugin_utils(name: str):
+    """A module of the collection's plugin_utils (rules, models, services, artefacts)."""
+    return importlib.import_module(f"{PLUGIN_UTILS}.{name}")
+
 # The shared settings' defaults, as a fleet gets them when its inventory says nothing.
 SHARED_DEFAULTS = yaml.safe_load((ROOT / "roles/thorfleet/defaults/main.yml").read_text())
 BUILDS_ROOT = SHARED_DEFAULTS["ggml_build_root"]

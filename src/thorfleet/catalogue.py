@@ -24,5 +24,5 @@ def _lookup(project: Path):
 def load(project: Path = PROJECT, folder: Path | None = None) -> dict:
     """The catalogue as its files write it ({engines, models, files, recipes}), from
     `folder` or the project's catalogue/; recipes that extend another are resolved by the
-    filter thorfleet_catalogue (plugin_utils/thorfleet_lib/rules.py, merge_catalogue)."""
+    filter thorfleet_catalogue (thorfleet.lib plugin_utils/rules.py, merge_catalogue)."""
     return _lookup(Path(project)).load(folder or Path(project) / "catalogue")

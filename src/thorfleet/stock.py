@@ -1,6 +1,6 @@
 """ansible-core's defaults, as most users run thorfleet: from AWX, ansible-navigator or an
 ansible.cfg of their own. A configuration that names only where the project's roles,
-modules, filters and inventory are, and an environment without any other ANSIBLE_*
+modules, filters, collection and inventory are, and an environment without any other ANSIBLE_*
 setting: no Mitogen, no pipelining, no SSH connection reuse, Ansible's own interpreter
 discovery and fact gathering. bench/noop_rerun.py's stock arm and the lab tests of the
 main job under stock Ansible run this way.
@@ -18,6 +18,7 @@ inventory = {root}/inventory/lab
 roles_path = {root}/roles
 library = {root}/library
 filter_plugins = {root}/filter_plugins
+collections_path = {root}/collections:~/.ansible/collections:/usr/share/ansible/collections
 """
 
 

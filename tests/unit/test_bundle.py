@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import load, run_module
+from tests.conftest import load, plugin_utils, run_module
 from tests.unit.test_site_cache import ARM64, AUTH, LISTING, digest, skopeo  # noqa: F401
 from thorfleet import bundle as bundles
 from thorfleet import cli
@@ -138,7 +138,7 @@ def test_no_bundle_and_a_good_one_pass():
                                          {"thor01": "10.0.0.1", "thor02": ""}) == []
 
 
-artefacts = __import__("thorfleet_lib.artefacts").artefacts  # on the path: fleet.py above
+artefacts = plugin_utils("artefacts")
 
 
 def test_one_loop_writes_every_kind_of_the_bundle_with_the_kinds_own_module():

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import BUILDS_ROOT, CATALOGUE, ROOT, load
+from tests.conftest import BUILDS_ROOT, CATALOGUE, ROOT, load, plugin_utils
 from tests.guide import GUIDE
 from tests.guide import model_path as guide_model_path
 
@@ -431,6 +430,6 @@ def test_a_file_already_pinned_or_fetched_without_a_sum_adds_nothing_to_the_lock
 def test_ignore_patterns_make_another_copy_of_a_model():
     entry = {"path": "Qwen/Qwen3-8B", "source": "huggingface", "repo_id": "Qwen/Qwen3-8B",
              "revision": "main", "allow_patterns": [], "ignore_patterns": []}
-    models = sys.modules["thorfleet_lib.models"]
+    models = plugin_utils("models")
     assert models.model_key(entry) != models.model_key({**entry, "ignore_patterns": ["*.pt"]})
     assert models.model_key(entry) == models.model_key({**entry, "ignore_patterns": None})

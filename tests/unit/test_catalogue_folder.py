@@ -57,7 +57,7 @@ def test_nothing_else_reads_the_catalogues_files():
     readers = []
     for path in [*ROOT.glob("src/**/*.py"), *ROOT.glob("tests/**/*.py"),
                  *ROOT.glob("bench/*.py"), *ROOT.glob("scripts/*.py"),
-                 *ROOT.glob("filter_plugins/*.py"), *ROOT.glob("plugin_utils/**/*.py"),
+                 *ROOT.glob("filter_plugins/*.py"), *ROOT.glob("collections/**/*.py"),
                  *ROOT.glob("roles/**/*.py"), *ROOT.glob("roles/**/*.yml"),
                  *ROOT.glob("playbooks/**/*.yml")]:
         text = path.read_text()
@@ -179,6 +179,7 @@ def test_a_site_sets_its_own_catalogue_folder_in_the_inventory(tmp_path):
          "-c", "local", str(playbook)], 120, cwd=tmp_path,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
              "ANSIBLE_FILTER_PLUGINS": str(ROOT / "filter_plugins"),
+             "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
              "ANSIBLE_PYTHON_INTERPRETER": sys.executable})
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(said.read_text()) == {

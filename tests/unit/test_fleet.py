@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import importlib
 import json
 import os
 import sys
@@ -14,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, load, loopback_server
+from tests.conftest import ROOT, load, loopback_server, plugin_utils
 from thorfleet import bounded
 
 fleet = load("filter_plugins/fleet.py")
-artefacts = importlib.import_module("thorfleet_lib.artefacts")
+artefacts = plugin_utils("artefacts")
 
 
 def entry(path="Qwen/Qwen3-8B", root="/models", revision="main"):
@@ -628,6 +627,7 @@ def play_locally(tmp_path, tasks, *options):
          "-c", "local", *options, str(playbook)], 120, cwd=tmp_path,
         env={**os.environ, "ANSIBLE_NOCOLOR": "1",
              "ANSIBLE_ACTION_PLUGINS": str(ROOT / "roles/artefacts/action_plugins"),
+             "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
              "ANSIBLE_LIBRARY": f"{ROOT / 'library'}:{ROOT / 'roles/model_store/library'}",
              "ANSIBLE_MODULE_UTILS": ":".join(str(ROOT / "roles" / role / "module_utils")
                                              for role in ("thorfleet", "model_store")),

@@ -8,11 +8,10 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import sys
 
 import pytest
 
-from tests.conftest import BUILDS_ROOT, load
+from tests.conftest import BUILDS_ROOT, load, plugin_utils
 from tests.unit.test_service_specs import CATALOGUE
 
 catalogue_filters = load("filter_plugins/catalogue.py")
@@ -228,7 +227,7 @@ def test_a_manifests_commit_reaches_a_unit_only_as_40_hex_characters(commit):
 # --- each rule at its edges: the longest value taken, one character more refused, and the
 # characters just outside what it allows ------------------------------------------------
 
-rules = sys.modules["thorfleet_lib.rules"]
+rules = plugin_utils("rules")
 EDGES = {
     "name": (["a" * 63, "a0_.-"], ["a" * 64, "_a", "a b"]),
     "served_name": (["q" * 128, "Qwen/Qwen3:8b@x+1"], ["q" * 129, "q q", "q%"]),

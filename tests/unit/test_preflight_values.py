@@ -10,11 +10,11 @@ import math
 
 import pytest
 
-from tests.conftest import BUILDS_ROOT, load
+from tests.conftest import BUILDS_ROOT, load, plugin_utils
 from tests.unit.test_service_specs import CATALOGUE
 
 catalogue_filters = load("filter_plugins/catalogue.py")
-services_lib = load("plugin_utils/thorfleet_lib/services.py")
+services_lib = plugin_utils("services")
 service_specs = functools.partial(catalogue_filters.service_specs, builds_root=BUILDS_ROOT)
 TWO = [{"name": "a", "recipe": "vllm-qwen3-8b", "memory_share": 0.4},
        {"name": "b", "recipe": "vllm-qwen3-8b-fp4", "memory_share": 0.4, "port": 8001}]

@@ -5,14 +5,11 @@ needs by including four roles that depend on it)."""
 
 from __future__ import annotations
 
-import importlib
-
 import yaml
 
-from tests.conftest import ROOT, load
+from tests.conftest import ROOT, plugin_utils
 
-load("filter_plugins/fleet.py")  # puts plugin_utils on the path
-KINDS = importlib.import_module("thorfleet_lib.artefacts").KINDS
+KINDS = plugin_utils("artefacts").KINDS
 
 ROLES = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "meta/main.yml").exists())
 

@@ -31,7 +31,7 @@ def private_uses(root: Path) -> list[tuple[str, int, str]]:
     read hostvars by name."""
     files = [*root.glob("roles/**/*.yml"), *root.glob("roles/**/*.j2"),
              *root.glob("playbooks/**/*.yml"), root / "site.yml",
-             *root.glob("filter_plugins/*.py"), *root.glob("plugin_utils/**/*.py")]
+             *root.glob("filter_plugins/*.py"), *root.glob("collections/**/*.py")]
     found = []
     for path in files:
         relative = path.relative_to(root)

@@ -126,6 +126,7 @@ def switch(tmp_path):
             log.unlink()
         env = {**os.environ, "ANSIBLE_ROLES_PATH": str(roles), "ANSIBLE_NOCOLOR": "1",
                "ANSIBLE_FILTER_PLUGINS": str(ROOT / "filter_plugins"),
+               "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
                "ANSIBLE_LIBRARY": str(ROOT / "library"),
                "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
                "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_HOST_KEY_CHECKING": "false"}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import importlib
 import json
 import os
 import stat
@@ -15,11 +14,11 @@ import sys
 
 import pytest
 
-from tests.conftest import load, loopback_server, run_module
+from tests.conftest import load, loopback_server, plugin_utils, run_module
 
 image_filters = load("filter_plugins/images.py")
 fleet_filters = load("filter_plugins/fleet.py")
-artefacts = importlib.import_module("thorfleet_lib.artefacts")
+artefacts = plugin_utils("artefacts")
 site_cache_fill = load("roles/site_cache/library/site_cache_fill.py")
 
 VLLM = "nvcr.io/nvidia/vllm:25.10-py3"

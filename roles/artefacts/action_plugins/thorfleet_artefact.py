@@ -2,7 +2,7 @@
 
     thorfleet_artefact:
       step: read            # what this host holds of `entries` (check mode: a read)
-      entries: [...]        # the pipeline's entries (plugin_utils/thorfleet_lib/artefacts.py)
+      entries: [...]        # the pipeline's entries (thorfleet.lib plugin_utils/artefacts.py)
 
     thorfleet_artefact:
       step: read_source     # delegated to the source a round paired `entry` with: what it
@@ -28,18 +28,13 @@ the play that plans the artefacts.
 
 from __future__ import annotations
 
-import os
-import sys
-
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
-_UTILS = os.path.join(os.path.dirname(os.path.abspath(__file__)), *([os.pardir] * 3),
-                      "plugin_utils")
-if os.path.normpath(_UTILS) not in sys.path:
-    sys.path.append(os.path.normpath(_UTILS))
-
-from thorfleet_lib import artefacts  # noqa: E402
+# The code the filters and the pipeline's action plugin share: the collection
+# thorfleet.lib beside site.yml (collections/, which Ansible finds next to the playbook
+# and ansible.cfg names), its plugin_utils.
+from ansible_collections.thorfleet.lib.plugins.plugin_utils import artefacts
 
 
 class ActionModule(ActionBase):

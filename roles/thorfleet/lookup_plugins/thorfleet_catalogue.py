@@ -5,7 +5,7 @@ setting thorfleet_catalogue, roles/thorfleet/defaults), and the command line, th
 the tests through `load` below (src/thorfleet/catalogue.py). It returns the entries as the
 files write them: recipes that extend another are resolved, with the inventory's
 thorfleet_catalogue_extra on top, by the filter thorfleet_catalogue
-(plugin_utils/thorfleet_lib/rules.py), which also checks every entry.
+(thorfleet.lib plugin_utils/rules.py), which also checks every entry.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The formats of what thorfleet pins, defined once: for modules on the hosts (as
 ansible.module_utils.thorfleet_formats, which Ansible sends with each module that imports
-it) and for filters on the controller (plugin_utils/thorfleet_lib/formats.py loads this
+it) and for filters on the controller (thorfleet.lib plugin_utils/formats.py loads this
 file)."""
 
 from __future__ import annotations

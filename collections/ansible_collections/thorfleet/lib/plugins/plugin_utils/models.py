@@ -9,8 +9,8 @@ import hashlib
 import json
 import posixpath
 
-from thorfleet_lib.formats import is_commit
-from thorfleet_lib.rules import (
+from .formats import is_commit
+from .rules import (
     DEFAULT_REVISION,
     SOURCES,
     CatalogueError,

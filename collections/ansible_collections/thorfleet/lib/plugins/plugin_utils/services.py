@@ -7,8 +7,8 @@ import ipaddress
 import json
 import posixpath
 
-from thorfleet_lib.models import model_plan
-from thorfleet_lib.rules import (
+from .models import model_plan
+from .rules import (
     PORT,
     SECONDS,
     SHARE,

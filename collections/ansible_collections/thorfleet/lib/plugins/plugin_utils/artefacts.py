@@ -30,7 +30,7 @@ import hashlib
 import json
 import posixpath
 
-from thorfleet_lib.models import bundle_model_id, model_key
+from .models import bundle_model_id, model_key
 
 
 class ArtefactError(ValueError):

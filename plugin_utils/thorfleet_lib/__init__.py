@@ -1,1 +1,0 @@
-"""Code shared by thorfleet's filter plugins (filter_plugins/catalogue.py, images.py)."""
