@@ -132,13 +132,15 @@ def test_bench_of_llama_server_agrees_with_its_own_timings(bench):
     llama = next(s for s in result["services"] if s["engine"] == "llama-server")
     # The bench's own line compares the medians; one run of 256 tokens lasts under a
     # second here, so a 2-core host busy with other work can shift one arrival time by a
-    # tenth of it (a CI run saw +10.6% in one run). A bias the bench itself brought in,
-    # such as counting the time to the first token, moves every run alike and the median
-    # with them.
+    # tenth of it (a CI run saw +10.6% in one run), or stall the stream once so that the
+    # rest arrives in a burst (a CI run saw +0.3%, +0.7% and +143%: one stall, the median 0.7%).
+    # A bias the bench itself brought in, such as counting the time to the first token,
+    # moves every run alike: most runs off, and the median with them.
     for run in llama["runs"]:
         assert run["completion_tokens"] >= 256
         assert run["server_decode_tps"] > 0
-        assert abs(run["server_difference_pct"]) < 25, run
+    off = [run for run in llama["runs"] if abs(run["server_difference_pct"]) >= 25]
+    assert len(off) <= 1, off
     assert abs(llama["median"]["server_difference_pct"]) < 10, llama
 
 
