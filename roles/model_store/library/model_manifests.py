@@ -50,8 +50,8 @@ author:
 EXAMPLES = r"""
 - name: Check each model against its manifest
   model_manifests:
-    models: "{{ __model_store_plan.models }}"
-    files: "{{ __model_store_plan.files }}"
+    models: "{{ model_store_result.models }}"
+    files: "{{ model_store_result.files }}"
   register: __model_store_present
 """
 
