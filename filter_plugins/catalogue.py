@@ -14,7 +14,6 @@ from __future__ import annotations
 # and ansible.cfg names), its plugin_utils.
 from ansible_collections.thorfleet.lib.plugins.plugin_utils.models import (
     lock_entries,
-    manifest_commit,
     manifest_key,
     model_plan,
     recipe_files,
@@ -25,7 +24,7 @@ from ansible_collections.thorfleet.lib.plugins.plugin_utils.rules import (
 )
 from ansible_collections.thorfleet.lib.plugins.plugin_utils.services import service_specs
 
-__all__ = ["CatalogueError", "lock_entries", "manifest_commit", "manifest_key",
+__all__ = ["CatalogueError", "lock_entries", "manifest_key",
            "merge_catalogue", "model_plan", "recipe_files", "service_specs"]
 
 
@@ -35,6 +34,5 @@ class FilterModule:
             "thorfleet_catalogue": merge_catalogue,
             "thorfleet_model_plan": model_plan,
             "thorfleet_lock_entries": lock_entries,
-            "thorfleet_manifest_commit": manifest_commit,
             "thorfleet_service_specs": service_specs,
         }

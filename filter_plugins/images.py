@@ -20,8 +20,8 @@ from ansible_collections.thorfleet.lib.plugins.plugin_utils.rules import (
 )
 
 
-def image_plan(specs, lock_images=None, registry_mirror="", refresh=False, cache="",
-               platforms=None, platform=""):
+def image_plan(specs, lock_images=None, registry_mirror="", cache="", platforms=None,
+               platform=""):
     """The container images a host's services run, each once.
 
     An entry: ref (the catalogue's reference, the lock's key, e.g.
@@ -30,7 +30,7 @@ def image_plan(specs, lock_images=None, registry_mirror="", refresh=False, cache
     gives, docker.io for a name with none), upstream (the repository there, in full: NGC's
     under the same path on the mirror), repository (where the host pulls it from: the
     upstream, Docker Hub's by its short name as Docker reports it, or the site cache's),
-    tag, locked (the lock's digest, "" when the tag is to be resolved, as with refresh),
+    tag, locked (the lock's digest, "" when the tag is to be resolved: not locked yet),
     digest (what the host pulls and runs: the locked one; through a site cache, the image
     of the host's `platform` in it, from the lock's `platforms`, "" until the cache has
     copied it), image (repository@digest, what units run; the tag before there is a
@@ -59,7 +59,7 @@ def image_plan(specs, lock_images=None, registry_mirror="", refresh=False, cache
             else:
                 upstream = _moved(path, registry)
                 path = f"{registry.replace(':', '-')}/{path}"
-            locked = "" if refresh else str(lock_images.get(ref) or "")
+            locked = str(lock_images.get(ref) or "")
             repository, digest = _familiar(upstream), locked
             cached = bool(cache)
             if cached:
@@ -73,6 +73,13 @@ def image_plan(specs, lock_images=None, registry_mirror="", refresh=False, cache
                 "services": []}
         entry["services"].append(spec["name"])
     return sorted(plan.values(), key=lambda e: e["ref"])
+
+
+def image_refresh(plan):
+    """The image plan with every tag to be resolved again (-e ngc_images_refresh=true): no
+    lock's digest, so each image by its tag."""
+    return [{**entry, "locked": "", "digest": "",
+             "image": f"{entry['repository']}:{entry['tag']}"} for entry in plan or []]
 
 
 def _registry_path(name):
@@ -287,6 +294,7 @@ class FilterModule:
     def filters(self):
         return {
             "thorfleet_image_plan": image_plan,
+            "thorfleet_image_refresh": image_refresh,
             "thorfleet_image_platform": image_platform,
             "thorfleet_registry_logins": registry_logins,
             "thorfleet_registry_auth": registry_auth,

@@ -4,11 +4,11 @@ services and what the phases found on the host, so that the unit templates only 
 For each service (a spec of thorfleet_services_resolved) the result is the spec with `run`:
   image         the image it runs, by digest (container engines; "" before one is pinned)
   build         the engine build `current` points to (native engines; "not built")
-  binary        the binary in that build, by the build's own name, so that the last good
-                unit names the last good build, which a rollback starts again
+  argv          the unit's command (native engines): the spec's, from the binary in that
+                build, by the build's own name, so that the last good unit names the last
+                good build, which a rollback starts again
   model_commit  the commit the model's manifest records ("not downloaded")
   template_sum  the chat template's sha256 ("not fetched")
-  container     the container's fixed name
   cache_volumes the `docker run` mounts of its compile caches (per image digest)
   docker        the `docker run` command before the image (container engines), with the
                 options `docker` gives: runtime, models_root, volumes, env_dir, extra
@@ -32,16 +32,11 @@ import posixpath
 from ansible_collections.thorfleet.lib.plugins.plugin_utils.models import manifest_commit
 
 
-def _by_item(registered, value):
-    """{loop item: value(result)} of a looped task's registered results."""
-    return {result.get("item"): value(result) for result in (registered or {}).get("results", [])}
-
-
-def docker_run(spec, container, cache_volumes, docker):
+def docker_run(spec, cache_volumes, docker):
     """`docker run` as the guide runs an engine, up to the image: host IPC and network,
     the runtime, the model root and the other mounts, the environment file, the compile
     caches, then the site's own options."""
-    return ["/usr/bin/docker", "run", "--rm", "--name", container, "--ipc=host",
+    return ["/usr/bin/docker", "run", "--rm", "--name", spec["container"], "--ipc=host",
             "--net=host", f"--runtime={docker['runtime']}",
             f"--volume={docker['models_root']}:{docker['models_root']}",
             *(f"--volume={volume}" for volume in docker.get("volumes") or []),
@@ -60,49 +55,44 @@ def container_command(spec, keyed):
             *spec["argv"]]
 
 
-def unit_inputs(specs, images, builds, manifests, templates, caches, api_keys, docker):
-    """specs: the resolved services; images: the image plan (thorfleet_image_plan);
-    builds: stat results of each engine root's `current` (looped over engine roots);
-    manifests: slurp results of each model's manifest (looped over model dirs);
-    templates: stat results of each chat template (sha256, looped over paths);
-    caches: thorfleet_jit_mounts; api_keys: {service name: key}; docker: the settings
-    of `docker run` (runtime, models_root, volumes, env_dir, extra)."""
+def unit_inputs(specs, images, builds, commits, sums, caches, api_keys, docker):
+    """specs: the resolved services; images: the image plan (thorfleet_images_planned);
+    builds: {engine root: the build its `current` link points to}; commits: {model
+    directory: the commit its manifest records}; sums: {chat template: its sha256} (the
+    three as thorfleet_service_state reads them on the host); caches:
+    thorfleet_jit_mounts; api_keys: {service name: key}; docker: the settings of
+    `docker run` (runtime, models_root, volumes, env_dir, extra)."""
     image_of = {entry["ref"]: entry["image"] for entry in images or []}
-    build_of = _by_item(builds, lambda r: (r.get("stat") or {}).get("lnk_target"))
-    manifest_of = _by_item(manifests, lambda r: r)
-    sum_of = _by_item(templates, lambda r: (r.get("stat") or {}).get("checksum"))
     units = []
     for spec in specs or []:
-        run = {"container": f"thorfleet-{spec['name']}",
-               "cache_volumes": [c["volume"] for c in caches or []
+        run = {"cache_volumes": [c["volume"] for c in caches or []
                                  if c["service"] == spec["name"]],
-               "model_commit": manifest_commit(manifest_of.get(spec["model_dir"]),
-                                               spec["model_dir"]),
-               "template_sum": sum_of.get(spec.get("chat_template")) or "not fetched",
+               "model_commit": manifest_commit(commits, spec["model_dir"]),
+               "template_sum": (sums or {}).get(spec.get("chat_template")) or "not fetched",
                "api_key_argv": ""}
         keyed = bool((api_keys or {}).get(spec["name"]) and spec.get("api_key_flag"))
         if spec["kind"] == "container":
             run["command"] = container_command(spec, keyed)
             run["image"] = image_of.get(spec.get("image"), "")
-            run["docker"] = docker_run(spec, run["container"], run["cache_volumes"], docker)
+            run["docker"] = docker_run(spec, run["cache_volumes"], docker)
         else:
             if keyed:
                 run["api_key_argv"] = f" {spec['api_key_flag']}=${{THORFLEET_API_KEY}}"
-            run["build"] = build_of.get(spec["engine_root"]) or "not built"
-            run["binary"] = posixpath.join(spec["engine_root"], run["build"], "bin",
-                                           posixpath.basename(spec["binary"]))
+            run["build"] = (builds or {}).get(spec["engine_root"]) or "not built"
+            run["argv"] = [posixpath.join(spec["engine_root"], run["build"],
+                                          spec["binary_in_build"]), *spec["argv"][1:]]
         units.append({**spec, "run": run})
     return units
 
 
-def last_good_to_keep(specs, units, envs, found, env_dir, unkept=()):
+def last_good_to_keep(specs, units, envs, kept, env_dir, unkept=()):
     """The unit and environment files to keep as each service's last good ones: those of
     a service whose unit or environment file changed in this run, or differs from its
     last good copy (`unkept`: written by a run that did not verify it), and any whose copy
-    is missing (found: a find result of the last good directory). A run that changed
-    nothing keeps nothing again."""
+    is missing (`kept`: the names of the files in the last good directory). A run that
+    changed nothing keeps nothing again."""
     unverified = {spec["name"] for spec in unverified_services(specs, units, envs, unkept)}
-    kept = {posixpath.basename(f["path"]) for f in (found or {}).get("files", [])}
+    kept = set(kept or [])
     keep = []
     for spec in specs or []:
         files = [f"/etc/systemd/system/{spec['unit']}", f"{env_dir}/{spec['name']}.env"]

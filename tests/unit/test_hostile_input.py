@@ -5,9 +5,7 @@ quoting a secret."""
 
 from __future__ import annotations
 
-import base64
 import functools
-import json
 
 import pytest
 
@@ -213,15 +211,15 @@ def test_the_projects_catalogue_and_the_sample_fleet_pass_every_rule():
                                         api_key="sk-thor-fleet-example-key")
 
 
-@pytest.mark.parametrize("commit", ["a" * 40 + "\nExecStartPre=+/bin/sh -c id", "a" * 39, 40])
+@pytest.mark.parametrize("commit", ["a" * 40 + "\nExecStartPre=+/bin/sh -c id", "a" * 39, 40,
+                                    None])
 def test_a_manifests_commit_reaches_a_unit_only_as_40_hex_characters(commit):
-    slurped = {"content": base64.b64encode(json.dumps({"commit": commit}).encode()).decode()}
+    manifest_commit = plugin_utils("models").manifest_commit
     with pytest.raises(catalogue_filters.CatalogueError) as raised:
-        catalogue_filters.manifest_commit(slurped, "/models/m")
+        manifest_commit({"/models/m": commit}, "/models/m")
     assert "/models/m/thorfleet-manifest.json: commit" in str(raised.value)
-    good = {"content": base64.b64encode(json.dumps({"commit": "a" * 40}).encode()).decode()}
-    assert catalogue_filters.manifest_commit(good, "/models/m") == "a" * 40
-    assert catalogue_filters.manifest_commit({"failed": True}, "/models/m") == "not downloaded"
+    assert manifest_commit({"/models/m": "a" * 40}, "/models/m") == "a" * 40
+    assert manifest_commit({"/models/other": "a" * 40}, "/models/m") == "not downloaded"
 
 
 # --- each rule at its edges: the longest value taken, one character more refused, and the

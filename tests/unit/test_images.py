@@ -49,7 +49,9 @@ def test_a_new_tag_is_pulled_by_tag_and_a_locked_one_by_digest():
 
 
 def test_a_refresh_resolves_locked_tags_again():
-    assert all(e["digest"] == "" for e in plan(lock_images={VLLM: OLD}, refresh=True))
+    refreshed = image_filters.image_refresh(plan(lock_images={VLLM: OLD}))
+    assert [(e["locked"], e["digest"], e["image"]) for e in refreshed] == [
+        ("", "", "nvcr.io/nvidia/sglang:25.10-py3"), ("", "", "nvcr.io/nvidia/vllm:25.10-py3")]
 
 
 def test_the_registry_mirror_serves_nvcr_paths_and_the_lock_keeps_nvcr_names():

@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import load, run_module
 from tests.unit.test_units import DOCKER, SERVICES
@@ -85,29 +88,36 @@ def read(tmp_path, monkeypatch, units_=("thorfleet-chat.service", "thorfleet-asr
 def test_one_read_finds_what_each_unit_runs(tmp_path, monkeypatch):
     paths, result, _ = read(tmp_path, monkeypatch)
     assert result["changed"] is False
-    manifest, missing = result["manifests"]["results"]
-    assert manifest["item"] == paths["model"] and "content" in manifest
-    assert missing["item"] == paths["missing"] and "content" not in missing
-    assert result["templates"]["results"] == [{"item": paths["template"], "stat": {
-        "exists": True, "checksum": hashlib.sha256(b"{{ messages }}").hexdigest()}}]
-    built, unbuilt = result["builds"]["results"]
-    assert built["stat"]["lnk_target"] == "build-0123abcd"
-    assert "lnk_target" not in unbuilt["stat"]
+    # Keyed by what was asked; what is not there is not a key.
+    assert result["model_commits"] == {paths["model"]: COMMIT}
+    assert result["template_sums"] == {
+        paths["template"]: hashlib.sha256(b"{{ messages }}").hexdigest()}
+    assert result["builds"] == {paths["engine"]: "build-0123abcd"}
 
-    # What the filter makes of them, as it did of the looped slurp and stat results.
+    # What the filter makes of them.
     chat, asr = SERVICES
     relabel = {paths["model"]: chat["model_dir"], paths["engine"]: asr["engine_root"],
                paths["template"]: chat["chat_template"]}
-    for key in ("manifests", "templates", "builds"):
-        for entry in result[key]["results"]:
-            entry["item"] = relabel.get(entry["item"], entry["item"])
+    for key in ("model_commits", "template_sums", "builds"):
+        result[key] = {relabel[k]: v for k, v in result[key].items()}
     plan = images.image_plan(SERVICES, {chat["image"]: "sha256:" + "4" * 64})
     chat_run, asr_run = units.unit_inputs(
-        SERVICES, plan, result["builds"], result["manifests"], result["templates"], [],
+        SERVICES, plan, result["builds"], result["model_commits"], result["template_sums"], [],
         {"chat": "", "asr": ""}, DOCKER)
     assert chat_run["run"]["model_commit"] == COMMIT
     assert chat_run["run"]["template_sum"] == hashlib.sha256(b"{{ messages }}").hexdigest()
     assert asr_run["run"]["build"] == "build-0123abcd"
+
+
+def test_a_manifest_that_is_not_json_is_named_with_no_commit(tmp_path, monkeypatch):
+    paths = host(tmp_path)
+    (Path(paths["model"]) / "thorfleet-manifest.json").write_text("{not json")
+    done = run_module(state, {"model_dirs": [paths["model"]],
+                              "last_good_dir": paths["last_good"]}, monkeypatch, check=True)
+    assert done.result["model_commits"] == {paths["model"]: None}
+    chat = SERVICES[0]
+    with pytest.raises(Exception, match="is not 40 hex characters"):
+        units.unit_inputs([chat], [], {}, {chat["model_dir"]: None}, {}, [], {}, DOCKER)
 
 
 def test_it_names_what_needs_fixing_starting_or_retiring(tmp_path, monkeypatch):
@@ -120,9 +130,9 @@ def test_it_names_what_needs_fixing_starting_or_retiring(tmp_path, monkeypatch):
                       "thorfleet-new.service"]]
     assert result["to_start"] == ["thorfleet-asr.service", "thorfleet-new.service"]
     # Only thorfleet's own units, for retiring those no longer wanted.
-    assert [os.path.basename(f["path"]) for f in result["found"]["files"]] == [
+    assert result["found"] == [
         "thorfleet-chat.service", "thorfleet-old.service"]
-    assert sorted(os.path.basename(f["path"]) for f in result["last_good"]["files"]) == [
+    assert sorted(result["last_good"]) == [
         "chat.env", "thorfleet-chat.service"]
 
 

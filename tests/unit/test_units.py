@@ -4,7 +4,6 @@ commit, the template's sum, the compile-cache mounts and the API key's place."""
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -24,22 +23,14 @@ SERVICES = specs([{"name": "chat", "recipe": "sglang-qwen3-8b-nothink", "memory_
                   {"name": "asr", "recipe": "whisper-large-v3-turbo"}])
 
 
-def slurped(model_dir, commit=COMMIT):
-    content = base64.b64encode(json.dumps({"commit": commit}).encode()).decode()
-    return {"item": model_dir, "content": content}
-
-
 def inputs(manifest_commit=COMMIT, built=True, keys=None):
     chat, asr = SERVICES
     plan = images.image_plan(SERVICES, {chat["image"]: DIGEST})
-    builds = {"results": [{"item": asr["engine_root"],
-                           "stat": {"exists": True, "lnk_target": "build-0123abcd"}
-                           if built else {"exists": False}}]}
-    manifests = {"results": [slurped(chat["model_dir"], manifest_commit),
-                             slurped(asr["model_dir"])]}
-    templates = {"results": [{"item": chat["chat_template"], "stat": {"checksum": "5" * 64}}]}
+    builds = {asr["engine_root"]: "build-0123abcd"} if built else {}
+    commits = {chat["model_dir"]: manifest_commit, asr["model_dir"]: COMMIT}
+    sums = {chat["chat_template"]: "5" * 64}
     caches = images.jit_mounts(SERVICES, plan, "/var/cache/thorfleet/jit")
-    return units.unit_inputs(SERVICES, plan, builds, manifests, templates, caches,
+    return units.unit_inputs(SERVICES, plan, builds, commits, sums, caches,
                              keys or {"chat": "", "asr": ""}, DOCKER)
 
 
@@ -49,7 +40,7 @@ def test_each_unit_gets_what_it_runs():
     assert chat["run"]["image"].endswith(f"/nvidia/sglang@{DIGEST}")
     assert chat["run"]["model_commit"] == COMMIT
     assert chat["run"]["template_sum"] == "5" * 64
-    assert chat["run"]["container"] == "thorfleet-chat"
+    assert chat["container"] == "thorfleet-chat"
     assert chat["run"]["cache_volumes"] == [
         f"--volume=/var/cache/thorfleet/jit/sha256-{'4' * 64}{path}:{path}"
         for path in ("/root/.cache/flashinfer", "/root/.triton")]
@@ -63,7 +54,9 @@ def test_each_unit_gets_what_it_runs():
         "--shm-size=16g"]
     # A native engine runs the build `current` points to, by that build's own name.
     assert asr["run"]["build"] == "build-0123abcd"
-    assert asr["run"]["binary"] == "/opt/thorfleet/whisper.cpp/build-0123abcd/bin/whisper-server"
+    assert asr["run"]["argv"] == [
+        "/opt/thorfleet/whisper.cpp/build-0123abcd/bin/whisper-server", *asr["argv"][1:]]
+    assert asr["argv"][0] == "/opt/thorfleet/whisper.cpp/current/bin/whisper-server"
     assert asr["run"]["cache_volumes"] == [] and asr["run"]["template_sum"] == "not fetched"
 
 
@@ -95,19 +88,18 @@ def test_a_manifest_whose_commit_is_not_a_commit_is_refused():
 def test_only_what_changed_or_is_missing_is_kept_as_last_good():
     chat, asr = SERVICES
     env_dir = "/etc/thorfleet/services"
-    found = {"files": [{"path": f"/var/lib/thorfleet/last-good/{name}"} for name in (
-        chat["unit"], "chat.env", asr["unit"], "asr.env")]}
+    found = [chat["unit"], "chat.env", asr["unit"], "asr.env"]
     nothing = {"results": [{"file": chat, "changed": False}, {"file": asr, "changed": False}]}
     assert units.last_good_to_keep(SERVICES, nothing, nothing, found, env_dir) == []
     # A changed unit keeps that service's unit and environment file; a missing copy too.
     changed = {"results": [{"file": chat, "changed": True}]}
     assert units.last_good_to_keep(SERVICES, changed, nothing, found, env_dir) == [
         f"/etc/systemd/system/{chat['unit']}", f"{env_dir}/chat.env"]
-    missing = {"files": found["files"][:3]}
+    missing = found[:3]
     assert units.last_good_to_keep(SERVICES, nothing, nothing, missing, env_dir) == [
         f"/etc/systemd/system/{asr['unit']}", f"{env_dir}/asr.env"]
     # A first run keeps everything.
-    assert len(units.last_good_to_keep(SERVICES, None, None, {"files": []}, env_dir)) == 4
+    assert len(units.last_good_to_keep(SERVICES, None, None, [], env_dir)) == 4
     # A unit a run that skipped verify wrote (it differs from its last good copy) is kept
     # by the next run that verifies, though that run changed nothing.
     assert units.last_good_to_keep(SERVICES, nothing, nothing, found, env_dir,

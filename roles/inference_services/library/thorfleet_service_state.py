@@ -12,9 +12,9 @@ description:
     units thorfleet wrote, each model's manifest, each chat template's sha256, the build
     each engine's C(current) link points to, which directories are missing or not as
     wanted, which units are not both enabled and active, and the last good copies.
-  - The manifests, templates and builds come back shaped as the looped C(slurp) and
-    C(stat) tasks registered them, so the C(thorfleet_unit_inputs) filter reads them
-    unchanged.
+  - Each answer comes back in its own shape, keyed by what was asked (a unit's name, a
+    model directory, a template's path, an engine root), for the C(thorfleet_unit_inputs)
+    filter to read as it is.
   - Reads only; runs in check mode too.
 options:
   units:
@@ -68,19 +68,25 @@ author:
 
 RETURN = r"""
 found:
-  description: The C(thorfleet-*.service) files in O(unit_dir), shaped as a C(find) result.
+  description: The names of the C(thorfleet-*.service) files in O(unit_dir).
+  returned: always
+  type: list
+  elements: str
+model_commits:
+  description:
+    - By model directory, the C(commit) its manifest records, as it is there (checked by
+      the caller: it came from a hub); null for a manifest that is not a JSON object.
+      A directory with no manifest is not a key.
   returned: always
   type: dict
-manifests:
-  description: Each model's manifest, shaped as a looped C(slurp) (C(content), base64).
-  returned: always
-  type: dict
-templates:
-  description: Each template's C(stat) (C(exists), C(checksum) in sha256), looped shape.
+template_sums:
+  description: By template path, the file's sha256; a missing template is not a key.
   returned: always
   type: dict
 builds:
-  description: Each engine root's C(current) C(stat) (C(lnk_target)), looped shape.
+  description:
+    - By engine root, the build its C(current) link points to (the link's target, as
+      written); a root with no such link is not a key.
   returned: always
   type: dict
 directories_to_fix:
@@ -94,9 +100,10 @@ to_start:
   type: list
   elements: str
 last_good:
-  description: The files in O(last_good_dir), shaped as a C(find) result.
+  description: The names of the unit and environment files in O(last_good_dir).
   returned: always
-  type: dict
+  type: list
+  elements: str
 unkept:
   description:
     - The names of the units and environment files whose content differs from their last
@@ -120,9 +127,9 @@ file_sums:
   type: dict
 """
 
-import base64  # noqa: E402
 import fnmatch  # noqa: E402
 import hashlib  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import stat  # noqa: E402
 
@@ -133,40 +140,46 @@ RUNNING = ("active", "activating", "reloading")
 
 
 def files_matching(directory, patterns):
+    """The names of the plain files in `directory` that match one of `patterns`."""
     try:
         names = sorted(os.listdir(directory))
     except OSError:
         return []
-    return [{"path": os.path.join(directory, name)} for name in names
-            if any(fnmatch.fnmatch(name, p) for p in patterns)
+    return [name for name in names if any(fnmatch.fnmatch(name, p) for p in patterns)
             and os.path.isfile(os.path.join(directory, name))]
 
 
-def slurped(model_dir):
-    try:
-        with open(os.path.join(model_dir, MANIFEST), "rb") as handle:
-            return {"item": model_dir, "content": base64.b64encode(handle.read()).decode()}
-    except OSError as error:
-        return {"item": model_dir, "failed": True, "msg": str(error)}
+def model_commits(model_dirs):
+    """{model directory: the commit its manifest records} for those with a manifest."""
+    commits = {}
+    for model_dir in model_dirs:
+        data = content(os.path.join(model_dir, MANIFEST))
+        if data is None:
+            continue
+        try:
+            manifest = json.loads(data)
+        except ValueError:
+            manifest = None
+        commits[model_dir] = manifest.get("commit") if isinstance(manifest, dict) else None
+    return commits
 
 
-def checksum(path):
+def sha256(path):
+    """The file's sha256, or None when it cannot be read."""
     try:
         digest = hashlib.sha256()
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-        return {"item": path, "stat": {"exists": True, "checksum": digest.hexdigest()}}
+        return digest.hexdigest()
     except OSError:
-        return {"item": path, "stat": {"exists": False}}
+        return None
 
 
-def current_build(root):
-    link = os.path.join(root, "current")
-    if not os.path.islink(link):
-        return {"item": root, "stat": {"exists": os.path.exists(link)}}
-    return {"item": root, "stat": {"exists": True, "islnk": True,
-                                   "lnk_target": os.readlink(link)}}
+def current_builds(roots):
+    """{engine root: the target of its `current` link} for those with one."""
+    links = {root: os.path.join(root, "current") for root in roots}
+    return {root: os.readlink(link) for root, link in links.items() if os.path.islink(link)}
 
 
 def needs_fixing(directory):
@@ -260,16 +273,15 @@ def main():
     states = unit_states(module, p["units"])
     module.exit_json(
         changed=False,
-        found={"files": files_matching(p["unit_dir"], ["thorfleet-*.service"])},
-        manifests={"results": [slurped(d) for d in p["model_dirs"]]},
-        templates={"results": [checksum(t) for t in p["templates"]]},
-        builds={"results": [current_build(r) for r in p["engine_roots"]]},
+        found=files_matching(p["unit_dir"], ["thorfleet-*.service"]),
+        model_commits=model_commits(p["model_dirs"]),
+        template_sums={t: s for t in p["templates"] if (s := sha256(t)) is not None},
+        builds=current_builds(p["engine_roots"]),
         directories_to_fix=[d["path"] for d in p["directories"] if needs_fixing(d)],
         to_start=[u for u in p["units"]
                   if states.get(u, ("", ""))[0] != "enabled"
                   or states.get(u, ("", ""))[1] not in RUNNING],
-        last_good={"files": files_matching(p["last_good_dir"], ["thorfleet-*.service",
-                                                                 "*.env"])},
+        last_good=files_matching(p["last_good_dir"], ["thorfleet-*.service", "*.env"]),
         unkept=unkept([os.path.join(p["unit_dir"], u) for u in p["units"]] + p["env_files"],
                       p["last_good_dir"]),
         packages_missing=packages_missing(module, p["packages"]),

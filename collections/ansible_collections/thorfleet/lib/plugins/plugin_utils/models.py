@@ -3,8 +3,6 @@ file's entries for what the hubs resolved."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import posixpath
@@ -198,15 +196,13 @@ def model_files_key(source, repo_id, commit, path):
     return f"{source}:{repo_id}@{commit}/{path}"
 
 
-def manifest_commit(slurped, model_dir):
-    """The commit a model's manifest (a slurp result) records, for the unit's header:
-    checked again here, as it came from a hub."""
-    if not slurped or "content" not in slurped:
+def manifest_commit(commits, model_dir):
+    """The commit the manifest of `model_dir` records, for the unit's header, from
+    `commits` ({model directory: its manifest's commit}, those with a manifest): checked
+    again here, as it came from a hub."""
+    if model_dir not in (commits or {}):
         return "not downloaded"
-    try:
-        commit = json.loads(base64.b64decode(slurped["content"]))["commit"]
-    except (ValueError, binascii.Error, KeyError, TypeError):
-        commit = None
+    commit = commits[model_dir]
     if not is_commit(commit):
         raise CatalogueError(f"{model_dir}/thorfleet-manifest.json: commit "
                              f"{str(commit)[:80]!r} is not 40 hex characters; run the models "

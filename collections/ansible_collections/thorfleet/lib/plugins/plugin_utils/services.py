@@ -251,9 +251,12 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
     model_dir (the downloaded repository it is in), chat_template (its path, or None),
     bind_address and probe_address (where
     the host reaches it), nonthinking, argv (the engine's command), env,
-    api_key_env/api_key_flag (how the engine takes an API key, if it does), and image
-    (container engines, by tag) or engine_root and binary (native engines: where their
-    builds live, and the binary in the `current` build).
+    api_key_env/api_key_flag (how the engine takes an API key, if it does), and for
+    container engines image (by tag), container (the container's fixed name) and caches,
+    for native engines engine_root (where their builds live), binary (the binary in the
+    `current` build, the command's first word) and binary_in_build (its path in any
+    build: a unit runs it from the build `current` points to when it is written, by the
+    build's own name, so that the last good unit names the last good build).
     """
     services = services or []
     check_absolute(builds_root, f"{host}: ggml_build_root")
@@ -340,12 +343,14 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
             "start_timeout": _start_timeout(where, recipe, engine)}
         if engine["kind"] == "container":
             spec["image"] = engine["image"]
+            spec["container"] = f"thorfleet-{name}"
             # Where the engine compiles kernels into, kept on the host per image digest.
             spec["caches"] = list(engine.get("caches") or [])
         else:
             # Where the engine's builds and its `current` link live.
             spec["engine_root"] = f"{builds_root}/{engine['build']}"
-            spec["binary"] = f"{spec['engine_root']}/current/bin/{engine['binary']}"
+            spec["binary_in_build"] = f"bin/{engine['binary']}"
+            spec["binary"] = f"{spec['engine_root']}/current/{spec['binary_in_build']}"
             spec["argv"][0] = spec["binary"]
         specs.append(spec)
     # What each engine takes: its share, and what it takes beyond the share's flag.
