@@ -77,8 +77,8 @@ def verify_summary(answers):
     """One line per check, what the (no_log) request task cannot show: the service, the
     check and the HTTP status it got; never a body or a header."""
     lines = []
-    for result in (answers or {}).get("results", []):
-        check = result.get("item") or {}
+    for result in answers or []:
+        check = result.get("check") or {}
         if result.get("skipped"):
             said = "not sent: the service did not answer /health"
         elif result.get("rc") != 0:
@@ -92,10 +92,10 @@ def verify_summary(answers):
 def verify_failures(health, answers, timeout, transcript_text=True, logs=None, secrets=()):
     """What failed, one line per service and check, naming the request and the response.
 
-    health: uri results of GET /health per spec (looped over specs); answers: command
-    results of the checks' curl (looped over verify_requests); logs: command results of
-    journalctl per service that did not answer (looped over specs), shown after it;
-    secrets: the API keys, masked wherever a log or an answer quotes them.
+    health, logs, answers: as the thorfleet_verify module returns them (each service's
+    answer to GET /health; the end of the journal of each that did not answer, shown
+    after it; each check's curl: rc, stdout ending in the HTTP status, stderr); secrets:
+    the API keys, masked wherever a log or an answer quotes them.
     """
     return [_masked(line, secrets) for line in _failures(health, answers, timeout,
                                                          transcript_text, logs)]
@@ -110,8 +110,8 @@ def _masked(text, secrets):
 def _failures(health, answers, timeout, transcript_text, logs):
     failures, unhealthy = [], set()
     log_ends = {result["spec"]["name"]: (result.get("stdout") or "").strip()
-                for result in (logs or {}).get("results", []) if "spec" in result}
-    for result in (health or {}).get("results", []):
+                for result in logs or [] if "spec" in result}
+    for result in health or []:
         spec = result["spec"]
         if result.get("status") != 200:
             unhealthy.add(spec["name"])
@@ -121,8 +121,8 @@ def _failures(health, answers, timeout, transcript_text, logs):
             if log_ends.get(spec["name"]):
                 failure += " -- its log ends: " + " | ".join(log_ends[spec["name"]].splitlines())
             failures.append(failure)
-    for result in (answers or {}).get("results", []):
-        check = result["item"]
+    for result in answers or []:
+        check = result["check"]
         if check["service"] in unhealthy or result.get("skipped"):
             continue
         problem = _judge(check, result, transcript_text)

@@ -14,9 +14,10 @@ description:
     C(thorfleet_verify_requests) filter), with its curl configuration on standard input.
     The services are asked at once, each service's checks one after another, so the phase
     takes as long as its slowest service rather than the sum of them.
-  - Returns what the three looped tasks it replaces registered (C(health), C(logs),
-    C(answers)), for the C(thorfleet_verify_failures) filter to judge; never fails for
-    a service that did not answer as it should.
+  - Returns, as lists, each service's answer to C(/health), the log of each that did
+    not answer and each check's answer (C(health), C(logs), C(answers)), for the
+    C(thorfleet_verify_failures) filter to judge; never fails for a service that did not
+    answer as it should.
   - Reads only. Runs in check mode too (nothing is changed), but the role skips it there.
 options:
   services:
@@ -53,17 +54,22 @@ author:
 
 RETURN = r"""
 health:
-  description: "C({results: [{spec, url, status, msg}]}), one per service."
+  description: "C([{spec, url, status, msg}]), one per service."
   returned: always
-  type: dict
+  type: list
+  elements: dict
 logs:
-  description: "C({results: [{spec, stdout}]}), one per service that did not answer."
+  description: "C([{spec, stdout}]), one per service that did not answer."
   returned: always
-  type: dict
+  type: list
+  elements: dict
 answers:
-  description: "C({results: [{item, rc, stdout, stderr} or {item, skipped}]}), one per check."
+  description:
+    - "C([{check, rc, stdout, stderr} or {check, skipped}]), one per check, in order:
+      C(stdout) ends with a line of the HTTP status curl got."
   returned: always
-  type: dict
+  type: list
+  elements: dict
 """
 
 import time  # noqa: E402
@@ -121,13 +127,13 @@ def ask(module, checks, silent, curl_configs):
         for index in indexes:
             check = checks[index]
             if check["service"] in silent:
-                answers[index] = {"item": check, "skipped": True}
+                answers[index] = {"check": check, "skipped": True}
                 continue
             rc, out, err = module.run_command(
                 check["argv"], data=curl_configs.get(check["service"]) or "# no API key",
                 binary_data=False)
             # As the command module returns them: without the trailing line end.
-            answers[index] = {"item": check, "rc": rc, "stdout": out.rstrip("\r\n"),
+            answers[index] = {"check": check, "rc": rc, "stdout": out.rstrip("\r\n"),
                               "stderr": err.rstrip("\r\n")}
 
     with ThreadPoolExecutor(max_workers=max(len(by_service), 1)) as pool:
@@ -162,8 +168,7 @@ def main():
                      str(params["log_lines"]), "--no-pager", "--output", "cat"])
             logs.append({"spec": result["spec"], "stdout": out})
     answers = ask(module, params["checks"], silent, params["curl_configs"])
-    module.exit_json(changed=False, health={"results": health}, logs={"results": logs},
-                     answers={"results": answers})
+    module.exit_json(changed=False, health=health, logs=logs, answers=answers)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ sha256:
   returned: success
   type: str
 fetched:
-  description: Whether the URL was fetched in this run.
+  description: Whether the URL was fetched in this run (not when O(content) was written).
   returned: success
   type: bool
 """
@@ -149,7 +149,8 @@ def main():
             os.unlink(tmp)
             module.fail_json(msg=f"{url}: sha256 mismatch: expected {expected}, got {fetched}; "
                                  f"{dest} left as it was", url=url, expected=expected, got=fetched)
-        result.update(fetched=True, sha256=fetched, changed=fetched != current)
+        result.update(fetched=module.params["content"] is None, sha256=fetched,
+                      changed=fetched != current)
         if result["changed"]:
             module.atomic_move(tmp, dest)
         else:

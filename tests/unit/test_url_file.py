@@ -105,6 +105,7 @@ def test_bytes_read_elsewhere_are_written_only_with_the_pinned_sum(fetch, monkey
 
     done = given(TEMPLATE)
     assert not done.failed and done.result["changed"] and fetch.dest.read_bytes() == TEMPLATE
+    assert done.result["fetched"] is False  # written from the bytes given, not fetched
     assert given(TEMPLATE).result["changed"] is False
     fetch.dest.write_bytes(b"edited on the host\n")
     wrong = given(TEMPLATE + b"changed in the bundle\n")

@@ -53,18 +53,18 @@ def test_each_service_gets_the_guides_request():
 
 def answer(check, status=200, body=None):
     """What the check's curl printed: the body, then the status on a line of its own."""
-    return {"item": check, "rc": 0, "stdout": f"{json.dumps(body)}\n{status}"}
+    return {"check": check, "rc": 0, "stdout": f"{json.dumps(body)}\n{status}"}
 
 
 def message(content, reasoning=None):
     return {"choices": [{"message": {"content": content, "reasoning_content": reasoning}}]}
 
 
-HEALTHY = {"results": [{"spec": s, "status": 200} for s in SPECS]}
+HEALTHY = [{"spec": s, "status": 200} for s in SPECS]
 
 
 def failures(*answers, health=HEALTHY):
-    return verify.verify_failures(health, {"results": list(answers)}, 600)
+    return verify.verify_failures(health, list(answers), 600)
 
 
 def test_good_answers_pass():
@@ -96,14 +96,14 @@ def test_each_bad_answer_fails_naming_service_request_and_response(result, expec
 
 def test_an_empty_transcript_passes_only_where_text_is_not_required():
     empty = answer(by("whisper"), body={"text": ""})
-    assert verify.verify_failures(HEALTHY, {"results": [empty]}, 600, False) == []
-    assert "holds no text" in verify.verify_failures(HEALTHY, {"results": [empty]}, 600)[0]
+    assert verify.verify_failures(HEALTHY, [empty], 600, False) == []
+    assert "holds no text" in verify.verify_failures(HEALTHY, [empty], 600)[0]
     assert "answered no transcription" in verify.verify_failures(
-        HEALTHY, {"results": [answer(by("whisper"), body={})]}, 600, False)[0]
+        HEALTHY, [answer(by("whisper"), body={})], 600, False)[0]
 
 
 def test_a_request_that_gets_no_answer_fails_with_what_curl_said():
-    found = failures({"item": by("chat"), "rc": 7, "stdout": "",
+    found = failures({"check": by("chat"), "rc": 7, "stdout": "",
                       "stderr": "curl: (7) Failed to connect"})
     assert found == ["chat (thorfleet-chat.service): chat, POST "
                      "http://127.0.0.1:8000/v1/chat/completions: curl failed: curl: (7) "
@@ -111,52 +111,52 @@ def test_a_request_that_gets_no_answer_fails_with_what_curl_said():
 
 
 def test_a_service_that_never_answers_health_fails_once_naming_it():
-    health = {"results": [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
-                           "url": f"http://127.0.0.1:{s['port']}/health",
-                           "msg": "Connection refused"} for s in SPECS]}
+    health = [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
+               "url": f"http://127.0.0.1:{s['port']}/health", "msg": "Connection refused"}
+              for s in SPECS]
     found = failures(answer(by("asr"), status=-1), health=health)
     assert found == ["asr (thorfleet-asr.service): GET http://127.0.0.1:8002/health did not "
                      "answer 200 within 600 s: Connection refused"]
 
 
 def test_the_summary_shows_each_check_and_its_status_but_no_body():
-    lines = verify.verify_summary({"results": [
+    lines = verify.verify_summary([
         answer(by("chat"), body={"secret-ish": "body"}),
         answer(by("asr"), status=401),
-        {"item": by("whisper"), "rc": 7, "stdout": ""},
-        {"item": by("vl", "image by URL"), "skipped": True}]})
+        {"check": by("whisper"), "rc": 7, "stdout": ""},
+        {"check": by("vl", "image by URL"), "skipped": True}])
     assert lines == ["chat: chat: answered 200", "asr: transcription: answered 401",
                      "whisper: transcription: no answer (curl failed)",
                      "vl: image by URL: not sent: the service did not answer /health"]
 
 
 def test_the_health_wait_is_the_units_start_timeout_unless_one_is_given():
-    health = {"results": [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
-                           "url": f"http://127.0.0.1:{s['port']}/health",
-                           "msg": "Connection refused"} for s in SPECS]}
-    (found,) = verify.verify_failures(health, {"results": []}, 0)
+    health = [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
+               "url": f"http://127.0.0.1:{s['port']}/health", "msg": "Connection refused"}
+              for s in SPECS]
+    (found,) = verify.verify_failures(health, [], 0)
     assert "did not answer 200 within 1200 s" in found
 
 
 def test_a_service_that_never_answers_is_shown_with_the_end_of_its_log():
-    health = {"results": [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
-                           "url": f"http://127.0.0.1:{s['port']}/health",
-                           "msg": "Connection refused"} for s in SPECS]}
-    logs = {"results": [{"spec": by_name, "stdout": "loading\nNo such file: /models/x.gguf\n"}
-                        for by_name in SPECS if by_name["name"] == "asr"]}
-    (found,) = verify.verify_failures(health, {"results": []}, 600, logs=logs)
+    health = [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
+               "url": f"http://127.0.0.1:{s['port']}/health", "msg": "Connection refused"}
+              for s in SPECS]
+    logs = [{"spec": by_name, "stdout": "loading\nNo such file: /models/x.gguf\n"}
+            for by_name in SPECS if by_name["name"] == "asr"]
+    (found,) = verify.verify_failures(health, [], 600, logs=logs)
     assert found.endswith("Connection refused -- its log ends: loading | "
                           "No such file: /models/x.gguf")
 
 
 def test_a_key_a_log_or_an_answer_quotes_is_masked():
-    health = {"results": [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
-                           "url": f"http://127.0.0.1:{s['port']}/health",
-                           "msg": "Connection refused"} for s in SPECS]}
-    logs = {"results": [{"spec": next(s for s in SPECS if s["name"] == "asr"),
-                         "stdout": "server_args=ServerArgs(api_key='sk-asr-key-0001')"}]}
+    health = [{"spec": s, "status": 200 if s["name"] != "asr" else -1,
+               "url": f"http://127.0.0.1:{s['port']}/health", "msg": "Connection refused"}
+              for s in SPECS]
+    logs = [{"spec": next(s for s in SPECS if s["name"] == "asr"),
+             "stdout": "server_args=ServerArgs(api_key='sk-asr-key-0001')"}]
     refused = answer(by("chat"), status=401, body={"error": "bad key sk-chat-key-0002"})
-    found = verify.verify_failures(health, {"results": [refused]}, 600, logs=logs,
+    found = verify.verify_failures(health, [refused], 600, logs=logs,
                                    secrets=["sk-asr-key-0001", "sk-chat-key-0002", ""])
     assert len(found) == 2 and all("********" in line for line in found), found
     assert not any("-key-000" in line for line in found), found
@@ -225,13 +225,13 @@ def test_one_task_waits_asks_and_skips_a_silent_service(standin, monkeypatch):
         monkeypatch)
     assert not done.failed, done.result
     result = done.result
-    assert [(r["spec"]["name"], r["status"]) for r in result["health"]["results"]] == [
+    assert [(r["spec"]["name"], r["status"]) for r in result["health"]] == [
         ("think", 200), ("down", -1)]
-    assert [r["spec"]["name"] for r in result["logs"]["results"]] == ["down"]
-    answered, skipped = result["answers"]["results"]
+    assert [r["spec"]["name"] for r in result["logs"]] == ["down"]
+    answered, skipped = result["answers"]
     assert answered["rc"] == 0 and answered["stdout"].endswith("\n200")
-    assert skipped == {"item": checks[1], "skipped": True}
-    # The filters judge it as they judged the looped tasks.
+    assert skipped == {"check": checks[1], "skipped": True}
+    # The filters judge what it returns.
     assert verify.verify_summary(result["answers"]) == [
         "think: chat: answered 200", "down: chat: not sent: the service did not answer /health"]
     failures = verify.verify_failures(result["health"], result["answers"], 1, True,
@@ -265,7 +265,7 @@ def test_the_services_are_asked_at_once_and_each_ones_checks_in_order(standin, m
         "services": services, "checks": checks, "health_timeout": 5, "delay": 1,
         "curl_configs": {}}, monkeypatch)
     assert not done.failed, done.result
-    answers = done.result["answers"]["results"]
-    assert [a["item"]["check"] + ":" + a["item"]["service"] for a in answers] == [
+    answers = done.result["answers"]
+    assert [a["check"]["check"] + ":" + a["check"]["service"] for a in answers] == [
         "meet:a", "after:a", "meet:b", "meet:c"]
     assert [a["stdout"].split() for a in answers] == [["a", "b", "c"]] * 4

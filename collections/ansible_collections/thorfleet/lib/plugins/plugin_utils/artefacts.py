@@ -607,18 +607,25 @@ def via(kind):
     return kind_of(kind)["via"]
 
 
+def _through_registry(state):
+    """The kind of a host's `state` (as holdings gives it), which must go through the
+    site cache's registry, and the entries the host lacks of it."""
+    kind = kind_of((state or {}).get("kind"))
+    if kind["via"] != "registry":
+        raise ArtefactError(f"artefacts_kind: {state['kind']} goes through no registry")
+    return kind, [entry for key, entry in sorted(state["entries"].items())
+                  if key not in state["held"]]
+
+
 def registry_fill(states):
     """What the site cache copies, once for the run's hosts, of a kind that goes through
     it (`via: registry`): from what each host (`states`, as holdings gives them) lacks, the
     kind's `fill` of it."""
     lacking, fill = [], None
     for state in states or []:
-        kind = kind_of(state["kind"])
-        if kind["via"] != "registry":
-            raise ArtefactError(f"artefacts_kind: {state['kind']} goes through no registry")
+        kind, lacks = _through_registry(state)
         fill = kind["fill"]
-        lacking += [entry["item"] for key, entry in sorted(state["entries"].items())
-                    if key not in state["held"]]
+        lacking += [entry["item"] for entry in lacks]
     return fill(lacking) if fill else []
 
 
@@ -626,11 +633,8 @@ def registry_sources(state, lock):
     """What this host (`state`) lacks of a kind that goes through the site cache, each
     with what the cache holds of it (`held`: the kind's `registry_report`, from the lock
     its copy wrote), None where the cache did not copy it."""
-    kind = kind_of((state or {}).get("kind"))
-    if kind["via"] != "registry":
-        raise ArtefactError(f"artefacts_kind: {state['kind']} goes through no registry")
-    return [{**entry, "held": kind["registry_report"](entry, lock)}
-            for key, entry in sorted(state["entries"].items()) if key not in state["held"]]
+    kind, lacks = _through_registry(state)
+    return [{**entry, "held": kind["registry_report"](entry, lock)} for entry in lacks]
 
 
 def bundle_share(kind):
