@@ -56,6 +56,22 @@ def engine_plan(engines, sources, locked, refresh=False):
     return plan
 
 
+def engine_builds(plan, sources, root, gpu=None, cuda_home="/usr/local/cuda",
+                  cuda_version="", ccache_dir="", jobs=0, keep=2):
+    """Each engine of the plan (`engine`) with the build module's arguments at its pin
+    (`args`), for this host (`gpu`, `cuda_version`: the facts preflight read): what the
+    build's check, the build and the artefact pipeline pass the module alike."""
+    return [{"engine": engine, "args": {
+        "name": engine["name"], "source": f"{root}/{engine['name']}/src",
+        "commit": engine["pin"], "build_root": f"{root}/{engine['name']}",
+        "cmake_flags": ggml_cmake_flags(gpu, sources[engine["name"]]["cmake_flags"],
+                                        sources[engine["name"]]["extra_cmake_flags"],
+                                        cuda_home),
+        "targets": sources[engine["name"]]["targets"],
+        "cuda_version": cuda_version if gpu else "", "ccache_dir": ccache_dir or None,
+        "jobs": jobs, "keep": keep}} for engine in plan or []]
+
+
 def engine_commits(checkouts):
     """Lock entries (<engine>@<ref> -> commit) of refs resolved in this run, from every
     host's registered checkouts."""
@@ -73,4 +89,5 @@ def engine_commits(checkouts):
 class FilterModule:
     def filters(self):
         return {"ggml_cmake_flags": ggml_cmake_flags, "cuda_architecture": cuda_architecture,
-                "thorfleet_engine_plan": engine_plan, "thorfleet_engine_commits": engine_commits}
+                "thorfleet_engine_plan": engine_plan, "thorfleet_engine_builds": engine_builds,
+                "thorfleet_engine_commits": engine_commits}

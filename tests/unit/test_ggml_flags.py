@@ -77,3 +77,23 @@ def test_only_refs_resolved_in_this_run_reach_the_lock():
     assert ggml.engine_commits([host1, host2, {}]) == {"llama.cpp@b11312": "e" * 40}
     pinned = ggml.engine_plan(["llama.cpp"], SOURCES, {"llama.cpp@b11312": "c" * 40})
     assert ggml.engine_commits([{"results": [{"item": pinned[0], "after": "c" * 40}]}]) == {}
+
+
+def test_each_build_carries_the_modules_arguments_at_its_pin_for_this_host():
+    plan = ggml.engine_plan(["llama.cpp"], SOURCES, {"llama.cpp@b11312": "c" * 40})
+    sources = {"llama.cpp": {**SOURCES["llama.cpp"], "targets": ["llama-server"],
+                             "cmake_flags": ["-DLLAMA_CURL=OFF"], "extra_cmake_flags": []}}
+    (thor,) = ggml.engine_builds(plan, sources, "/opt/thorfleet", gpu=THOR_GPU,
+                                 cuda_version="13.0", ccache_dir="", jobs=4, keep=2)
+    assert thor["engine"] == plan[0]
+    assert thor["args"] == {
+        "name": "llama.cpp", "source": "/opt/thorfleet/llama.cpp/src", "commit": "c" * 40,
+        "build_root": "/opt/thorfleet/llama.cpp",
+        "cmake_flags": ggml.ggml_cmake_flags(THOR_GPU, ["-DLLAMA_CURL=OFF"], []),
+        "targets": ["llama-server"], "cuda_version": "13.0", "ccache_dir": None, "jobs": 4,
+        "keep": 2}
+    # A host without a GPU: a CPU build, and no CUDA in its stamp.
+    (cpu,) = ggml.engine_builds(plan, sources, "/opt/thorfleet", cuda_version="13.0",
+                                ccache_dir="/var/cache/ccache")
+    assert "-DGGML_CUDA=OFF" in cpu["args"]["cmake_flags"]
+    assert (cpu["args"]["cuda_version"], cpu["args"]["ccache_dir"]) == ("", "/var/cache/ccache")
