@@ -241,8 +241,7 @@ def _probe_address(bind):
 
 
 def service_specs(services, catalogue, *, builds_root, models_root="/models",
-                  default_source="huggingface", host="host", memory_budget=0.9, api_key="",
-                  models=None):
+                  default_source="huggingface", host="host", memory_budget=0.9, api_key=""):
     """Each service resolved to what its unit runs, every service checked first.
 
     A spec: name, unit, recipe, engine, kind (container or native), modality, port,
@@ -258,10 +257,6 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
     `current` build, the command's first word) and binary_in_build (its path in any
     build: a unit runs it from the build `current` points to when it is written, by the
     build's own name, so that the last good unit names the last good build).
-
-    `models`: the host's model plan (model_plan of the same services, catalogue, models
-    root and source, as the settings role's thorfleet_models_planned has it), where the
-    models and files are; planned here when not given.
     """
     services = services or []
     check_absolute(builds_root, f"{host}: ggml_build_root")
@@ -269,8 +264,7 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
     if api_key:
         check_field(f"{host}: thorfleet_api_key", "api_key", api_key, secret=True)
     memory_budget = check_in_range(host, "thorfleet_memory_budget", memory_budget, SHARE)
-    plan = models if models is not None else model_plan(services, catalogue, models_root,
-                                                         default_source, host)
+    plan = model_plan(services, catalogue, models_root, default_source, host)
     models_by_service = {name: m for m in plan["models"] for name in m["services"]}
     files = {f["name"]: f["dest"] for f in plan["files"]}
     root = posixpath.normpath(models_root)
