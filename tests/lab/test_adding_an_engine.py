@@ -94,11 +94,13 @@ def add_engine(checkout: Path) -> None:
 
 
 def changed_files(checkout: Path) -> list[str]:
-    """The project's files the copy has that differ from this checkout's, or are new."""
+    """The project's files the copy has that differ from this checkout's, or are new (the
+    lab's inventory and state, copied and linked, left out)."""
     changed = []
     for path in sorted(checkout.rglob("*")):
         name = path.relative_to(checkout)
-        if name.parts[0] in ("inventory", ".lab") or not path.is_file() or path.is_symlink():
+        if (name.parts[:2] == ("inventory", "lab") or name.parts[0] == ".lab"
+                or not path.is_file() or path.is_symlink()):
             continue
         here = ROOT / name
         if not here.is_file() or here.read_bytes() != path.read_bytes():
