@@ -10,7 +10,10 @@ that the model and chat template exist, and then answers ``/health``, ``/v1/mode
 ``/thorfleet-standin/argv`` (the command it was started with, for tests to compare with
 the guide's, and whether it found the marker a start before left in its compile cache),
 ``POST /v1/chat/completions`` (also streamed, as server-sent events with a
-final ``usage`` chunk, for the bench) and ``POST /v1/audio/transcriptions``. With an
+final ``usage`` chunk, for the bench), ``POST /v1/audio/transcriptions`` and ``GET
+/metrics`` (Prometheus' text format, with the metric names and types of the engine at
+the pinned image's version, counting what the stand-in really served: vLLM serves it
+always, SGLang only with ``--enable-metrics``, as the engines do). With an
 API key (``VLLM_API_KEY``, or ``--api-key``) the ``/v1`` routes want ``Authorization:
 Bearer <key>``, as the engines do.
 
@@ -34,6 +37,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -97,7 +101,116 @@ def sglang_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-total-tokens", type=int)
     parser.add_argument("--disable-cuda-graph", action="store_true")
     parser.add_argument("--quantization", choices=SGLANG_QUANTIZATIONS)
+    parser.add_argument("--enable-metrics", action="store_true")
     return parser
+
+
+# The engines' Prometheus metrics the stand-in serves, by the names and types of the
+# pinned images' versions, read in the engines' own source:
+# - vLLM 0.10.2 (NGC 25.10): vllm/v1/metrics/loggers.py, PrometheusStatLogger; labels
+#   model_name (the served name) and engine (the engine core's index, "0");
+#   request_success also finished_reason. vllm:gpu_cache_usage_perc, deprecated since
+#   0.9 in favour of vllm:kv_cache_usage_perc, is left out.
+# - SGLang 0.5 (NGC 25.10): python/sglang/srt/metrics/collector.py,
+#   SchedulerMetricsCollector (the gauges) and TokenizerMetricsCollector (the counters
+#   and histograms); label model_name.
+# prometheus_client, which both use, writes a counter `x` as the sample `x_total` under
+# `# TYPE x counter`, and a histogram as its _bucket, _sum and _count samples.
+@dataclass(frozen=True)
+class MetricNames:
+    running: str  # gauge: requests being served
+    waiting: str  # gauge: requests queued
+    cache_usage: str  # gauge: the KV cache's share in use, 0 to 1
+    prompt_tokens: str  # counter
+    generation_tokens: str  # counter
+    requests: str  # counter: requests finished
+    time_to_first_token: str  # histogram, seconds
+    latency: str  # histogram, seconds, end to end
+    labels: Callable[[str], dict] = lambda served: {"model_name": served}
+    finished_reason: bool = False  # whether the request counter has that label
+
+
+METRICS = {
+    "vllm": MetricNames(
+        "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+        "vllm:prompt_tokens", "vllm:generation_tokens", "vllm:request_success",
+        "vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
+        labels=lambda served: {"model_name": served, "engine": "0"}, finished_reason=True),
+    "sglang": MetricNames(
+        "sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:token_usage",
+        "sglang:prompt_tokens", "sglang:generation_tokens", "sglang:num_requests",
+        "sglang:time_to_first_token_seconds", "sglang:e2e_request_latency_seconds"),
+}
+# A few of the engines' bucket bounds (vLLM's time-to-first-token ones, from 0.01 s).
+BUCKETS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class Metrics:
+    """What one stand-in served, written as its engine writes /metrics."""
+
+    def __init__(self, engine: str, served_name: str):
+        self.names = METRICS[engine]
+        self.labels = self.names.labels(served_name)
+        self.started = time.time()
+        self._lock = threading.Lock()
+        self.running = 0
+        self.prompt_tokens = self.generation_tokens = 0
+        self.finished: dict[str, int] = {}  # finished_reason: requests
+        self.times = {self.names.time_to_first_token: [], self.names.latency: []}
+
+    def start(self) -> None:
+        with self._lock:
+            self.running += 1
+
+    def finish(self, prompt: int, generated: int, first_token: float, latency: float,
+               reason: str = "stop") -> None:
+        with self._lock:
+            self.running -= 1
+            self.prompt_tokens += prompt
+            self.generation_tokens += generated
+            self.finished[reason] = self.finished.get(reason, 0) + 1
+            self.times[self.names.time_to_first_token].append(first_token)
+            self.times[self.names.latency].append(latency)
+
+    def abandon(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+    def text(self) -> str:
+        names, out = self.names, []
+
+        def labels(**more) -> str:
+            pairs = {**self.labels, **more}
+            return "{" + ",".join(f'{k}="{v}"' for k, v in pairs.items()) + "}"
+
+        def family(name: str, kind: str, samples: list[tuple[str, str, float]]) -> None:
+            out.extend([f"# HELP {name} {STANDIN}: {name}", f"# TYPE {name} {kind}"])
+            out.extend(f"{sample}{label} {float(value)}" for sample, label, value in samples)
+
+        with self._lock:
+            family(names.running, "gauge", [(names.running, labels(), self.running)])
+            family(names.waiting, "gauge", [(names.waiting, labels(), 0)])
+            family(names.cache_usage, "gauge",
+                   [(names.cache_usage, labels(), 0.01 if self.running else 0)])
+            for name, value in ((names.prompt_tokens, self.prompt_tokens),
+                                (names.generation_tokens, self.generation_tokens)):
+                family(name, "counter", [(f"{name}_total", labels(), value),
+                                         (f"{name}_created", labels(), self.started)])
+            if names.finished_reason:
+                family(names.requests, "counter", [
+                    (f"{names.requests}_total", labels(finished_reason=reason),
+                     self.finished.get(reason, 0)) for reason in ("stop", "length", "abort")])
+            else:
+                family(names.requests, "counter",
+                       [(f"{names.requests}_total", labels(), sum(self.finished.values()))])
+            for name, seen in self.times.items():
+                samples = [(f"{name}_bucket", labels(le=str(bound)),
+                            sum(1 for t in seen if t <= bound)) for bound in BUCKETS]
+                samples += [(f"{name}_bucket", labels(le="+Inf"), len(seen)),
+                            (f"{name}_count", labels(), len(seen)),
+                            (f"{name}_sum", labels(), sum(seen))]
+                family(name, "histogram", samples)
+        return "\n".join(out) + "\n"
 
 
 @dataclass(frozen=True)
@@ -155,6 +268,8 @@ def configure(engine: str, argv: list[str]) -> dict:
             template = source.read()
     return {"engine": engine, "model": model, "served_name": served, "host": args.host,
             "port": args.port, "api_key": api_key,
+            # vLLM serves /metrics always; SGLang with --enable-metrics only.
+            "metrics": getattr(args, "enable_metrics", True),
             "thinks": EMPTY_THINK not in template,
             "media_path": getattr(args, "allowed_local_media_path", None)}
 
@@ -174,11 +289,14 @@ def chat_answer(settings: dict, request: dict) -> tuple[HTTPStatus, dict]:
             if problem:
                 return HTTPStatus.BAD_REQUEST, {"error": {"message": problem}}
     answer = _answer(settings, messages)
+    used = prompt_tokens(request)
+    generated = len(answer.split(" "))  # one word a token, as a stream sends them
     return HTTPStatus.OK, {
         "id": "chatcmpl-standin", "object": "chat.completion", "model": settings["served_name"],
         "choices": [{"index": 0, "finish_reason": "stop",
                      "message": {"role": "assistant", "content": answer}}],
-        "usage": {"prompt_tokens": 8, "completion_tokens": 12, "total_tokens": 20}}
+        "usage": {"prompt_tokens": used, "completion_tokens": generated,
+                  "total_tokens": used + generated}}
 
 
 def _answer(settings: dict, messages: list) -> str:
@@ -230,13 +348,24 @@ def _image_problem(url: str, media_path: str | None) -> str:
     return f"Unsupported image URL: {url[:40]}"
 
 
-def make_handler(settings: dict, command: list[str]):
+def make_handler(settings: dict, command: list[str], metrics: Metrics | None = None):
+    metrics = metrics or Metrics(settings["engine"], settings["served_name"])
+
     class Handler(BaseHTTPRequestHandler):
         server_version = f"{settings['engine']}-standin"
 
         def do_GET(self):  # noqa: N802 (the standard library's name)
             if self.path == "/health":
                 return self._send(HTTPStatus.OK, {})
+            if self.path == "/metrics" and settings["metrics"]:
+                # Unauthenticated, as the engines' own (an API key covers /v1 only).
+                data = metrics.text().encode()
+                self.send_response(HTTPStatus.OK)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                return None
             if self.path == "/thorfleet-standin/argv":
                 return self._send(HTTPStatus.OK, {"engine": settings["engine"],
                                                   "argv": command,
@@ -266,6 +395,11 @@ def make_handler(settings: dict, command: list[str]):
                 status, answer = chat_answer(settings, request)
                 if request.get("stream") and status == HTTPStatus.OK:
                     return self._stream(request)
+                if status == HTTPStatus.OK:
+                    metrics.start()
+                    usage = answer["usage"]
+                    metrics.finish(usage["prompt_tokens"], usage["completion_tokens"],
+                                   0.0, 0.0)
                 return self._send(status, answer)
             if self.path == "/v1/audio/transcriptions":
                 form = email.message_from_bytes(
@@ -280,8 +414,10 @@ def make_handler(settings: dict, command: list[str]):
                 if model is None or model.get_content().strip() != settings["served_name"]:
                     return self._send(HTTPStatus.NOT_FOUND, {"error": "no such model"})
                 size = len(audio.get_payload(decode=True))
-                return self._send(HTTPStatus.OK, {
-                    "text": f"{STANDIN} heard {audio.get_filename()} ({size} bytes)"})
+                text = f"{STANDIN} heard {audio.get_filename()} ({size} bytes)"
+                metrics.start()
+                metrics.finish(1, len(text.split(" ")), 0.0, 0.0)
+                return self._send(HTTPStatus.OK, {"text": text})
             return self._send(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
 
         def _authorised(self) -> bool:
@@ -296,6 +432,20 @@ def make_handler(settings: dict, command: list[str]):
             token at the stand-in's pace, a finish chunk, usage if asked for, [DONE]."""
             pace = 1 / float(os.environ.get(PACE) or 200)
             tokens = stream_tokens(settings, request)
+            began = time.monotonic()
+            metrics.start()
+            try:
+                first = self._events(request, tokens, pace) - began
+            except OSError:  # the client went away: the engines count it as aborted
+                metrics.abandon()
+                raise
+            limit = request.get("max_tokens") or request.get("max_completion_tokens")
+            metrics.finish(prompt_tokens(request), len(tokens), first,
+                           time.monotonic() - began,
+                           "length" if len(tokens) == limit else "stop")
+
+        def _events(self, request: dict, tokens: list[str], pace: float) -> float:
+            """Sends the events; returns when the first token went (time.monotonic)."""
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "text/event-stream")
             self.end_headers()
@@ -307,9 +457,12 @@ def make_handler(settings: dict, command: list[str]):
                 self.wfile.flush()
 
             event([{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}])
-            for token in tokens:
+            first = time.monotonic()
+            for index, token in enumerate(tokens):
                 time.sleep(pace)
                 event([{"index": 0, "delta": {"content": token}, "finish_reason": None}])
+                if index == 0:
+                    first = time.monotonic()
             limit = request.get("max_tokens") or request.get("max_completion_tokens")
             event([{"index": 0, "delta": {},
                     "finish_reason": "length" if len(tokens) == limit else "stop"}])
@@ -318,6 +471,7 @@ def make_handler(settings: dict, command: list[str]):
                 event([], usage={"prompt_tokens": used, "completion_tokens": len(tokens),
                                  "total_tokens": used + len(tokens)})
             self.wfile.write(b"data: [DONE]\n\n")
+            return first
 
         def _send(self, status: HTTPStatus, body: dict) -> None:
             data = json.dumps(body).encode()
@@ -361,7 +515,8 @@ def main(engine: str, command: list[str]) -> None:
     # PID 1 of a container gets no default signal handlers: `docker stop` must still stop it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = ThreadingHTTPServer((settings["host"], settings["port"]),
-                                 make_handler(settings, command))
+                                 make_handler(settings, command,
+                                              Metrics(engine, settings["served_name"])))
     print(f"{STANDIN} for {engine}: serving {settings['served_name']} "
           f"on {settings['host']}:{settings['port']}; started as {command}", flush=True)
     server.serve_forever()

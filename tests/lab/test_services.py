@@ -99,12 +99,13 @@ def test_a_second_run_changes_and_restarts_nothing(thor01):
 
 
 def test_each_engine_runs_the_guides_command(thor01):
-    # The differences each service's settings allow (port, memory share), nothing else.
+    # The differences each service's settings allow (port, memory share) and the flags
+    # that turn metrics on, nothing else.
     expected = {
         "qwen3-vllm": guide("vllm-qwen3-8b-nothink")
         + ["--port", "8001", "--gpu-memory-utilization", "0.2"],
         "qwen3-sglang": [*guide("sglang-qwen3-8b-nothink")],
-        "qwen3": guide("llama-qwen3-8b-gguf-nothink"),
+        "qwen3": guide("llama-qwen3-8b-gguf-nothink") + ["--metrics"],
         "whisper": guide("whisper-large-v3-turbo"),
     }
     # Native engines run the build `current` pointed to when their unit was written (so
@@ -115,7 +116,7 @@ def test_each_engine_runs_the_guides_command(thor01):
         expected[name][0] = binary.replace("/current/", f"/{build}/")
     sglang = expected["qwen3-sglang"]
     sglang[sglang.index("--port") + 1] = "8003"
-    sglang += ["--mem-fraction-static", "0.2"]
+    sglang += ["--mem-fraction-static", "0.2", "--enable-metrics"]
     got = {"qwen3-vllm": recorded_argv(thor01, "qwen3-vllm"),
            "qwen3-sglang": recorded_argv(thor01, "qwen3-sglang"),
            "qwen3": native_argv(thor01, "qwen3"),

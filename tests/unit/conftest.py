@@ -120,7 +120,9 @@ def standin(tmp_path):
                str(tmp_path / "media")]
 
     def start(argv):
-        settings = engine_standin.configure("vllm", argv[2:])
+        engine = "sglang" if argv[0] == "python" else "vllm"
+        settings = engine_standin.configure(
+            engine, argv[len(engine_standin.ENGINES[engine].command):])
         server = ThreadingHTTPServer(("127.0.0.1", 0),
                                      engine_standin.make_handler(settings, argv))
         threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -174,3 +174,87 @@ def test_a_command_that_is_not_the_engines_stops_it(models):
     with pytest.raises(SystemExit) as refused:
         engine_standin.main("vllm", ["vllm", "/m", "--port", "0"])
     assert refused.value.code == "usage: vllm serve [options]"
+
+
+def scrape(base):
+    """{sample name: {labels as a sorted tuple: value}} and {family: type} of /metrics."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = response.read().decode()
+    samples, types = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            name, kind = line.split()[2:4]
+            types[name] = kind
+        elif line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            name, _, labels = series.partition("{")
+            pairs = tuple(sorted(tuple(p.split("=", 1)) for p in labels.rstrip("}").split(",")
+                                 if p))
+            samples.setdefault(name, {})[pairs] = float(value)
+    return samples, types
+
+
+# The names and types, written here by hand from the engines' own source at the pinned
+# images' versions (vLLM 0.10.2's vllm/v1/metrics/loggers.py, SGLang 0.5's
+# python/sglang/srt/metrics/collector.py), so the stand-in cannot agree with itself.
+VLLM_FAMILIES = {"vllm:num_requests_running": "gauge", "vllm:num_requests_waiting": "gauge",
+                 "vllm:kv_cache_usage_perc": "gauge", "vllm:prompt_tokens": "counter",
+                 "vllm:generation_tokens": "counter", "vllm:request_success": "counter",
+                 "vllm:time_to_first_token_seconds": "histogram",
+                 "vllm:e2e_request_latency_seconds": "histogram"}
+SGLANG_FAMILIES = {"sglang:num_running_reqs": "gauge", "sglang:num_queue_reqs": "gauge",
+                   "sglang:token_usage": "gauge", "sglang:prompt_tokens": "counter",
+                   "sglang:generation_tokens": "counter", "sglang:num_requests": "counter",
+                   "sglang:time_to_first_token_seconds": "histogram",
+                   "sglang:e2e_request_latency_seconds": "histogram"}
+
+
+def stream(base, max_tokens):
+    body = {"model": "qwen3", "stream": True, "max_tokens": max_tokens, "ignore_eos": True,
+            "messages": [{"role": "user", "content": "three more words"}]}
+    request = urllib.request.Request(f"{base}/v1/chat/completions",
+                                     data=json.dumps(body).encode(), method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()
+
+
+def test_vllm_metrics_count_what_it_served_by_the_engines_names(standin, monkeypatch):
+    monkeypatch.setenv(engine_standin.PACE, "1000")
+    serve, _root = standin
+    base = serve()
+    samples, types = scrape(base)
+    assert types == VLLM_FAMILIES
+    served = (("engine", '"0"'), ("model_name", '"qwen3"'))
+    assert samples["vllm:prompt_tokens_total"] == {served: 0.0}
+    answers = [chat(base, "two words")[1], chat(base, "and three words")[1]]
+    stream(base, 5)
+    chat(base, "hello", model="other")  # refused: not counted
+    samples, _ = scrape(base)
+    prompt = sum(a["usage"]["prompt_tokens"] for a in answers) + 3
+    generated = sum(a["usage"]["completion_tokens"] for a in answers) + 5
+    assert samples["vllm:prompt_tokens_total"] == {served: prompt}
+    assert samples["vllm:generation_tokens_total"] == {served: generated}
+    success = samples["vllm:request_success_total"]
+    assert success[(*served[:1], ("finished_reason", '"length"'), *served[1:])] == 1
+    assert success[(*served[:1], ("finished_reason", '"stop"'), *served[1:])] == 2
+    assert samples["vllm:time_to_first_token_seconds_count"] == {served: 3}
+    assert samples["vllm:num_requests_running"] == {served: 0}
+
+
+def test_sglang_serves_metrics_only_with_enable_metrics(standin, models):
+    serve, root = standin
+    argv = ["python", "-m", "sglang.launch_server", "--model-path", str(root),
+            "--served-model-name", "qwen3", "--port", "0"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        scrape(serve(argv))
+    assert refused.value.code == 404
+    base = serve([*argv, "--enable-metrics"])
+    samples, types = scrape(base)
+    assert types == SGLANG_FAMILIES
+    answer = chat(base, "two words")[1]
+    samples, _ = scrape(base)
+    served = (("model_name", '"qwen3"'),)
+    assert samples["sglang:num_requests_total"] == {served: 1}
+    assert samples["sglang:generation_tokens_total"] == {
+        served: answer["usage"]["completion_tokens"]}

@@ -34,6 +34,9 @@ def test_the_guide_covers_every_recipe_of_the_catalogue():
 # The one difference every container recipe has: its memory share as a flag, which the
 # guide leaves to the engine (vLLM 0.10.2 on Jetson then takes about all of memory).
 MEMORY_FLAGS = {"vllm": "--gpu-memory-utilization", "sglang": "--mem-fraction-static"}
+# And the flag that turns on an engine's Prometheus metrics where they are off by default
+# (vLLM serves them always; whisper.cpp's server has none).
+METRICS_FLAGS = {"sglang": ["--enable-metrics"], "llama-server": ["--metrics"]}
 
 
 @pytest.mark.parametrize("recipe", sorted(GUIDE))
@@ -43,7 +46,16 @@ def test_each_recipe_runs_the_guides_command(recipe):
     engine = CATALOGUE["recipes"][recipe]["engine"]
     if engine in MEMORY_FLAGS:
         expected += [MEMORY_FLAGS[engine], "0.75"]
+    expected += METRICS_FLAGS.get(engine, [])
     assert same_tokens(argv, expected), f"{argv}\n!=\n{expected}"
+
+
+def test_each_engine_says_where_its_metrics_are():
+    paths = {engine: one(recipe)["metrics_path"] for engine, recipe in (
+        ("vllm", "vllm-qwen3-8b"), ("sglang", "sglang-qwen3-8b"),
+        ("llama-server", "llama-qwen3-8b-gguf"), ("whisper-server", "whisper-large-v3-turbo"))}
+    assert paths == {"vllm": "/metrics", "sglang": "/metrics", "llama-server": "/metrics",
+                     "whisper-server": None}
 
 
 def test_every_container_service_carries_its_memory_flag():
@@ -66,8 +78,8 @@ def test_allowed_differences_port_served_name_share_and_model_root():
                              "/data/templates/qwen3_nonthinking.jinja", "--port", "8001",
                              "--gpu-memory-utilization", "0.4"]
     sglang = one("sglang-qwen3-8b", port=8002, memory_share=0.5)
-    assert sglang["argv"][-6:] == ["--host", "0.0.0.0", "--port", "8002",
-                                   "--mem-fraction-static", "0.5"]
+    assert sglang["argv"][-7:] == ["--host", "0.0.0.0", "--port", "8002",
+                                   "--mem-fraction-static", "0.5", "--enable-metrics"]
     vl = specs([{"name": "v", "recipe": "vllm-qwen2.5-vl-7b-awq"}], models_root="/data")[0]
     assert vl["argv"][-4:-2] == ["--allowed-local-media-path", "/data"]
 
@@ -95,7 +107,7 @@ def test_each_engine_says_how_it_takes_an_api_key_and_the_key_is_in_no_spec():
 
 def test_extra_args_come_last():
     spec = one("llama-qwen3-8b-gguf", extra_args=["--threads", "8"])
-    assert spec["argv"][-3:] == ["0", "--threads", "8"]
+    assert spec["argv"][-3:] == ["--metrics", "--threads", "8"]
 
 
 def test_a_spec_names_its_unit_image_or_binary_and_memory_share():

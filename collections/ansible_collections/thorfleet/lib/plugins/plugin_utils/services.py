@@ -58,6 +58,13 @@ def _memory(run):
     return [_trait(run, "memory_flag", "a memory share"), str(run["share"])]
 
 
+def _metrics(run):
+    """The flag that turns the engine's /metrics on, where it has one and needs it."""
+    engine = run["engine"]
+    return [engine["metrics_flag"]] if engine.get("metrics") and engine.get("metrics_flag") \
+        else []
+
+
 def _vllm(run):
     """vllm serve <model> as the guide writes it; address and port only where moved, the
     memory share always."""
@@ -74,12 +81,13 @@ def _vllm(run):
 def _sglang(run):
     return ["python", "-m", "sglang.launch_server", "--model-path", run["model"],
             "--served-model-name", run["served_name"], "--host", run["bind"],
-            "--port", str(run["port"]), *run["args"], *_tuning(run), *_memory(run)]
+            "--port", str(run["port"]), *run["args"], *_tuning(run), *_memory(run),
+            *_metrics(run)]
 
 
 def _llama_server(run):
     return ["llama-server", "--model", run["model"], "--alias", run["served_name"],
-            "--host", run["bind"], "--port", str(run["port"]), *run["args"]]
+            "--host", run["bind"], "--port", str(run["port"]), *run["args"], *_metrics(run)]
 
 
 def _whisper_server(run):
@@ -130,6 +138,7 @@ PREFIX_PARSERS = ("vllm", "sglang")
 PATH_FLAGS = ("--allowed-local-media-path", "--chat-template", "--chat-template-file",
               "--path", "--public")
 _TRAIT_FIELDS = {"memory_flag": "memory_share", "api_key_flag": "api_key",
+                 "metrics_flag": "the engine's metrics (always on where it has them)",
                  "sampling_flag": "the recipe's sampling",
                  "chat_template_flag": "the recipe's chat_template"}
 
@@ -251,7 +260,8 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
     model_dir (the downloaded repository it is in), chat_template (its path, or None),
     bind_address and probe_address (where
     the host reaches it), nonthinking, argv (the engine's command), env,
-    api_key_env/api_key_flag (how the engine takes an API key, if it does), and for
+    api_key_env/api_key_flag (how the engine takes an API key, if it does), metrics_path
+    (where it serves Prometheus metrics, or None), and for
     container engines image (by tag), container (the container's fixed name) and caches,
     for native engines engine_root (where their builds live), binary (the binary in the
     `current` build, the command's first word) and binary_in_build (its path in any
@@ -340,6 +350,9 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
             # flag; the key itself stays out of specs (they are printed) and of argv.
             "api_key_env": engine.get("api_key_env"),
             "api_key_flag": engine.get("api_key_flag"),
+            # Where the engine serves Prometheus metrics (on its own port, without the
+            # API key), or None for an engine that has none.
+            "metrics_path": "/metrics" if engine.get("metrics") else None,
             "start_timeout": _start_timeout(where, recipe, engine)}
         if engine["kind"] == "container":
             spec["image"] = engine["image"]
