@@ -31,10 +31,18 @@ def project_root(start: Path | None = None) -> Path:
                    "run from inside one or set THORFLEET_PROJECT")
 
 
-def fleet_command(commands, name: str, summary: str, extra: bool = False):
-    """A command on the fleet: -i and -l as ansible-playbook takes them, -e if it runs one."""
+def fleet_command(commands, name: str, summary: str, extra: bool = False,
+                  several_inventories: bool = False):
+    """A command on the fleet: -i and -l as ansible-playbook takes them (-i repeatable
+    where the command reads the inventory itself), -e if it runs one."""
     command = commands.add_parser(name, help=summary)
-    command.add_argument("-i", "--inventory", help="inventory (default: ansible.cfg's, the lab)")
+    if several_inventories:
+        command.add_argument("-i", "--inventory", action="append",
+                             help="inventory, as ansible-playbook's -i (repeatable; default: "
+                                  "ansible.cfg's, the lab)")
+    else:
+        command.add_argument("-i", "--inventory",
+                             help="inventory (default: ansible.cfg's, the lab)")
     command.add_argument("-l", "--limit", help="hosts, as ansible-playbook's --limit")
     if extra:
         command.add_argument("-e", "--extra-vars", action="append", default=[],
@@ -102,8 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check against this SHA256SUMS, kept apart from the bundle "
                             "(with the lock), rather than the bundle's own")
 
+    metrics = commands.add_parser("metrics", help="the fleet's Prometheus targets")
+    metrics_commands = metrics.add_subparsers(dest="metrics_command", required=True)
+    targets = fleet_command(metrics_commands, "targets",
+                            "write file_sd target files for every host and service of the "
+                            "inventory (no host is contacted)")
+    targets.add_argument("-o", "--output", type=Path, default=Path("prometheus-targets"),
+                         help="directory, one folder per scrape job (node, jetson, "
+                              "services) with a file per host (default: prometheus-targets)")
+
     state = fleet_command(commands, "status", "per host and service: unit state, health, "
-                                              "port, image or build, model")
+                                              "port, requests and tokens per second, image "
+                                              "or build, model; memory per host",
+                          several_inventories=True)
+
     state.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -173,6 +193,21 @@ def run_bench(args) -> int:
     return 0
 
 
+def metrics_targets(args) -> int:
+    """playbooks/metrics_targets.yml: the inventory's targets as file_sd files."""
+    progress = Progress()
+    output = args.output.resolve()
+    rc = run_playbook(project_root(), "playbooks/metrics_targets.yml", progress,
+                      args.inventory, args.limit, extravars={"metrics_targets_dir": str(output)})
+    if rc != 0:
+        print(f"\n{progress.table()}")
+        return rc
+    written = sorted(output.glob("*/*.json"))
+    print(f"thorfleet: {len(written)} target files in {output} "
+          f"({', '.join(sorted({path.parent.name for path in written}))})")
+    return 0
+
+
 def run_bundle(args) -> int:
     """bundle create (exit status as ansible-playbook's) or verify (1 when anything is
     wrong, each thing on a line)."""
@@ -199,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_bench(args)
     if args.command == "bundle":
         return run_bundle(args)
+    if args.command == "metrics":
+        return metrics_targets(args)
     try:
         lab = Lab(project_root())
         if args.lab_command == "up":

@@ -1,5 +1,7 @@
 """``thorfleet status``: per host and service, the unit's state, whether it answers, its
-port and what it runs (image digest or engine build, model and commit).
+port, the requests it is serving and the tokens per second it made over the last minute
+(from the engine's /metrics and the fleet's Prometheus), what it runs (image digest or
+engine build, model and commit), and per host the memory in use against its budget.
 
 A quick read over SSH with fabric, one command per host: the hosts and how to reach them
 come from the inventory (``ansible-inventory``), what runs from thorfleet's own units
@@ -30,6 +32,8 @@ services = []
 for path in sorted(glob.glob("/etc/systemd/system/thorfleet-*.service")):
     unit = path.rsplit("/", 1)[1]
     text = open(path).read()
+    if not re.search(r"^# thorfleet service ", text, re.M):
+        continue  # thorfleet's units that are not services (jetson_clocks', exporters)
     shown = subprocess.run(["systemctl", "show", "-p", "ActiveState", "-p", "SubState", unit],
                            capture_output=True, text=True).stdout
     state = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
@@ -43,8 +47,21 @@ for path in sorted(glob.glob("/etc/systemd/system/thorfleet-*.service")):
                 health = "ok" if response.status == 200 else str(response.status)
         except Exception as error:
             health = getattr(error, "code", None) and str(error.code) or "down"
+    running = None
+    if probe and health == "ok":
+        # The engine's own gauge of requests in flight, where it serves metrics.
+        try:
+            url = probe.group(1)[:-len("/health")] + "/metrics"
+            with urllib.request.urlopen(url, timeout=3) as response:
+                said = response.read().decode(errors="replace")
+            found = re.findall(r"^(?:vllm:num_requests_running|sglang:num_running_reqs|"
+                               r"llamacpp:requests_processing)(?:\{[^}]*\})? (\S+)$", said, re.M)
+            running = sum(float(value) for value in found) if found else None
+        except Exception:
+            running = None
     services.append({
         "service": unit[len("thorfleet-"):-len(".service")], "unit": unit,
+        "running": running,
         "state": state.get("ActiveState", "unknown"), "substate": state.get("SubState", ""),
         "health": health, "port": int(probe.group(2)) if probe else None,
         "runs": runs.group(1) if runs else "", "model": model.group(1) if model else "",
@@ -56,23 +73,68 @@ if nvpmodel:
     mode = re.search(r"NV Power Mode:\s*(\S+)", said)
     clocks = subprocess.run(["systemctl", "is-active", "--quiet", CLOCKS_UNIT]).returncode
     power = {"mode": mode.group(1) if mode else "unknown", "clocks": clocks == 0}
-print(json.dumps({"services": sorted(services, key=lambda s: s["service"]), "power": power}))
+info = dict(line.split(":", 1) for line in open("/proc/meminfo") if ":" in line)
+kib = lambda key: int(info[key].split()[0]) * 1024
+memory = {"total": kib("MemTotal"), "used": kib("MemTotal") - kib("MemAvailable")}
+print(json.dumps({"services": sorted(services, key=lambda s: s["service"]), "power": power,
+                  "memory": memory}))
 '''.replace("CLOCKS_UNIT", repr(CLOCKS_UNIT))
 
 
-def inventory_hosts(project: Path, inventory: str | None, limit: str | None) -> dict:
-    """{host: its variables} of the group `thor`, as Ansible resolves them."""
+def inventory_hosts(project: Path, inventory: str | list[str] | None, limit: str | None,
+                    group: str = "thor") -> dict:
+    """{host: its variables} of `group`, as Ansible resolves them (`inventory`: one
+    source or several, as ansible-playbook's repeated -i)."""
     use_installed_ansible()
     argv = ["ansible-inventory", "--list"]
-    if inventory:
-        argv += ["-i", inventory]
+    for source in [inventory] if isinstance(inventory, str) else inventory or []:
+        argv += ["-i", source]
     if limit:
         argv += ["--limit", limit]
     listing = json.loads(subprocess.run(argv, cwd=project, capture_output=True, text=True,
                                         check=True).stdout)
-    names = listing.get("thor", {}).get("hosts", [])
+    names = listing.get(group, {}).get("hosts", [])
     hostvars = listing.get("_meta", {}).get("hostvars", {})
     return {name: hostvars.get(name, {}) for name in names}
+
+
+# Runs on the monitoring host (role monitoring): its Prometheus' tokens per second per
+# service over the last minute (the recording rule), as JSON {host: {service: rate}}.
+RATES = r'''
+import json, sys, urllib.parse, urllib.request
+url = sys.argv[1] + "/api/v1/query?" + urllib.parse.urlencode(
+    {"query": "thorfleet:generation_tokens:rate1m"})
+rates = {}
+with urllib.request.urlopen(url, timeout=10) as response:
+    for series in json.load(response)["data"]["result"]:
+        labels = series["metric"]
+        rates.setdefault(labels.get("host", ""), {})[labels.get("service", "")] = \
+            float(series["value"][1])
+print(json.dumps(rates))
+'''
+
+
+def token_rates(project: Path, inventory: str | list[str] | None) -> dict | None:
+    """{host: {service: tokens per second over the last minute}} from the Prometheus of
+    the inventory's group thorfleet_monitor, asked on that host over SSH; None without
+    one, or when it does not answer."""
+    monitors = inventory_hosts(project, inventory, None, "thorfleet_monitor")
+    for name, hostvars in monitors.items():
+        # ansible-inventory gives values as written: a templated one is not an address.
+        given = str(hostvars.get("thorfleet_fleet_address") or "")
+        address = given if given and "{" not in given else hostvars.get("ansible_host", name)
+        port = hostvars.get("monitoring_port", 9090)
+        base = f"http://[{address}]:{port}" if ":" in str(address) else \
+            f"http://{address}:{port}"
+        try:
+            with _connection(name, hostvars) as connection:
+                result = connection.run(f"python3 -c {shlex.quote(RATES)} {shlex.quote(base)}",
+                                        hide=True, warn=True, in_stream=False)
+            if result.exited == 0:
+                return json.loads(result.stdout)
+        except Exception:  # noqa: S112 (no monitor answering is shown as "-")
+            continue
+    return None
 
 
 def _connection(name: str, hostvars: dict) -> fabric.Connection:
@@ -105,10 +167,24 @@ def host_status(name: str, hostvars: dict) -> dict:
     return {"host": name, "reachable": True, **json.loads(result.stdout)}
 
 
-def fleet_status(project: Path, inventory: str | None = None,
+def fleet_status(project: Path, inventory: str | list[str] | None = None,
                  limit: str | None = None) -> list[dict]:
-    return [host_status(name, hostvars)
-            for name, hostvars in inventory_hosts(project, inventory, limit).items()]
+    """Each host's report; each service with the tokens per second its engine made over
+    the last minute where the fleet has a monitor (None where not known), and each host
+    with its memory budget (thorfleet_memory_budget, default 0.9) in bytes."""
+    hosts = []
+    for name, hostvars in inventory_hosts(project, inventory, limit).items():
+        host = host_status(name, hostvars)
+        if host.get("memory"):
+            share = float(hostvars.get("thorfleet_memory_budget", 0.9))
+            host["memory"]["budget"] = int(host["memory"]["total"] * share)
+        hosts.append(host)
+    rates = token_rates(project, inventory) if hosts else None
+    for host in hosts:
+        for service in host["services"]:
+            service["tokens_per_second"] = (rates or {}).get(host["host"], {}).get(
+                service["service"])
+    return hosts
 
 
 def _short(runs: str) -> str:
@@ -138,18 +214,37 @@ def power(host: dict) -> str:
     return state["mode"] + ("+clocks" if state["clocks"] else "")
 
 
+def memory(host: dict) -> str:
+    """Memory in use against the host's budget, in GiB: `23.1/101.6G`."""
+    state = host.get("memory")
+    if not state:
+        return "-"
+    gib = 1024 ** 3
+    return f"{state['used'] / gib:.1f}/{state.get('budget', state['total']) / gib:.1f}G"
+
+
+def _number(value, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if value != int(value) else str(int(value))
+
+
 def table(hosts: list[dict]) -> str:
-    rows = [("host", "service", "state", "health", "port", "runs", "model", "power")]
+    rows = [("host", "service", "state", "health", "port", "running", "tok/s", "runs",
+             "model", "power", "memory")]
     for host in hosts:
         if not host["reachable"] or host.get("error"):
             rows.append((host["host"], "-", "unreachable" if not host["reachable"] else "error",
-                         "-", "-", host.get("error", "")[:60], "-", "-"))
+                         "-", "-", "-", "-", host.get("error", "")[:60], "-", "-", "-"))
             continue
         if not host["services"]:
-            rows.append((host["host"], "-", "no services", "-", "-", "-", "-", power(host)))
+            rows.append((host["host"], "-", "no services", "-", "-", "-", "-", "-", "-",
+                         power(host), memory(host)))
         for service in host["services"]:
             model = service["model"].split("/", 2)[-1] if service["model"] else ""
             rows.append((host["host"], service["service"], service["state"], service["health"],
-                         str(service["port"] or "-"), _short(service["runs"]),
-                         f"{model}@{service['commit'][:12]}" if model else "-", power(host)))
+                         str(service["port"] or "-"), _number(service.get("running")),
+                         _number(service.get("tokens_per_second")), _short(service["runs"]),
+                         f"{model}@{service['commit'][:12]}" if model else "-", power(host),
+                         memory(host)))
     return text_table(rows)

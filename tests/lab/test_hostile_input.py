@@ -37,6 +37,9 @@ HOSTILE = [
     (json.dumps({"thorfleet_catalogue_extra": {"recipes": {"llama-qwen3-8b-gguf-nothink": {
         "args": ["--jinja", "50%;`id`\r"]}}}}),
      "thorfleet_catalogue_extra.recipes.llama-qwen3-8b-gguf-nothink: field args"),
+    # The address the exporters' unit and flags are written with (issue 37).
+    (json.dumps({"thorfleet_fleet_address": "10.213.1.2\nExecStartPre=+/bin/id"}),
+     "thor01: thorfleet_fleet_address: "),
 ]
 
 
@@ -63,6 +66,10 @@ MISTAKEN = [
     ("{thorfleet_catalogue_extra: {recipes: {vllm-qwen3-8b-nothink: {memory_share: .nan}}}}",
      "thorfleet_catalogue_extra.recipes.vllm-qwen3-8b-nothink: field memory_share"),
     ("thorfleet_memory_budget=2.0", "thor01: field thorfleet_memory_budget"),
+    # An exporter's port that a service already takes (issue 37). Cost: one more
+    # preflight-only run, ~3 s.
+    ("thorfleet_metrics_node_port=8001",
+     "thor01: thorfleet_metrics_node_port: 8001 is already the port of service qwen3-vllm"),
     # Where artefacts may land (issue 35): model roots a container running as root could
     # use to write systemd's state, the engine builds or a user's ~/.ssh; a catalogue file
     # where a model's next revision is staged, or inside a model's directory. Cost: 5

@@ -11,9 +11,11 @@ from tests.conftest import ROOT
 
 START = "### Who can read what on the site's network"
 # The units the roles start that listen: the shares (systemd-run), the site cache's
-# registries, and the services' units (thorfleet-<service>).
+# registries, the services' units (thorfleet-<service>) and the Jetson exporter (the
+# node exporter and Prometheus are Debian's units, in the table by their package).
 UNITS = {"thorfleet-fleet-share", "thorfleet-bundle-share", "thorfleet-bundle-git",
-         "thorfleet-site-cache", "thorfleet-site-cache-fill", "thorfleet-<service>"}
+         "thorfleet-site-cache", "thorfleet-site-cache-fill", "thorfleet-<service>",
+         "thorfleet-jetson-exporter"}
 NAMED = re.compile(r"`(?P<file>test_\w+\.py)::(?:(?P<cls>[A-Z]\w*)::)?(?P<test>test_\w+)`")
 
 

@@ -162,7 +162,8 @@ def test_a_task_that_only_includes_others_counts_but_prints_no_line():
 
 def test_each_play_of_site_yml_says_its_phase_in_a_variable(tmp_path):
     # Not by its name: with every play renamed, each counts where it did.
-    expected = ["Preflight", "Models", "Engines", "Images", "Rollout", "Rollout", "Rollout"]
+    expected = ["Preflight", "Models", "Engines", "Images", "Metrics", "Metrics", "Rollout",
+                "Rollout", "Rollout"]
     assert phases.plays(ROOT / "site.yml") == expected
     (tmp_path / "playbooks").mkdir()
     (tmp_path / "site.yml").write_text((ROOT / "site.yml").read_text())

@@ -39,7 +39,12 @@ def host(tmp_path):
     unit_dir = tmp_path / "units"
     unit_dir.mkdir()
     for name in ("thorfleet-chat.service", "thorfleet-old.service", "other.service"):
-        (unit_dir / name).write_text("[Unit]\n")
+        service = name.removeprefix("thorfleet-").removesuffix(".service")
+        (unit_dir / name).write_text(f"# Ansible managed\n# thorfleet service {service}: "
+                                     "recipe r (e, chat).\n[Unit]\n")
+    # thorfleet's units that are not services (thor_power's, thor_metrics').
+    for name in ("thorfleet-jetson-clocks.service", "thorfleet-jetson-exporter.service"):
+        (unit_dir / name).write_text("# Ansible managed\n[Unit]\nDescription=thorfleet\n")
     model = tmp_path / "model"
     model.mkdir()
     (model / "thorfleet-manifest.json").write_text(json.dumps({"commit": COMMIT}))
@@ -54,7 +59,8 @@ def host(tmp_path):
     os.chmod(private, 0o755)  # the umask may have left less
     last_good = tmp_path / "last-good"
     last_good.mkdir()
-    (last_good / "thorfleet-chat.service").write_text("[Unit]\n")
+    (last_good / "thorfleet-chat.service").write_bytes(
+        (unit_dir / "thorfleet-chat.service").read_bytes())
     (last_good / "chat.env").write_text("")
     return {"unit_dir": str(unit_dir), "model": str(model), "template": str(template),
             "engine": str(engine), "private": str(private), "missing": str(tmp_path / "no"),
@@ -129,7 +135,8 @@ def test_it_names_what_needs_fixing_starting_or_retiring(tmp_path, monkeypatch):
                       "--", "thorfleet-chat.service", "thorfleet-asr.service",
                       "thorfleet-new.service"]]
     assert result["to_start"] == ["thorfleet-asr.service", "thorfleet-new.service"]
-    # Only thorfleet's own units, for retiring those no longer wanted.
+    # Only the services' own units, for retiring those no longer wanted: not other
+    # units, nor thorfleet's units that are not services (jetson_clocks', the exporter).
     assert result["found"] == [
         "thorfleet-chat.service", "thorfleet-old.service"]
     assert sorted(result["last_good"]) == [
@@ -160,7 +167,7 @@ def test_unit_and_environment_files_are_summed_as_written_or_not_at_all(tmp_path
         "env_files": [str(env_dir / "chat.env"), str(env_dir / "asr.env")]}, monkeypatch,
         check=True)
     assert done.result["file_sums"] == {
-        unit: hashlib.sha1(b"[Unit]\n").hexdigest(),
+        unit: hashlib.sha1(Path(unit).read_bytes()).hexdigest(),
         os.path.join(paths["unit_dir"], "thorfleet-new.service"): "",
         str(env_dir / "chat.env"): hashlib.sha1(b"KEY=1\n").hexdigest(),
         str(env_dir / "asr.env"): ""}

@@ -68,7 +68,9 @@ author:
 
 RETURN = r"""
 found:
-  description: The names of the C(thorfleet-*.service) files in O(unit_dir).
+  description: >-
+    The names of the C(thorfleet-*.service) files in O(unit_dir) that the services phase
+    wrote (their header says C(thorfleet service NAME)); thorfleet's other units are left out.
   returned: always
   type: list
   elements: str
@@ -147,6 +149,26 @@ def files_matching(directory, patterns):
         return []
     return [name for name in names if any(fnmatch.fnmatch(name, p) for p in patterns)
             and os.path.isfile(os.path.join(directory, name))]
+
+
+# The second line of every unit the services phase writes (templates/service.unit.j2):
+# what tells a service's unit from thorfleet's other units of the same prefix (the
+# jetson_clocks unit, the Jetson exporter), which are not services to retire.
+SERVICE_HEADER = "# thorfleet service "
+
+
+def service_units(directory):
+    """The thorfleet-*.service files in `directory` that the services phase wrote."""
+    found = []
+    for name in files_matching(directory, ["thorfleet-*.service"]):
+        try:
+            with open(os.path.join(directory, name), errors="replace") as unit:
+                head = [unit.readline() for _ in range(3)]
+        except OSError:
+            continue
+        if any(line.startswith(SERVICE_HEADER) for line in head):
+            found.append(name)
+    return found
 
 
 def model_commits(model_dirs):
@@ -273,7 +295,7 @@ def main():
     states = unit_states(module, p["units"])
     module.exit_json(
         changed=False,
-        found=files_matching(p["unit_dir"], ["thorfleet-*.service"]),
+        found=service_units(p["unit_dir"]),
         model_commits=model_commits(p["model_dirs"]),
         template_sums={t: s for t in p["templates"] if (s := sha256(t)) is not None},
         builds=current_builds(p["engine_roots"]),

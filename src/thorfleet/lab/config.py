@@ -72,7 +72,13 @@ ROOTFS_PACKAGES = (
     "python3", "python3-apt", "python3-requests", "ca-certificates", "curl",
     "docker.io",
     "build-essential", "cmake", "git", "ccache",
+    # Role thor_metrics on every host, role monitoring on the host a test makes the
+    # fleet's monitor (prometheus is left disabled until then: ROOTFS_DISABLED).
+    "prometheus-node-exporter", "prometheus",
 )
+# Services of the packages above that a lab host does not start until a role enables
+# them: the monitoring role's Prometheus runs on the monitor only.
+ROOTFS_DISABLED = ("prometheus.service",)
 # Raised when what goes into the root file system changes in a way the package list
 # does not show, so cached trees are rebuilt.
 ROOTFS_RECIPE = 1

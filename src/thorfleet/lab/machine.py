@@ -19,6 +19,7 @@ from thorfleet.lab.config import (
     GATEWAY,
     MACHINE_PACKAGES,
     NETWORK,
+    ROOTFS_DISABLED,
     ROOTFS_PACKAGES,
     ROOTFS_RECIPE,
     SUITE,
@@ -40,7 +41,7 @@ class Machine:
         run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
 
     def _ensure_rootfs(self, log) -> Path:
-        recipe = json.dumps([SUITE, ROOTFS_PACKAGES, ROOTFS_RECIPE]).encode()
+        recipe = json.dumps([SUITE, ROOTFS_PACKAGES, ROOTFS_DISABLED, ROOTFS_RECIPE]).encode()
         base = self.cache / "rootfs" / f"{SUITE}-{hashlib.sha256(recipe).hexdigest()[:12]}"
         if (base / ".thorfleet-complete").exists():
             return base
@@ -60,6 +61,8 @@ class Machine:
         with contextlib.suppress(FileExistsError):
             (wants / "systemd-networkd.service").symlink_to(
                 "/lib/systemd/system/systemd-networkd.service")
+        for unit in ROOTFS_DISABLED:
+            (wants / unit).unlink(missing_ok=True)
         run(["chroot", str(partial), "apt-get", "clean"])
         (partial / ".thorfleet-complete").write_text(recipe.decode())
         partial.rename(base)

@@ -3,8 +3,9 @@
 A lab host has no GPU. To run preflight's Thor branch for real, the host gets the
 files and commands through which a Thor describes itself, with a Thor's answers
 (captured from public logs of real AGX Thor developer kits, see DESIGN.md):
-``/etc/nv_tegra_release``, an ``nvidia-smi``, CUDA's ``version.json`` and an ``nvidia``
-runtime in Docker. These are lab stand-ins: each file says so, and the ``nvidia``
+``/etc/nv_tegra_release``, an ``nvidia-smi``, CUDA's ``version.json``, an ``nvidia``
+runtime in Docker, ``nvpmodel`` and ``jetson_clocks``, and a ``tegrastats`` that prints
+JetPack 7's lines. These are lab stand-ins: each file says so, and the ``nvidia``
 runtime is plain runc underneath.
 """
 
@@ -171,6 +172,38 @@ else:
     sys.exit(1)
 '''
 
+# tegrastats as JetPack 7 prints it on a Thor (rails VDD_GPU, VDD_CPU_SOC_MSS,
+# VIN_SYS_5V0 and VIN; the GPU's load as `GPU N%`, GR3D_FREQ gone; the thermal zones
+# cpu, soc012, soc345 and tj), a line every --interval milliseconds. Memory is the lab
+# host's own (/proc/meminfo); a test sets any rail's milliwatts, and the GPU's load, in
+# TEGRASTATS_READINGS ({"VDD_GPU": 12345, "GPU": 40}).
+TEGRASTATS_READINGS = "/etc/thorfleet-lab/tegrastats.json"
+TEGRASTATS = f'''#!/usr/bin/python3
+# {STANDIN}
+import json, sys, time
+
+args = sys.argv[1:]
+interval = int(args[args.index("--interval") + 1]) if "--interval" in args else 1000
+RAILS = {{"VDD_GPU": 2380, "VDD_CPU_SOC_MSS": 6510, "VIN_SYS_5V0": 6520, "VIN": 23100}}
+while True:
+    try:
+        readings = json.load(open("{TEGRASTATS_READINGS}"))
+    except (OSError, ValueError):
+        readings = {{}}
+    info = dict(line.split(":", 1) for line in open("/proc/meminfo"))
+    total = int(info["MemTotal"].split()[0]) // 1024
+    used = total - int(info["MemAvailable"].split()[0]) // 1024
+    rails = " ".join(f"{{name}} {{mw}}mW/{{mw}}mW"
+                     for name, mw in {{**RAILS, **{{k: v for k, v in readings.items()
+                                                     if k in RAILS}}}}.items())
+    cpus = ",".join(["1%@972"] * {CORES})
+    print(time.strftime("%m-%d-%Y %H:%M:%S"), f"RAM {{used}}/{{total}}MB (lfb 8x4MB)",
+          "SWAP 0/0MB (cached 0MB)", f"CPU [{{cpus}}]", "EMC_FREQ 0%",
+          f"GPU {{readings.get('GPU', 0)}}%", "cpu@47.9C soc012@48.2C soc345@47.1C tj@48.2C",
+          rails, flush=True)
+    time.sleep(interval / 1000)
+'''
+
 NVIDIA_RUNTIME = f'''#!/bin/sh
 # {STANDIN}: the nvidia runtime is runc here.
 exec runc "$@"
@@ -184,10 +217,11 @@ FILES = {
     "/etc/nvpmodel.conf": (nvpmodel_conf(), 0o644),
     "/usr/sbin/nvpmodel": (NVPMODEL, 0o755),
     "/usr/bin/jetson_clocks": (JETSON_CLOCKS, 0o755),
+    "/usr/bin/tegrastats": (TEGRASTATS, 0o755),
     MARKER: (STANDIN + "\n", 0o644),
 }
 # What the stand-ins leave behind, removed with them.
-STATE = (POWER_LOG, POWER_STATUS)
+STATE = (POWER_LOG, POWER_STATUS, TEGRASTATS_READINGS)
 
 
 def daemon_config(as_thor: bool) -> dict:

@@ -256,7 +256,8 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
     A spec: name, unit, recipe, engine, kind (container or native), modality, port,
     served_name (the service's, else the recipe's, else the service name), memory_share
     (given, else the recipe's, else the engine's default), memory_overhead (what the
-    engine takes beyond its share), model (the path the engine loads),
+    engine takes beyond its share), model (the path the engine loads), model_name (the
+    catalogue's name of it),
     model_dir (the downloaded repository it is in), chat_template (its path, or None),
     bind_address and probe_address (where
     the host reaches it), nonthinking, argv (the engine's command), env,
@@ -337,6 +338,7 @@ def service_specs(services, catalogue, *, builds_root, models_root="/models",
             "memory_share": share,
             "memory_overhead": engine.get("memory_overhead", 0),
             "model": model_path, "model_dir": model["dest"], "source": model["source"],
+            "model_name": recipe["model"],
             "quantization": recipe.get("quantization")
             or catalogue["models"][recipe["model"]].get("quantization", ""),
             "chat_template": template,
