@@ -88,8 +88,21 @@ def _is_ip(value):
     return True
 
 
+def units_not_running(shown):
+    """The units of a `systemctl show --property=Id,UnitFileState,ActiveState` answer that
+    are not enabled or not active (a unit systemd does not know reads neither)."""
+    wanted = []
+    for block in (shown or "").strip().split("\n\n"):
+        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if fields.get("Id") and (fields.get("UnitFileState") != "enabled"
+                                 or fields.get("ActiveState") != "active"):
+            wanted.append(fields["Id"])
+    return wanted
+
+
 class FilterModule:
     def filters(self):
         return {"thorfleet_metrics_targets": metrics_targets,
                 "thorfleet_listen": _endpoint,
+                "thorfleet_units_not_running": units_not_running,
                 "thorfleet_metrics_problems": metrics_problems}

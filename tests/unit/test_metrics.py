@@ -192,3 +192,15 @@ def test_metrics_targets_writes_every_hosts_files_from_the_inventory_alone(tmp_p
         == [("qwen3", "vllm", ["192.168.50.11:8000"])]
     assert set(services[0]["labels"]) == {"host", "service", "recipe", "engine", "model",
                                           "__metrics_path__"}
+
+
+def test_only_units_not_enabled_or_not_active_are_started():
+    shown = ("Id=prometheus-node-exporter.service\nUnitFileState=enabled\nActiveState=active\n\n"
+             "Id=thorfleet-jetson-exporter.service\nUnitFileState=\nActiveState=inactive\n")
+    assert metrics.units_not_running(shown) == ["thorfleet-jetson-exporter.service"]
+    stopped = shown.replace("ActiveState=active", "ActiveState=failed")
+    assert metrics.units_not_running(stopped) == ["prometheus-node-exporter.service",
+                                                  "thorfleet-jetson-exporter.service"]
+    both = shown.replace("UnitFileState=\nActiveState=inactive",
+                         "UnitFileState=enabled\nActiveState=active")
+    assert metrics.units_not_running(both) == []

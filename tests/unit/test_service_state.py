@@ -40,11 +40,14 @@ def host(tmp_path):
     unit_dir.mkdir()
     for name in ("thorfleet-chat.service", "thorfleet-old.service", "other.service"):
         service = name.removeprefix("thorfleet-").removesuffix(".service")
-        (unit_dir / name).write_text(f"# Ansible managed\n# thorfleet service {service}: "
+        # As the services phase writes it: ansible_managed's comment block first.
+        (unit_dir / name).write_text(f"#\n# Ansible managed\n#\n# thorfleet service {service}: "
                                      "recipe r (e, chat).\n[Unit]\n")
     # thorfleet's units that are not services (thor_power's, thor_metrics').
     for name in ("thorfleet-jetson-clocks.service", "thorfleet-jetson-exporter.service"):
-        (unit_dir / name).write_text("# Ansible managed\n[Unit]\nDescription=thorfleet\n")
+        (unit_dir / name).write_text("#\n# Ansible managed\n#\n[Unit]\nDescription=thorfleet "
+                                     "service, not one of thorfleet_services\n"
+                                     "# thorfleet service in a comment after the header\n")
     model = tmp_path / "model"
     model.mkdir()
     (model / "thorfleet-manifest.json").write_text(json.dumps({"commit": COMMIT}))

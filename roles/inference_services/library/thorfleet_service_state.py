@@ -163,10 +163,13 @@ def service_units(directory):
     for name in files_matching(directory, ["thorfleet-*.service"]):
         try:
             with open(os.path.join(directory, name), errors="replace") as unit:
-                head = [unit.readline() for _ in range(3)]
+                head = unit.read(8192).splitlines()
         except OSError:
             continue
-        if any(line.startswith(SERVICE_HEADER) for line in head):
+        # The comment block the unit starts with (ansible_managed's lines, then thorfleet's).
+        comments = head[:next((i for i, line in enumerate(head) if not line.startswith("#")),
+                              len(head))]
+        if any(line.startswith(SERVICE_HEADER) for line in comments):
             found.append(name)
     return found
 
