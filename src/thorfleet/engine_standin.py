@@ -141,6 +141,19 @@ METRICS = {
         "sglang:prompt_tokens", "sglang:generation_tokens", "sglang:num_requests",
         "sglang:time_to_first_token_seconds", "sglang:e2e_request_latency_seconds"),
 }
+class Uncounted:
+    """What an engine without metrics counts: nothing."""
+
+    def start(self) -> None:
+        pass
+
+    def finish(self, *_args) -> None:
+        pass
+
+    def abandon(self) -> None:
+        pass
+
+
 # A few of the engines' bucket bounds (vLLM's time-to-first-token ones, from 0.01 s).
 BUCKETS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
@@ -268,8 +281,9 @@ def configure(engine: str, argv: list[str]) -> dict:
             template = source.read()
     return {"engine": engine, "model": model, "served_name": served, "host": args.host,
             "port": args.port, "api_key": api_key,
-            # vLLM serves /metrics always; SGLang with --enable-metrics only.
-            "metrics": getattr(args, "enable_metrics", True),
+            # vLLM serves /metrics always; SGLang with --enable-metrics only; an engine
+            # added without its names in METRICS serves none.
+            "metrics": engine in METRICS and getattr(args, "enable_metrics", True),
             "thinks": EMPTY_THINK not in template,
             "media_path": getattr(args, "allowed_local_media_path", None)}
 
@@ -349,7 +363,9 @@ def _image_problem(url: str, media_path: str | None) -> str:
 
 
 def make_handler(settings: dict, command: list[str], metrics: Metrics | None = None):
-    metrics = metrics or Metrics(settings["engine"], settings["served_name"])
+    if metrics is None and settings["engine"] in METRICS:
+        metrics = Metrics(settings["engine"], settings["served_name"])
+    metrics = metrics or Uncounted()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"{settings['engine']}-standin"
@@ -515,8 +531,7 @@ def main(engine: str, command: list[str]) -> None:
     # PID 1 of a container gets no default signal handlers: `docker stop` must still stop it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = ThreadingHTTPServer((settings["host"], settings["port"]),
-                                 make_handler(settings, command,
-                                              Metrics(engine, settings["served_name"])))
+                                 make_handler(settings, command))
     print(f"{STANDIN} for {engine}: serving {settings['served_name']} "
           f"on {settings['host']}:{settings['port']}; started as {command}", flush=True)
     server.serve_forever()

@@ -13,7 +13,8 @@ from thorfleet import stock
 from thorfleet.lab import LAB_SERVICES
 
 # The switch's own tasks (batches, the rollout's summary) count as Rollout.
-PHASES = ["Preflight", "Models", "Engines", "Images", "Rollout", "Power", "Services", "Verify"]
+PHASES = ["Preflight", "Models", "Engines", "Images", "Metrics", "Rollout", "Power", "Services",
+          "Verify"]
 
 
 def summary(output: str) -> dict:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import urllib.error
 import urllib.request
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -258,3 +260,22 @@ def test_sglang_serves_metrics_only_with_enable_metrics(standin, models):
     assert samples["sglang:num_requests_total"] == {served: 1}
     assert samples["sglang:generation_tokens_total"] == {
         served: answer["usage"]["completion_tokens"]}
+
+
+def test_an_engine_without_metric_names_answers_and_serves_no_metrics(tmp_path):
+    # An engine added as the README's "Adding an engine" says, with no METRICS entry:
+    # the stand-in still answers (thorfleet-toy once failed to start on a KeyError).
+    settings = {**engine_standin.configure("vllm", ["serve", str(tmp_path),
+                                                    "--served-model-name", "qwen3"][1:]),
+                "engine": "toy", "metrics": False}
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 engine_standin.make_handler(settings, ["toy-serve"]))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert chat(base, "hello")[0] == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            scrape(base)
+        assert refused.value.code == 404
+    finally:
+        server.shutdown()
